@@ -1,0 +1,40 @@
+//! Ingest API: `POST /v1/datasets`.
+
+use chrono::{DateTime, Utc};
+use petrel_ml::{RowError, Schema};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A CSV batch to validate and store. Give the file's text in `csv`, or a `path` the ingest
+/// service can read (on its own machine).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IngestRequest {
+    pub name: String,
+    pub schema: Schema,
+    #[serde(default)]
+    pub csv: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Dataset {
+    pub id: Uuid,
+    pub name: String,
+    pub version: i32,
+    pub uri: String,
+    pub content_hash: String,
+    pub row_count: u64,
+    pub rejected_rows: u64,
+    pub schema: Schema,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IngestResponse {
+    pub dataset: Dataset,
+    /// False when the same content was already ingested under this name (nothing new happened).
+    pub created: bool,
+    /// The rows left out, with why (at most the first 100).
+    pub errors: Vec<RowError>,
+}

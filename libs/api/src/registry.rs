@@ -1,0 +1,203 @@
+//! Registry API: experiments, runs, registered models, versions and aliases (MLflow's nouns).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::client::{ApiClient, ClientError, segment};
+
+/// The alias the predictor serves.
+pub const PRODUCTION: &str = "production";
+/// The metric that decides automatic promotion.
+pub const PROMOTION_METRIC: &str = "test_accuracy";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreateExperiment {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Experiment {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Finished,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Finished => "finished",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CreateRun {
+    /// Experiment name; created if it does not exist.
+    pub experiment: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Makes the call idempotent: a second call with the same token returns the first run.
+    #[serde(default)]
+    pub client_token: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricInput {
+    pub key: String,
+    pub value: f64,
+    #[serde(default)]
+    pub step: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogMetrics {
+    pub metrics: Vec<MetricInput>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Metric {
+    pub key: String,
+    pub value: f64,
+    pub step: i64,
+    pub timestamp: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateRun {
+    pub status: RunStatus,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: Uuid,
+    pub experiment_id: Uuid,
+    pub experiment: String,
+    pub name: Option<String>,
+    pub status: RunStatus,
+    pub params: BTreeMap<String, String>,
+    pub tags: BTreeMap<String, String>,
+    pub metrics: Vec<Metric>,
+    pub start_time: DateTime<Utc>,
+    pub end_time: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CreateModelVersion {
+    pub run_id: Uuid,
+    pub artifact_uri: String,
+    #[serde(default)]
+    pub dataset_id: Option<Uuid>,
+    /// Copied from the run; `test_accuracy` decides automatic promotion.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelVersion {
+    pub model_name: String,
+    pub version: i32,
+    pub run_id: Uuid,
+    pub artifact_uri: String,
+    pub dataset_id: Option<Uuid>,
+    pub metrics: BTreeMap<String, f64>,
+    pub description: Option<String>,
+    /// Aliases pointing at this version now.
+    pub aliases: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisteredModel {
+    pub name: String,
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub latest_version: Option<i32>,
+    pub aliases: BTreeMap<String, i32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetAlias {
+    pub version: i32,
+}
+
+/// A typed client for the registry.
+#[derive(Clone, Debug)]
+pub struct RegistryClient {
+    api: ApiClient,
+}
+
+impl RegistryClient {
+    pub fn new(base: &str) -> Self {
+        Self { api: ApiClient::new(base) }
+    }
+
+    pub fn api(&self) -> &ApiClient {
+        &self.api
+    }
+
+    pub async fn create_run(&self, req: &CreateRun) -> Result<Run, ClientError> {
+        self.api.post("/api/v1/runs", req).await
+    }
+
+    pub async fn log_metrics(&self, run: Uuid, req: &LogMetrics) -> Result<Run, ClientError> {
+        self.api.post(&format!("/api/v1/runs/{run}/metrics"), req).await
+    }
+
+    pub async fn update_run(&self, run: Uuid, status: RunStatus) -> Result<Run, ClientError> {
+        self.api.patch(&format!("/api/v1/runs/{run}"), &UpdateRun { status }).await
+    }
+
+    pub async fn get_run(&self, run: Uuid) -> Result<Run, ClientError> {
+        self.api.get(&format!("/api/v1/runs/{run}")).await
+    }
+
+    pub async fn create_version(
+        &self,
+        model: &str,
+        req: &CreateModelVersion,
+    ) -> Result<ModelVersion, ClientError> {
+        self.api.post(&format!("/api/v1/models/{}/versions", segment(model)), req).await
+    }
+
+    pub async fn get_model(&self, model: &str) -> Result<RegisteredModel, ClientError> {
+        self.api.get(&format!("/api/v1/models/{}", segment(model))).await
+    }
+
+    pub async fn get_version(&self, model: &str, version: i32) -> Result<ModelVersion, ClientError> {
+        self.api.get(&format!("/api/v1/models/{}/versions/{version}", segment(model))).await
+    }
+
+    /// The version an alias points at; `Ok(None)` when the alias (or model) does not exist.
+    pub async fn get_alias(&self, model: &str, alias: &str) -> Result<Option<ModelVersion>, ClientError> {
+        let path = format!("/api/v1/models/{}/aliases/{}", segment(model), segment(alias));
+        match self.api.get(&path).await {
+            Ok(v) => Ok(Some(v)),
+            Err(ClientError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn set_alias(&self, model: &str, alias: &str, version: i32) -> Result<ModelVersion, ClientError> {
+        let path = format!("/api/v1/models/{}/aliases/{}", segment(model), segment(alias));
+        self.api.put(&path, &SetAlias { version }).await
+    }
+}

@@ -1,0 +1,138 @@
+//! The transactional outbox.
+//!
+//! A service that changes its database and must announce the change calls [`enqueue`] inside
+//! the same transaction; after commit it pokes the [`Relay`], which publishes pending rows in
+//! order and marks them published. If the process dies between commit and publish, the relay of
+//! the next start (or of another replica) publishes the row: the event is never lost, and since
+//! the event id is the `Nats-Msg-Id`, a row published twice is stored once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sqlx::{PgConnection, PgPool, Row};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{Bus, Envelope, Event};
+
+/// Stores `env` for publication, inside the caller's transaction.
+pub async fn enqueue<T: Event>(conn: &mut PgConnection, env: &Envelope<T>) -> Result<(), sqlx::Error> {
+    let payload = serde_json::to_value(env).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query("INSERT INTO outbox (id, subject, payload) VALUES ($1, $2, $3)")
+        .bind(env.id)
+        .bind(env.data.subject())
+        .bind(payload)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Publishes the outbox. Cheap to clone; every clone pokes the same relay.
+#[derive(Clone, Debug)]
+pub struct Relay {
+    pool: PgPool,
+    bus: Bus,
+    wake: Arc<Notify>,
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, bus: Bus) -> Self {
+        Self { pool, bus, wake: Arc::new(Notify::new()) }
+    }
+
+    /// Asks the relay to publish now (call after committing a transaction that enqueued).
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Publishes what is pending, oldest first, until nothing is left or publishing fails.
+    /// Returns how many events were published. Replicas may run this concurrently: rows are
+    /// locked with `SKIP LOCKED`.
+    pub async fn drain(&self) -> Result<usize, sqlx::Error> {
+        let mut total = 0;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let rows = sqlx::query(
+                "SELECT id, subject, payload FROM outbox WHERE published_at IS NULL \
+                 ORDER BY created_at, id LIMIT 100 FOR UPDATE SKIP LOCKED",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                return Ok(total);
+            }
+            let mut published = Vec::with_capacity(rows.len());
+            let mut failure = None;
+            for row in &rows {
+                let id: Uuid = row.get("id");
+                let subject: String = row.get("subject");
+                let payload: serde_json::Value = row.get("payload");
+                let bytes = Bytes::from(serde_json::to_vec(&payload).unwrap_or_default());
+                match self.bus.publish_raw(&subject, id, bytes).await {
+                    Ok(()) => published.push(id),
+                    Err(e) => {
+                        failure = Some((id, e));
+                        break;
+                    }
+                }
+            }
+            sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+                .bind(&published)
+                .execute(&mut *tx)
+                .await?;
+            if let Some((id, e)) = &failure {
+                let text = format!("{e}");
+                sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(text)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            total += published.len();
+            if let Some((id, e)) = failure {
+                tracing::warn!(event.id = %id, error = %e, "outbox publish failed; will retry");
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Number of events not yet published (for readiness and metrics).
+    pub async fn pending(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Runs until `cancel` fires: publishes when poked, and every second in case a poke was
+    /// missed or NATS was down. Publishes what is pending once more before returning.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut last_cleanup = tokio::time::Instant::now();
+        loop {
+            if let Err(e) = self.drain().await {
+                tracing::warn!(error = %e, "outbox drain failed");
+            }
+            if last_cleanup.elapsed() > Duration::from_secs(3600) {
+                last_cleanup = tokio::time::Instant::now();
+                let gone = sqlx::query(
+                    "DELETE FROM outbox WHERE published_at < now() - interval '7 days'",
+                )
+                .execute(&self.pool)
+                .await;
+                if let Err(e) = gone {
+                    tracing::warn!(error = %e, "outbox cleanup failed");
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        if let Err(e) = self.drain().await {
+            tracing::warn!(error = %e, "final outbox drain failed");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The single-blob model artefact passed from the trainer to the registry, predictor and monitor.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    LoadedModel, Metrics, MlError, MlpWeights, Preprocessor, ReferenceProfile, Schema, TrainConfig,
+};
+
+/// The bundle layout this build writes and reads; bumped on any incompatible change so an old
+/// predictor refuses a newer bundle instead of misreading it.
+pub const BUNDLE_FORMAT_VERSION: u32 = 1;
+
+/// Everything needed to serve, audit and monitor one trained model.
+///
+/// Encoded as one JSON document. Floating-point statistics survive exactly because this crate
+/// enables serde_json's `float_roundtrip`, and weights are stored as hexadecimal bit patterns, so
+/// a decoded bundle predicts exactly what the original did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelBundle {
+    /// Always [`BUNDLE_FORMAT_VERSION`] for bundles written by this build.
+    pub format_version: u32,
+    /// The schema the model was trained on; requests are validated against it.
+    pub schema: Schema,
+    /// Preprocessing fitted on the training split.
+    pub preprocessor: Preprocessor,
+    /// Class labels, sorted; output `i` of the network is `class_names[i]`.
+    pub class_names: Vec<String>,
+    /// The configuration the model was trained with.
+    pub config: TrainConfig,
+    /// Held-out evaluation results.
+    pub metrics: Metrics,
+    /// Raw training-split feature profile, the monitor's drift reference.
+    pub reference: ReferenceProfile,
+    /// The trained network's parameters.
+    pub weights: MlpWeights,
+}
+
+/// Just enough of a bundle to read its version before trusting the rest of the layout.
+#[derive(Deserialize)]
+struct VersionProbe {
+    format_version: u32,
+}
+
+impl ModelBundle {
+    /// One self-contained blob (JSON, weights as hex-encoded f32 arrays with shapes). Round-trips
+    /// exactly: predictions from a decoded bundle equal the original's.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, MlError> {
+        self.check()?;
+        serde_json::to_vec(self).map_err(|e| MlError::Bundle(format!("cannot encode bundle: {e}")))
+    }
+
+    /// Decodes and checks a blob written by [`to_bytes`](Self::to_bytes); garbage, a bundle of
+    /// another format version, and internally inconsistent bundles are refused with a clear error.
+    pub fn from_bytes(bytes: &[u8]) -> Result<ModelBundle, MlError> {
+        let probe: VersionProbe = serde_json::from_slice(bytes).map_err(|_| {
+            MlError::Bundle(
+                "not a Petrel model bundle (expected a JSON object with a format_version)".into(),
+            )
+        })?;
+        if probe.format_version != BUNDLE_FORMAT_VERSION {
+            return Err(MlError::Bundle(format!(
+                "unsupported bundle format_version {} (this build reads version {})",
+                probe.format_version, BUNDLE_FORMAT_VERSION
+            )));
+        }
+        let bundle: ModelBundle = serde_json::from_slice(bytes)
+            .map_err(|e| MlError::Bundle(format!("malformed model bundle: {e}")))?;
+        bundle.check()?;
+        Ok(bundle)
+    }
+
+    /// Builds the inference model.
+    pub fn load(&self) -> Result<LoadedModel, MlError> {
+        self.check()?;
+        Ok(LoadedModel::new(
+            self.schema.clone(),
+            self.preprocessor.clone(),
+            self.class_names.clone(),
+            self.weights.clone(),
+        ))
+    }
+
+    /// Checks that the parts agree with each other, since serving a bundle whose shapes disagree
+    /// would either panic or silently mispredict.
+    fn check(&self) -> Result<(), MlError> {
+        let bad = |m: String| Err(MlError::Bundle(format!("inconsistent model bundle: {m}")));
+        if self.format_version != BUNDLE_FORMAT_VERSION {
+            return bad(format!("format_version is {}", self.format_version));
+        }
+        self.schema
+            .validate()
+            .map_err(|e| MlError::Bundle(format!("inconsistent model bundle: {e}")))?;
+        if let Err(m) = self.preprocessor.check_matches(&self.schema) {
+            return bad(m);
+        }
+        if self.class_names.len() < 2 {
+            return bad("fewer than 2 classes".into());
+        }
+        if !self.class_names.windows(2).all(|w| w[0] < w[1]) {
+            return bad("class names are not sorted and unique".into());
+        }
+        if let Err(m) = self.weights.validate() {
+            return bad(m);
+        }
+        if self.weights.inputs() != self.preprocessor.width() {
+            return bad(format!(
+                "the network takes {} inputs but preprocessing produces {}",
+                self.weights.inputs(),
+                self.preprocessor.width()
+            ));
+        }
+        if self.weights.classes() != self.class_names.len() {
+            return bad(format!(
+                "the network has {} outputs for {} classes",
+                self.weights.classes(),
+                self.class_names.len()
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,558 @@
+//! Parsing and validating raw rows (CSV files and JSON objects) against a [`Schema`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ColumnKind, MlError, Schema};
+
+/// One feature value, already typed by its column's [`ColumnKind`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    /// A finite number, for a numeric column.
+    Num(f64),
+    /// A category label, for a categorical column.
+    Cat(String),
+}
+
+/// One row of features in schema order; None = missing.
+pub type FeatureRow = Vec<Option<Value>>;
+
+/// Validated rows with their labels, ready for training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Table {
+    /// The schema every row follows.
+    pub schema: Schema,
+    /// Feature rows in schema order.
+    pub rows: Vec<FeatureRow>,
+    /// The target label of each row, parallel to `rows`.
+    pub targets: Vec<String>,
+}
+
+impl Table {
+    /// The number of rows, for callers that report sizes.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether the table holds no row at all.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// How many rows carry each label, in label order; ingest shows this as a class summary.
+    pub fn class_counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for target in &self.targets {
+            *counts.entry(target.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+/// A problem with one row of a file; the row is left out of the table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RowError {
+    /// 1-based line number in the file, header is line 1.
+    pub line: u64,
+    /// The column at fault, when the problem is one value rather than the whole row.
+    pub column: Option<String>,
+    /// What is wrong, written for the person who uploaded the file.
+    pub message: String,
+}
+
+/// The outcome of [`parse_csv`]: the good rows and a report of every rejected one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParseReport {
+    /// The rows that passed validation.
+    pub table: Table,
+    /// One entry per problem found; a row may contribute several.
+    pub errors: Vec<RowError>,
+}
+
+impl ParseReport {
+    /// The number of distinct lines rejected, since one line can yield several errors.
+    pub fn rejected_lines(&self) -> usize {
+        let mut lines: Vec<u64> = self.errors.iter().map(|e| e.line).collect();
+        lines.dedup();
+        lines.len()
+    }
+}
+
+/// Whether a raw token stands for a missing value; shared by CSV and JSON parsing so both
+/// agree on what "missing" means.
+pub(crate) fn is_missing_token(token: &str) -> bool {
+    let t = token.trim();
+    t.is_empty()
+        || t.eq_ignore_ascii_case("na")
+        || t.eq_ignore_ascii_case("nan")
+        || t.eq_ignore_ascii_case("null")
+}
+
+/// Parses a numeric token, refusing infinities and NaN spelled out as numbers because they would
+/// poison the preprocessing statistics.
+fn parse_number(token: &str) -> Result<f64, String> {
+    let t = token.trim();
+    match t.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err(format!("'{t}' is not a finite number")),
+        Err(_) => Err(format!("'{t}' is not a number")),
+    }
+}
+
+/// Parses CSV bytes with a header row. Missing-value tokens: empty, "NA", "NaN", "null"
+/// (case-insensitive). Numeric columns must parse as finite f64; a row with a bad value, a
+/// missing target, or a wrong field count is reported in `errors` and left out of `table` (never
+/// silently dropped). A header lacking a schema column is an Err (MlError::Schema); extra columns
+/// are ignored. Fails with MlError if the file is not CSV at all.
+///
+/// Values are trimmed of surrounding whitespace, and a UTF-8 byte-order mark is skipped, because
+/// spreadsheet exports add both and users cannot see them.
+pub fn parse_csv(bytes: &[u8], schema: &Schema) -> Result<ParseReport, MlError> {
+    schema.validate()?;
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(MlError::Csv(
+            "the file is empty; a header row is required".into(),
+        ));
+    }
+    if bytes.contains(&0) {
+        return Err(MlError::Csv(
+            "the file contains NUL bytes; it looks binary, not CSV text".into(),
+        ));
+    }
+
+    // Flexible, so that a short or long row becomes a per-row error instead of aborting the
+    // whole file.
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(bytes);
+    let header = reader
+        .byte_headers()
+        .map_err(|e| MlError::Csv(format!("cannot read the header row: {e}")))?
+        .clone();
+    let header: Vec<String> = header
+        .iter()
+        .map(|field| {
+            std::str::from_utf8(field)
+                .map(|s| s.trim().to_string())
+                .map_err(|_| MlError::Csv("the header row is not valid UTF-8 text".into()))
+        })
+        .collect::<Result<_, _>>()?;
+
+    let position = |name: &str| -> Result<Option<usize>, MlError> {
+        let mut hits = header.iter().enumerate().filter(|(_, h)| *h == name);
+        let first = hits.next().map(|(i, _)| i);
+        if hits.next().is_some() {
+            return Err(MlError::Schema(format!(
+                "column '{name}' appears more than once in the header"
+            )));
+        }
+        Ok(first)
+    };
+    let mut missing = Vec::new();
+    let mut feature_positions = Vec::with_capacity(schema.features.len());
+    for column in &schema.features {
+        match position(&column.name)? {
+            Some(i) => feature_positions.push(i),
+            None => missing.push(column.name.clone()),
+        }
+    }
+    let target_position = position(&schema.target)?;
+    if target_position.is_none() {
+        missing.push(schema.target.clone());
+    }
+    let Some(target_position) = target_position.filter(|_| missing.is_empty()) else {
+        return Err(MlError::Schema(format!(
+            "the header lacks required column(s): {}",
+            missing.join(", ")
+        )));
+    };
+
+    let mut table = Table {
+        schema: schema.clone(),
+        rows: Vec::new(),
+        targets: Vec::new(),
+    };
+    let mut errors = Vec::new();
+    let mut record = csv::ByteRecord::new();
+    loop {
+        let line_before = reader.position().line();
+        match reader.read_byte_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                // With a byte slice and flexible records the reader has no recoverable errors
+                // left; report the line and stop rather than guess where the next row starts.
+                let line = e.position().map(|p| p.line()).unwrap_or(line_before);
+                errors.push(RowError {
+                    line,
+                    column: None,
+                    message: format!("unreadable CSV from here on: {e}"),
+                });
+                break;
+            }
+        }
+        let line = record.position().map(|p| p.line()).unwrap_or(line_before);
+        let mut row_errors = Vec::new();
+        let row = parse_record(
+            &record,
+            schema,
+            header.len(),
+            &feature_positions,
+            target_position,
+            line,
+            &mut row_errors,
+        );
+        match row {
+            Some((row, target)) if row_errors.is_empty() => {
+                table.rows.push(row);
+                table.targets.push(target);
+            }
+            _ => errors.extend(row_errors),
+        }
+    }
+    Ok(ParseReport { table, errors })
+}
+
+/// Validates one CSV record; pushes every problem found and returns the row only if it is whole.
+fn parse_record(
+    record: &csv::ByteRecord,
+    schema: &Schema,
+    header_len: usize,
+    feature_positions: &[usize],
+    target_position: usize,
+    line: u64,
+    errors: &mut Vec<RowError>,
+) -> Option<(FeatureRow, String)> {
+    if record.len() != header_len {
+        errors.push(RowError {
+            line,
+            column: None,
+            message: format!(
+                "expected {header_len} fields as in the header, found {}",
+                record.len()
+            ),
+        });
+        return None;
+    }
+    let field = |position: usize, column: &str, errors: &mut Vec<RowError>| -> Option<&str> {
+        let raw = record.get(position)?;
+        match std::str::from_utf8(raw) {
+            Ok(s) => Some(s.trim()),
+            Err(_) => {
+                errors.push(RowError {
+                    line,
+                    column: Some(column.to_string()),
+                    message: "the value is not valid UTF-8 text".to_string(),
+                });
+                None
+            }
+        }
+    };
+
+    let target = match field(target_position, &schema.target, errors) {
+        Some(t) if !is_missing_token(t) => Some(t.to_string()),
+        Some(_) => {
+            errors.push(RowError {
+                line,
+                column: Some(schema.target.clone()),
+                message: "the target value is missing".to_string(),
+            });
+            None
+        }
+        None => None,
+    };
+
+    let mut row = Vec::with_capacity(schema.features.len());
+    for (column, &position) in schema.features.iter().zip(feature_positions) {
+        let Some(token) = field(position, &column.name, errors) else {
+            row.push(None);
+            continue;
+        };
+        if is_missing_token(token) {
+            row.push(None);
+            continue;
+        }
+        match column.kind {
+            ColumnKind::Numeric => match parse_number(token) {
+                Ok(v) => row.push(Some(Value::Num(v))),
+                Err(message) => {
+                    errors.push(RowError {
+                        line,
+                        column: Some(column.name.clone()),
+                        message,
+                    });
+                    row.push(None);
+                }
+            },
+            ColumnKind::Categorical => row.push(Some(Value::Cat(token.to_string()))),
+        }
+    }
+    target.map(|t| (row, t))
+}
+
+/// Converts one JSON object (column name -> number | string | null) into a FeatureRow for
+/// `schema`. Absent or null -> None (imputed later). A string for a numeric column that parses as
+/// a number is accepted; otherwise a wrong type is an error naming the column. Unknown columns are
+/// an error naming them (so typos are caught), except the target column, which is ignored.
+///
+/// Strings that CSV treats as missing ("NA", "", ...) are missing here too, so a row copied out
+/// of a data file means the same thing in both places. A number given for a categorical column is
+/// taken as its decimal text, as it would be read from CSV.
+pub fn row_from_json(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    schema: &Schema,
+) -> Result<FeatureRow, MlError> {
+    // Unknown names first, sorted by the map's order, so the error is stable for a given input.
+    if let Some(unknown) = obj
+        .keys()
+        .find(|k| **k != schema.target && schema.feature_index(k).is_none())
+    {
+        return Err(MlError::UnknownColumn(unknown.clone()));
+    }
+    schema
+        .features
+        .iter()
+        .map(|column| {
+            let invalid = |message: String| MlError::InvalidValue {
+                column: column.name.clone(),
+                message,
+            };
+            let value = match obj.get(&column.name) {
+                None | Some(serde_json::Value::Null) => return Ok(None),
+                Some(v) => v,
+            };
+            match (column.kind, value) {
+                (ColumnKind::Numeric, serde_json::Value::Number(n)) => match n.as_f64() {
+                    Some(v) if v.is_finite() => Ok(Some(Value::Num(v))),
+                    _ => Err(invalid(format!("{n} is not a finite number"))),
+                },
+                (ColumnKind::Numeric, serde_json::Value::String(s)) => {
+                    if is_missing_token(s) {
+                        Ok(None)
+                    } else {
+                        parse_number(s)
+                            .map(|v| Some(Value::Num(v)))
+                            .map_err(invalid)
+                    }
+                }
+                (ColumnKind::Categorical, serde_json::Value::String(s)) => {
+                    if is_missing_token(s) {
+                        Ok(None)
+                    } else {
+                        Ok(Some(Value::Cat(s.trim().to_string())))
+                    }
+                }
+                (ColumnKind::Categorical, serde_json::Value::Number(n)) => {
+                    Ok(Some(Value::Cat(n.to_string())))
+                }
+                (ColumnKind::Numeric, other) => Err(invalid(format!(
+                    "expected a number, got {}",
+                    json_type_name(other)
+                ))),
+                (ColumnKind::Categorical, other) => Err(invalid(format!(
+                    "expected a string, got {}",
+                    json_type_name(other)
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// Names a JSON value's type the way API clients think of it.
+fn json_type_name(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Column;
+    use serde_json::json;
+
+    fn small_schema() -> Schema {
+        Schema {
+            features: vec![Column::numeric("x"), Column::categorical("c")],
+            target: "y".into(),
+        }
+    }
+
+    fn obj(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn parses_good_rows_and_missing_tokens() {
+        let csv = b"y,x,c,extra\na,1.5,red,zzz\nb,NA,blue,\nb, nan ,NULL,1\na,,,\n";
+        let report = parse_csv(csv, &small_schema()).unwrap();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(report.table.targets, vec!["a", "b", "b", "a"]);
+        assert_eq!(
+            report.table.rows,
+            vec![
+                vec![Some(Value::Num(1.5)), Some(Value::Cat("red".into()))],
+                vec![None, Some(Value::Cat("blue".into()))],
+                vec![None, None],
+                vec![None, None],
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_rows_are_reported_with_line_numbers_and_left_out() {
+        let csv = "x,c,y\n\
+                   1,red,a\n\
+                   abc,red,a\n\
+                   2,red\n\
+                   3,blue,NA\n\
+                   inf,blue,b\n\
+                   \"4\",\"multi\nline\",b\n\
+                   5,green,b,extra\n\
+                   6,red,a\n";
+        let report = parse_csv(csv.as_bytes(), &small_schema()).unwrap();
+        let got: Vec<(u64, Option<&str>)> = report
+            .errors
+            .iter()
+            .map(|e| (e.line, e.column.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (3, Some("x")),
+                (4, None),
+                (5, Some("y")),
+                (6, Some("x")),
+                // The quoted field spans lines 7-8, so the long row starts on line 9.
+                (9, None),
+            ]
+        );
+        assert!(report.errors[0].message.contains("'abc' is not a number"));
+        assert!(report.errors[1].message.contains("expected 3 fields"));
+        assert!(report.errors[3].message.contains("finite"));
+        assert_eq!(report.table.targets, vec!["a", "b", "a"]);
+        assert_eq!(
+            report.table.rows[1][1],
+            Some(Value::Cat("multi\nline".into()))
+        );
+        assert_eq!(report.rejected_lines(), 5);
+    }
+
+    #[test]
+    fn header_lacking_a_schema_column_is_a_schema_error() {
+        let err = parse_csv(b"x,y\n1,a\n", &small_schema()).unwrap_err();
+        assert!(
+            matches!(err, MlError::Schema(ref m) if m.contains("c")),
+            "{err}"
+        );
+        let err = parse_csv(b"x,c\n1,a\n", &small_schema()).unwrap_err();
+        assert!(
+            matches!(err, MlError::Schema(ref m) if m.contains("y")),
+            "{err}"
+        );
+        let err = parse_csv(b"x,c,y,x\n1,a,b,2\n", &small_schema()).unwrap_err();
+        assert!(matches!(err, MlError::Schema(ref m) if m.contains("more than once")));
+    }
+
+    #[test]
+    fn non_csv_input_is_an_error() {
+        assert!(matches!(
+            parse_csv(b"", &small_schema()),
+            Err(MlError::Csv(_))
+        ));
+        assert!(matches!(
+            parse_csv(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", &small_schema()),
+            Err(MlError::Csv(_))
+        ));
+        assert!(matches!(
+            parse_csv(b"x,\xff\xfe,y\n", &small_schema()),
+            Err(MlError::Csv(_))
+        ));
+        // Text that is not the declared table at all fails on the header.
+        assert!(parse_csv(b"hello world\n", &small_schema()).is_err());
+    }
+
+    #[test]
+    fn byte_order_mark_and_whitespace_are_tolerated() {
+        let report = parse_csv(b"\xEF\xBB\xBFx , c ,y\n 2 , red , a \n", &small_schema()).unwrap();
+        assert!(report.errors.is_empty());
+        assert_eq!(
+            report.table.rows[0],
+            vec![Some(Value::Num(2.0)), Some(Value::Cat("red".into()))]
+        );
+        assert_eq!(report.table.targets, vec!["a"]);
+    }
+
+    #[test]
+    fn penguins_file_parses_with_missing_values() {
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../data/penguins.csv"
+        ))
+        .unwrap();
+        let report = parse_csv(&bytes, &Schema::penguins()).unwrap();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(report.table.len(), 344);
+        // Line 5 of the file (the 4th data row) is all NA except island and year.
+        let row = &report.table.rows[3];
+        assert_eq!(row[0], Some(Value::Cat("Torgersen".into())));
+        assert!(row[1..6].iter().all(Option::is_none));
+        assert_eq!(row[6], Some(Value::Num(2007.0)));
+        assert_eq!(report.table.class_counts().len(), 3);
+    }
+
+    #[test]
+    fn row_from_json_accepts_good_rows() {
+        let schema = small_schema();
+        let row = row_from_json(&obj(json!({"x": 1.25, "c": "red"})), &schema).unwrap();
+        assert_eq!(
+            row,
+            vec![Some(Value::Num(1.25)), Some(Value::Cat("red".into()))]
+        );
+        // Numeric strings, nulls, absent keys, missing tokens and the target are all fine.
+        let row = row_from_json(&obj(json!({"x": " 3e2 ", "y": "ignored"})), &schema).unwrap();
+        assert_eq!(row, vec![Some(Value::Num(300.0)), None]);
+        let row = row_from_json(&obj(json!({"x": null, "c": "NA"})), &schema).unwrap();
+        assert_eq!(row, vec![None, None]);
+        let row = row_from_json(&obj(json!({"c": 7})), &schema).unwrap();
+        assert_eq!(row, vec![None, Some(Value::Cat("7".into()))]);
+    }
+
+    #[test]
+    fn row_from_json_names_the_bad_column() {
+        let schema = small_schema();
+        match row_from_json(&obj(json!({"x": "abc"})), &schema) {
+            Err(MlError::InvalidValue { column, message }) => {
+                assert_eq!(column, "x");
+                assert!(message.contains("not a number"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match row_from_json(&obj(json!({"x": true})), &schema) {
+            Err(MlError::InvalidValue { column, message }) => {
+                assert_eq!(column, "x");
+                assert!(message.contains("boolean"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match row_from_json(&obj(json!({"c": ["red"]})), &schema) {
+            Err(MlError::InvalidValue { column, .. }) => assert_eq!(column, "c"),
+            other => panic!("{other:?}"),
+        }
+        match row_from_json(&obj(json!({"x": 1, "colour": "red"})), &schema) {
+            Err(e @ MlError::UnknownColumn(_)) => {
+                assert_eq!(e.to_string(), "unknown column 'colour'")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

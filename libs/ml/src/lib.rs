@@ -1,0 +1,31 @@
+//! Petrel's model code, shared by the services that touch tabular data.
+//!
+//! Ingest validates uploaded CSV files against a declared [`Schema`] with [`parse_csv`]; the
+//! trainer turns a validated [`Table`] into a [`ModelBundle`] with [`train_classifier`]; the
+//! predictor decodes that bundle, builds a [`LoadedModel`] and answers JSON rows; the monitor reads
+//! the training-split [`ReferenceProfile`] from the bundle as its drift reference.
+//!
+//! Training runs on burn (NdArray backend with autodiff). Inference deliberately does not: the
+//! network is tiny, and a plain-Rust dense forward pass over weights copied out of burn is both
+//! faster for single-row requests and trivially `Send + Sync`, which the predictor needs to share
+//! one model across request tasks. A test checks that both forward passes agree.
+
+mod bundle;
+mod dataset;
+mod error;
+mod infer;
+mod model;
+mod preprocess;
+mod schema;
+mod split;
+mod train;
+
+pub use bundle::{BUNDLE_FORMAT_VERSION, ModelBundle};
+pub use dataset::{FeatureRow, ParseReport, RowError, Table, Value, parse_csv, row_from_json};
+pub use error::MlError;
+pub use infer::{LoadedModel, Prediction};
+pub use model::{DenseLayer, Mlp, MlpWeights};
+pub use preprocess::{ColumnTransform, Preprocessor};
+pub use schema::{Column, ColumnKind, Schema};
+pub use split::stratified_split;
+pub use train::{Metrics, ReferenceProfile, TrainConfig, train_classifier};

@@ -1,0 +1,366 @@
+//! The classifier network: a burn module for training and a plain-Rust copy of its weights for
+//! serving and storage.
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::MlError;
+
+/// A two-layer perceptron, `Linear -> ReLU -> Linear`, producing class logits.
+///
+/// Burn 0.22 modules carry their backend in the [`Device`] rather than a type parameter, so the
+/// same struct trains on an autodiff device and runs inference on a plain one. No dropout: the
+/// tabular data sets this serves are small, and weight decay regularises enough.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// Input features to hidden units.
+    pub hidden: Linear,
+    /// Hidden units to class logits.
+    pub output: Linear,
+}
+
+/// Uniform `(-k, k)` values with `k = 1/sqrt(fan_in)`, burn's default `Linear` initialisation,
+/// drawn from our own seeded generator so initialisation never touches burn's process-global RNG
+/// (which concurrent trainings in one process would otherwise race on).
+fn uniform(rng: &mut StdRng, len: usize, fan_in: usize) -> Vec<f32> {
+    let k = 1.0 / (fan_in.max(1) as f32).sqrt();
+    (0..len).map(|_| rng.random_range(-k..k)).collect()
+}
+
+/// Builds a `Linear` layer holding exactly the given row-major `[inputs, outputs]` weights.
+fn linear_from(layer: &DenseLayer, device: &Device) -> Linear {
+    let weight = Tensor::<2>::from_data(
+        TensorData::new(layer.weight.clone(), [layer.inputs, layer.outputs]),
+        device,
+    );
+    let bias = Tensor::<1>::from_data(TensorData::new(layer.bias.clone(), [layer.outputs]), device);
+    Linear {
+        weight: Param::from_tensor(weight),
+        bias: Some(Param::from_tensor(bias)),
+    }
+}
+
+/// Copies a `Linear` layer's parameters out of burn.
+fn dense_from(linear: &Linear) -> Result<DenseLayer, MlError> {
+    let read = |data: TensorData| {
+        data.try_into_vec_as::<f32>()
+            .map_err(|e| MlError::Training(format!("cannot read trained weights: {e:?}")))
+    };
+    let weight = linear.weight.val();
+    let [inputs, outputs] = weight.dims();
+    let weight = read(weight.into_data())?;
+    let bias = match &linear.bias {
+        Some(b) => read(b.val().into_data())?,
+        None => vec![0.0; outputs],
+    };
+    Ok(DenseLayer {
+        inputs,
+        outputs,
+        weight,
+        bias,
+    })
+}
+
+impl Mlp {
+    /// A freshly initialised network whose weights depend only on the sizes and `seed`.
+    pub fn init(inputs: usize, hidden: usize, classes: usize, seed: u64, device: &Device) -> Mlp {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let weights = MlpWeights {
+            hidden: DenseLayer {
+                inputs,
+                outputs: hidden,
+                weight: uniform(&mut rng, inputs * hidden, inputs),
+                bias: uniform(&mut rng, hidden, inputs),
+            },
+            output: DenseLayer {
+                inputs: hidden,
+                outputs: classes,
+                weight: uniform(&mut rng, hidden * classes, hidden),
+                bias: uniform(&mut rng, classes, hidden),
+            },
+        };
+        Mlp::from_weights(&weights, device)
+    }
+
+    /// Rebuilds the burn module from stored weights, e.g. to cross-check the plain forward pass.
+    pub fn from_weights(weights: &MlpWeights, device: &Device) -> Mlp {
+        Mlp {
+            hidden: linear_from(&weights.hidden, device),
+            output: linear_from(&weights.output, device),
+        }
+    }
+
+    /// Class logits for a `[batch, inputs]` matrix.
+    pub fn forward(&self, input: Tensor<2>) -> Tensor<2> {
+        self.output.forward(relu(self.hidden.forward(input)))
+    }
+
+    /// Copies the parameters out of burn into plain vectors for storage and serving.
+    pub fn to_weights(&self) -> Result<MlpWeights, MlError> {
+        Ok(MlpWeights {
+            hidden: dense_from(&self.hidden)?,
+            output: dense_from(&self.output)?,
+        })
+    }
+}
+
+/// One dense layer's parameters, `y = x W + b`.
+///
+/// Values are stored as hexadecimal IEEE-754 bit patterns rather than JSON numbers so a bundle
+/// round-trips bit for bit, whatever float parser reads it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DenseLayer {
+    /// Input width.
+    pub inputs: usize,
+    /// Output width.
+    pub outputs: usize,
+    /// Row-major `[inputs, outputs]`, the layout of burn's default `Linear`.
+    #[serde(with = "hex_f32")]
+    pub weight: Vec<f32>,
+    /// `[outputs]`.
+    #[serde(with = "hex_f32")]
+    pub bias: Vec<f32>,
+}
+
+impl DenseLayer {
+    /// Checks shapes and finiteness, because a bundle may come from anywhere.
+    fn validate(&self, what: &str) -> Result<(), String> {
+        if self.inputs == 0 || self.outputs == 0 {
+            return Err(format!("{what} layer has a zero dimension"));
+        }
+        let expected = self.inputs.checked_mul(self.outputs);
+        if expected != Some(self.weight.len()) || self.bias.len() != self.outputs {
+            return Err(format!(
+                "{what} layer weights do not match their shape {}x{}",
+                self.inputs, self.outputs
+            ));
+        }
+        if !self.weight.iter().chain(&self.bias).all(|v| v.is_finite()) {
+            return Err(format!("{what} layer holds non-finite weights"));
+        }
+        Ok(())
+    }
+
+    /// `out = x W + b`; `out` must be `outputs` long.
+    fn apply(&self, x: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(&self.bias);
+        for (xi, w_row) in x.iter().zip(self.weight.chunks_exact(self.outputs)) {
+            if *xi != 0.0 {
+                for (o, w) in out.iter_mut().zip(w_row) {
+                    *o += xi * w;
+                }
+            }
+        }
+    }
+}
+
+/// The weights of an [`Mlp`] as plain data: what a bundle stores and what serving runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MlpWeights {
+    /// Input to hidden layer.
+    pub hidden: DenseLayer,
+    /// Hidden to output layer.
+    pub output: DenseLayer,
+}
+
+impl MlpWeights {
+    /// Checks that layer shapes chain up and the values are usable.
+    pub fn validate(&self) -> Result<(), String> {
+        self.hidden.validate("hidden")?;
+        self.output.validate("output")?;
+        if self.hidden.outputs != self.output.inputs {
+            return Err("hidden and output layers do not connect".to_string());
+        }
+        Ok(())
+    }
+
+    /// Input width.
+    pub fn inputs(&self) -> usize {
+        self.hidden.inputs
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.output.outputs
+    }
+
+    /// Class probabilities for one encoded row, the same computation as [`Mlp::forward`]
+    /// followed by a softmax, in plain Rust.
+    ///
+    /// `hidden` is scratch space reused across rows to avoid an allocation per row; `probs`
+    /// must be `classes()` long.
+    pub fn probabilities_into(&self, x: &[f32], hidden: &mut Vec<f32>, probs: &mut [f32]) {
+        hidden.resize(self.hidden.outputs, 0.0);
+        self.hidden.apply(x, hidden);
+        for h in hidden.iter_mut() {
+            *h = h.max(0.0);
+        }
+        self.output.apply(hidden, probs);
+        let max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for p in probs.iter_mut() {
+            *p = (*p - max).exp();
+            sum += *p;
+        }
+        for p in probs.iter_mut() {
+            *p /= sum;
+        }
+    }
+
+    /// Class probabilities for a row-major `[n, inputs()]` matrix, row-major `[n, classes()]`.
+    pub fn probabilities(&self, matrix: &[f32]) -> Vec<f32> {
+        let inputs = self.inputs().max(1);
+        let classes = self.classes();
+        let rows = matrix.len() / inputs;
+        let mut out = vec![0.0; rows * classes];
+        let mut hidden = Vec::new();
+        for (x, probs) in matrix
+            .chunks_exact(inputs)
+            .zip(out.chunks_exact_mut(classes.max(1)))
+        {
+            self.probabilities_into(x, &mut hidden, probs);
+        }
+        out
+    }
+}
+
+/// Serde helpers storing `Vec<f32>` as one hex string of little-endian bit patterns.
+mod hex_f32 {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+
+    pub fn serialize<S: Serializer>(values: &[f32], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut text = String::with_capacity(values.len() * 8);
+        for value in values {
+            for byte in value.to_le_bytes() {
+                text.push(HEX[usize::from(byte >> 4)] as char);
+                text.push(HEX[usize::from(byte & 0xf)] as char);
+            }
+        }
+        serializer.serialize_str(&text)
+    }
+
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f32>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let bytes = text.as_bytes();
+        if bytes.len() % 8 != 0 {
+            return Err(D::Error::custom(
+                "weight data length is not a multiple of 8 hex digits",
+            ));
+        }
+        bytes
+            .chunks_exact(8)
+            .map(|chunk| {
+                let mut le = [0u8; 4];
+                for (b, pair) in le.iter_mut().zip(chunk.chunks_exact(2)) {
+                    let (Some(hi), Some(lo)) = (nibble(pair[0]), nibble(pair[1])) else {
+                        return Err(D::Error::custom("weight data is not hexadecimal"));
+                    };
+                    *b = (hi << 4) | lo;
+                }
+                Ok(f32::from_le_bytes(le))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::activation::softmax;
+
+    #[allow(deprecated)] // NdArray is the backend this crate is built with; see train.rs.
+    fn device() -> Device {
+        Device::ndarray()
+    }
+
+    #[test]
+    fn plain_forward_matches_burn_forward() {
+        let device = device();
+        let model = Mlp::init(7, 16, 4, 3, &device);
+        let weights = model.to_weights().unwrap();
+        weights.validate().unwrap();
+        let mut rng = StdRng::seed_from_u64(9);
+        let input: Vec<f32> = (0..7 * 25).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let burn_probs = softmax(
+            model.forward(Tensor::<2>::from_data(
+                TensorData::new(input.clone(), [25, 7]),
+                &device,
+            )),
+            1,
+        )
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+        let plain = weights.probabilities(&input);
+        assert_eq!(plain.len(), burn_probs.len());
+        for (a, b) in plain.iter().zip(&burn_probs) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        // Rebuilding the module from the weights gives back the same weights.
+        assert_eq!(
+            Mlp::from_weights(&weights, &device).to_weights().unwrap(),
+            weights
+        );
+    }
+
+    #[test]
+    fn init_is_a_function_of_the_seed() {
+        let device = device();
+        let a = Mlp::init(5, 8, 3, 1, &device).to_weights().unwrap();
+        let b = Mlp::init(5, 8, 3, 1, &device).to_weights().unwrap();
+        let c = Mlp::init(5, 8, 3, 2, &device).to_weights().unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn weights_round_trip_through_json_bit_for_bit() {
+        let layer = DenseLayer {
+            inputs: 2,
+            outputs: 2,
+            weight: vec![0.1, -0.0, f32::MIN_POSITIVE, 1.0e-45],
+            bias: vec![123.456, -7.0],
+        };
+        let json = serde_json::to_string(&layer).unwrap();
+        let back: DenseLayer = serde_json::from_str(&json).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&back.weight), bits(&layer.weight));
+        assert_eq!(bits(&back.bias), bits(&layer.bias));
+        assert!(
+            serde_json::from_str::<DenseLayer>(&json.replace("cdcc", "zzzz")).is_err(),
+            "non-hex accepted"
+        );
+    }
+
+    #[test]
+    fn validate_rejects_bad_shapes_and_values() {
+        let device = device();
+        let good = Mlp::init(3, 4, 2, 0, &device).to_weights().unwrap();
+        let mut bad = good.clone();
+        bad.hidden.weight.pop();
+        assert!(bad.validate().is_err());
+        let mut bad = good.clone();
+        bad.output.inputs = 5;
+        assert!(bad.validate().is_err());
+        let mut bad = good;
+        bad.output.bias[0] = f32::NAN;
+        assert!(bad.validate().is_err());
+    }
+}

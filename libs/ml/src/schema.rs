@@ -1,0 +1,200 @@
+//! The declared shape of a tabular data set: which columns are features, of which kind, and
+//! which column holds the label.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::MlError;
+
+/// How a feature column is interpreted, which decides both parsing and preprocessing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnKind {
+    /// A real number; imputed with the median and standardised.
+    Numeric,
+    /// A label from a finite set; one-hot encoded.
+    Categorical,
+}
+
+/// One feature column of a [`Schema`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Column {
+    /// The column name as it appears in CSV headers and JSON objects.
+    pub name: String,
+    /// How the column's values are parsed and encoded.
+    pub kind: ColumnKind,
+}
+
+impl Column {
+    /// A numeric column; a shorthand that keeps schema literals readable.
+    pub fn numeric(name: impl Into<String>) -> Column {
+        Column {
+            name: name.into(),
+            kind: ColumnKind::Numeric,
+        }
+    }
+
+    /// A categorical column; a shorthand that keeps schema literals readable.
+    pub fn categorical(name: impl Into<String>) -> Column {
+        Column {
+            name: name.into(),
+            kind: ColumnKind::Categorical,
+        }
+    }
+}
+
+/// The features (in the order the model sees them) and the name of the target column.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Schema {
+    /// Feature columns, in the order every [`FeatureRow`](crate::FeatureRow) follows.
+    pub features: Vec<Column>,
+    /// The column holding the class label.
+    pub target: String,
+}
+
+impl Schema {
+    /// The schema of the bundled Palmer Penguins data (target species; island, sex categorical;
+    /// year and the four measurements numeric).
+    pub fn penguins() -> Schema {
+        Schema {
+            features: vec![
+                Column::categorical("island"),
+                Column::numeric("bill_length_mm"),
+                Column::numeric("bill_depth_mm"),
+                Column::numeric("flipper_length_mm"),
+                Column::numeric("body_mass_g"),
+                Column::categorical("sex"),
+                Column::numeric("year"),
+            ],
+            target: "species".to_string(),
+        }
+    }
+
+    /// Checks names are unique and non-empty, at least one feature, target not among features.
+    ///
+    /// Every other function assumes a valid schema, because duplicate or blank names would make
+    /// CSV headers and JSON objects ambiguous.
+    pub fn validate(&self) -> Result<(), MlError> {
+        if self.features.is_empty() {
+            return Err(MlError::Schema(
+                "the schema needs at least one feature column".to_string(),
+            ));
+        }
+        if self.target.trim().is_empty() {
+            return Err(MlError::Schema(
+                "the target column name is empty".to_string(),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (index, column) in self.features.iter().enumerate() {
+            if column.name.trim().is_empty() {
+                return Err(MlError::Schema(format!(
+                    "feature column #{} has an empty name",
+                    index + 1
+                )));
+            }
+            if column.name != column.name.trim() {
+                return Err(MlError::Schema(format!(
+                    "column name '{}' has leading or trailing whitespace",
+                    column.name
+                )));
+            }
+            if !seen.insert(column.name.as_str()) {
+                return Err(MlError::Schema(format!(
+                    "column '{}' is declared more than once",
+                    column.name
+                )));
+            }
+        }
+        if seen.contains(self.target.as_str()) {
+            return Err(MlError::Schema(format!(
+                "the target column '{}' is also declared as a feature",
+                self.target
+            )));
+        }
+        Ok(())
+    }
+
+    /// The position of a feature column, used to map named inputs onto row order.
+    pub fn feature_index(&self, name: &str) -> Option<usize> {
+        self.features.iter().position(|c| c.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn penguins_schema_is_valid_and_shaped_as_documented() {
+        let schema = Schema::penguins();
+        schema.validate().unwrap();
+        assert_eq!(schema.target, "species");
+        assert_eq!(schema.features.len(), 7);
+        let kind = |n: &str| schema.features[schema.feature_index(n).unwrap()].kind;
+        assert_eq!(kind("island"), ColumnKind::Categorical);
+        assert_eq!(kind("sex"), ColumnKind::Categorical);
+        assert_eq!(kind("year"), ColumnKind::Numeric);
+        assert_eq!(kind("body_mass_g"), ColumnKind::Numeric);
+    }
+
+    #[test]
+    fn validate_rejects_each_kind_of_bad_schema() {
+        let bad = |schema: Schema, needle: &str| {
+            let err = schema.validate().unwrap_err();
+            assert!(matches!(err, MlError::Schema(_)), "{err:?}");
+            assert!(err.to_string().contains(needle), "{err} lacks {needle}");
+        };
+        bad(
+            Schema {
+                features: vec![],
+                target: "y".into(),
+            },
+            "at least one feature",
+        );
+        bad(
+            Schema {
+                features: vec![Column::numeric("a")],
+                target: " ".into(),
+            },
+            "target column name is empty",
+        );
+        bad(
+            Schema {
+                features: vec![Column::numeric("a"), Column::numeric("")],
+                target: "y".into(),
+            },
+            "#2 has an empty name",
+        );
+        bad(
+            Schema {
+                features: vec![Column::numeric("a"), Column::categorical("a")],
+                target: "y".into(),
+            },
+            "'a' is declared more than once",
+        );
+        bad(
+            Schema {
+                features: vec![Column::numeric("a"), Column::numeric("y")],
+                target: "y".into(),
+            },
+            "also declared as a feature",
+        );
+        bad(
+            Schema {
+                features: vec![Column::numeric(" a")],
+                target: "y".into(),
+            },
+            "whitespace",
+        );
+    }
+
+    #[test]
+    fn column_kind_serialises_in_snake_case() {
+        let json = serde_json::to_string(&Column::categorical("sex")).unwrap();
+        assert_eq!(json, r#"{"name":"sex","kind":"categorical"}"#);
+        let back: Column = serde_json::from_str(r#"{"name":"x","kind":"numeric"}"#).unwrap();
+        assert_eq!(back, Column::numeric("x"));
+    }
+}

@@ -1,0 +1,501 @@
+//! Training a classifier from a validated [`Table`] into a [`ModelBundle`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::index::sample;
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::BUNDLE_FORMAT_VERSION;
+use crate::preprocess::as_category;
+use crate::{
+    ColumnKind, FeatureRow, MlError, Mlp, ModelBundle, Preprocessor, Schema, Table, Value,
+    stratified_split,
+};
+
+/// Fewest rows worth training on; below this, a test split says nothing.
+pub const MIN_TRAINING_ROWS: usize = 10;
+
+/// Most numeric values kept per column in the [`ReferenceProfile`], so bundles stay small.
+pub const REFERENCE_SAMPLE_CAP: usize = 10_000;
+
+/// Hyperparameters of [`train_classifier`].
+///
+/// Missing fields take their defaults when deserialising, so clients may send only what they
+/// want to change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// Hidden units of the MLP.
+    pub hidden_size: usize,
+    /// Full-batch optimisation steps.
+    pub epochs: usize,
+    /// Adam step size.
+    pub learning_rate: f64,
+    /// L2 penalty added to the gradients (0 disables it).
+    pub weight_decay: f64,
+    /// Share of each class held out for evaluation, strictly between 0 and 1.
+    pub test_fraction: f64,
+    /// Seeds the split, the weight initialisation and the reference sampling.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    /// Settings that reach ~98% test accuracy on the penguins data in well under a second.
+    fn default() -> TrainConfig {
+        TrainConfig {
+            hidden_size: 32,
+            epochs: 200,
+            learning_rate: 0.01,
+            weight_decay: 1e-4,
+            test_fraction: 0.2,
+            seed: 42,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Rejects settings that would make training meaningless or unbounded, with a message that
+    /// names the setting.
+    pub fn validate(&self) -> Result<(), MlError> {
+        let bad = |m: &str| Err(MlError::Training(m.to_string()));
+        if !(1..=4096).contains(&self.hidden_size) {
+            return bad("hidden_size must be between 1 and 4096");
+        }
+        if !(1..=100_000).contains(&self.epochs) {
+            return bad("epochs must be between 1 and 100000");
+        }
+        if !(self.learning_rate.is_finite()
+            && self.learning_rate > 0.0
+            && self.learning_rate <= 10.0)
+        {
+            return bad("learning_rate must be a number in (0, 10]");
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight_decay must be a finite number >= 0");
+        }
+        if !(self.test_fraction.is_finite() && self.test_fraction > 0.0 && self.test_fraction < 1.0)
+        {
+            return bad("test_fraction must be strictly between 0 and 1");
+        }
+        Ok(())
+    }
+}
+
+/// Evaluation results on the held-out split (plus training accuracy, to spot overfitting).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Share of test rows whose most probable class is right.
+    pub test_accuracy: f64,
+    /// Share of training rows whose most probable class is right.
+    pub train_accuracy: f64,
+    /// Mean negative log-probability of the true class on the test split (probabilities are
+    /// clamped at 1e-15 so one confident mistake cannot make it infinite).
+    pub test_log_loss: f64,
+    /// Unweighted mean of per-class F1 over the classes that occur in the test labels or
+    /// predictions.
+    pub test_macro_f1: f64,
+    /// Rows in the training split.
+    pub n_train: usize,
+    /// Rows in the test split.
+    pub n_test: usize,
+}
+
+/// Training-split raw feature profile used by the monitor as drift reference: numeric column ->
+/// non-missing values (cap at 10_000 by deterministic sampling); categorical column -> counts per
+/// category.
+///
+/// Raw rather than preprocessed values, so the monitor compares like with like when it profiles
+/// incoming requests. Missing values are not counted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct ReferenceProfile {
+    /// Numeric column name -> its non-missing training values, in row order.
+    pub numeric: BTreeMap<String, Vec<f64>>,
+    /// Categorical column name -> count of training rows per category.
+    pub categorical: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl ReferenceProfile {
+    /// Profiles `rows` (the training split); numeric columns beyond `REFERENCE_SAMPLE_CAP`
+    /// values are subsampled with `seed`, keeping row order.
+    pub fn from_rows(schema: &Schema, rows: &[FeatureRow], seed: u64) -> ReferenceProfile {
+        let mut profile = ReferenceProfile::default();
+        for (i, column) in schema.features.iter().enumerate() {
+            let present = rows
+                .iter()
+                .filter_map(|r| r.get(i).and_then(Option::as_ref));
+            match column.kind {
+                ColumnKind::Numeric => {
+                    let mut values: Vec<f64> = present
+                        .filter_map(|v| match v {
+                            Value::Num(x) => Some(*x),
+                            Value::Cat(s) => s.trim().parse().ok(),
+                        })
+                        .filter(|x: &f64| x.is_finite())
+                        .collect();
+                    if values.len() > REFERENCE_SAMPLE_CAP {
+                        // Mix the column index in so columns are not sampled at the same rows.
+                        let mut rng = StdRng::seed_from_u64(
+                            seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                        );
+                        let mut keep =
+                            sample(&mut rng, values.len(), REFERENCE_SAMPLE_CAP).into_vec();
+                        keep.sort_unstable();
+                        values = keep.into_iter().map(|k| values[k]).collect();
+                    }
+                    profile.numeric.insert(column.name.clone(), values);
+                }
+                ColumnKind::Categorical => {
+                    let mut counts = BTreeMap::new();
+                    for value in present {
+                        *counts.entry(as_category(value)).or_insert(0) += 1;
+                    }
+                    profile.categorical.insert(column.name.clone(), counts);
+                }
+            }
+        }
+        profile
+    }
+}
+
+/// The CPU device training runs on.
+///
+/// The crate is built with burn's `ndarray` feature only; burn 0.22 deprecates NdArray in favour
+/// of its Flex backend, but switching backends is a workspace-level dependency decision, so the
+/// deprecation is acknowledged here, in one place.
+#[allow(deprecated)]
+pub(crate) fn training_device() -> Device {
+    Device::ndarray()
+}
+
+/// Splits (stratified), fits preprocessing on the train split, trains the MLP with Adam
+/// full-batch on burn's autodiff NdArray backend, evaluates on the test split, and returns the
+/// bundle. Calls `progress(epoch, train_loss)` every so often so callers can report progress.
+/// Error if < 2 classes or too few rows.
+///
+/// Determinism: the split, the weight initialisation and the reference sampling all derive from
+/// `config.seed` through our own generators, and burn's own RNG is never used, so two runs with
+/// the same table and config give identical weights and metrics, even when several trainings run
+/// concurrently in one process. `progress` is called about 20 times, with 1-based epochs, and
+/// always for the last epoch.
+pub fn train_classifier(
+    table: &Table,
+    config: &TrainConfig,
+    progress: &mut dyn FnMut(usize, f64),
+) -> Result<ModelBundle, MlError> {
+    config.validate()?;
+    let schema = &table.schema;
+    schema.validate()?;
+    if table.rows.len() != table.targets.len() {
+        return Err(MlError::Training(format!(
+            "the table has {} rows but {} targets",
+            table.rows.len(),
+            table.targets.len()
+        )));
+    }
+    if table.rows.len() < MIN_TRAINING_ROWS {
+        return Err(MlError::Training(format!(
+            "need at least {MIN_TRAINING_ROWS} rows to train, got {}",
+            table.rows.len()
+        )));
+    }
+    let class_names: Vec<String> = table
+        .targets
+        .iter()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if class_names.len() < 2 {
+        return Err(MlError::Training(format!(
+            "need at least 2 classes in '{}', found {}",
+            schema.target,
+            class_names.len()
+        )));
+    }
+    let labels: Vec<usize> = table
+        .targets
+        .iter()
+        .map(|t| class_names.binary_search(t).unwrap_or(0))
+        .collect();
+
+    let (train_idx, test_idx) = stratified_split(&labels, config.test_fraction, config.seed);
+    if test_idx.is_empty() {
+        return Err(MlError::Training(
+            "no class has 2 or more rows, so nothing can be held out for evaluation".into(),
+        ));
+    }
+    let pick_rows = |idx: &[usize]| {
+        idx.iter()
+            .map(|&i| table.rows[i].clone())
+            .collect::<Vec<_>>()
+    };
+    let pick_labels = |idx: &[usize]| idx.iter().map(|&i| labels[i]).collect::<Vec<_>>();
+    let (train_rows, test_rows) = (pick_rows(&train_idx), pick_rows(&test_idx));
+    let (train_labels, test_labels) = (pick_labels(&train_idx), pick_labels(&test_idx));
+
+    let preprocessor = Preprocessor::fit(schema, &train_rows)?;
+    let width = preprocessor.width();
+    if width == 0 {
+        return Err(MlError::Training(
+            "no usable features: every feature column is empty in the training split".into(),
+        ));
+    }
+    let reference = ReferenceProfile::from_rows(schema, &train_rows, config.seed);
+
+    let device = training_device().autodiff();
+    let n = train_rows.len();
+    let x = Tensor::<2>::from_data(
+        TensorData::new(preprocessor.transform(&train_rows), [n, width]),
+        &device,
+    );
+    let y = Tensor::<1, Int>::from_data(
+        TensorData::new(
+            train_labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
+            [n],
+        ),
+        &device,
+    );
+    let mut model = Mlp::init(
+        width,
+        config.hidden_size,
+        class_names.len(),
+        config.seed,
+        &device,
+    );
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let weight_decay =
+        (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
+    let mut optimizer = AdamConfig::new().with_weight_decay(weight_decay).init();
+    let report_every = (config.epochs / 20).max(1);
+    for epoch in 1..=config.epochs {
+        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
+        let report = epoch % report_every == 0 || epoch == config.epochs;
+        let loss_value = report.then(|| loss.clone().into_scalar::<f32>());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optimizer.step(config.learning_rate, model, grads);
+        if let Some(value) = loss_value {
+            if !value.is_finite() {
+                return Err(MlError::Training(format!(
+                    "training diverged at epoch {epoch} (loss is {value}); lower learning_rate"
+                )));
+            }
+            progress(epoch, f64::from(value));
+        }
+    }
+    let weights = model.to_weights()?;
+    weights.validate().map_err(|e| {
+        MlError::Training(format!(
+            "training produced unusable weights ({e}); lower learning_rate"
+        ))
+    })?;
+
+    let train_probs = weights.probabilities(&preprocessor.transform(&train_rows));
+    let test_probs = weights.probabilities(&preprocessor.transform(&test_rows));
+    let k = class_names.len();
+    let metrics = Metrics {
+        test_accuracy: accuracy(&test_probs, &test_labels, k),
+        train_accuracy: accuracy(&train_probs, &train_labels, k),
+        test_log_loss: log_loss(&test_probs, &test_labels, k),
+        test_macro_f1: macro_f1(&test_probs, &test_labels, k),
+        n_train: train_rows.len(),
+        n_test: test_rows.len(),
+    };
+
+    Ok(ModelBundle {
+        format_version: BUNDLE_FORMAT_VERSION,
+        schema: schema.clone(),
+        preprocessor,
+        class_names,
+        config: config.clone(),
+        metrics,
+        reference,
+        weights,
+    })
+}
+
+/// Index of the largest probability; the first one on ties, matching [`crate::LoadedModel`].
+pub(crate) fn argmax(probs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, p) in probs.iter().enumerate() {
+        if *p > probs[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn accuracy(probs: &[f32], labels: &[usize], k: usize) -> f64 {
+    let right = probs
+        .chunks_exact(k)
+        .zip(labels)
+        .filter(|(p, l)| argmax(p) == **l)
+        .count();
+    right as f64 / labels.len().max(1) as f64
+}
+
+fn log_loss(probs: &[f32], labels: &[usize], k: usize) -> f64 {
+    let total: f64 = probs
+        .chunks_exact(k)
+        .zip(labels)
+        .map(|(p, &l)| -f64::from(p[l]).max(1e-15).ln())
+        .sum();
+    total / labels.len().max(1) as f64
+}
+
+fn macro_f1(probs: &[f32], labels: &[usize], k: usize) -> f64 {
+    let mut tp = vec![0usize; k];
+    let mut predicted = vec![0usize; k];
+    let mut actual = vec![0usize; k];
+    for (p, &l) in probs.chunks_exact(k).zip(labels) {
+        let guess = argmax(p);
+        predicted[guess] += 1;
+        actual[l] += 1;
+        if guess == l {
+            tp[l] += 1;
+        }
+    }
+    let scores: Vec<f64> = (0..k)
+        .filter(|&c| predicted[c] + actual[c] > 0)
+        .map(|c| 2.0 * tp[c] as f64 / (predicted[c] + actual[c]) as f64)
+        .collect();
+    scores.iter().sum::<f64>() / scores.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Column;
+
+    #[test]
+    fn metric_helpers_compute_what_they_claim() {
+        // Three rows, two classes: predictions 0, 1, 1; truth 0, 0, 1.
+        let probs = [0.9, 0.1, 0.4, 0.6, 0.2, 0.8];
+        let labels = [0, 0, 1];
+        assert!((accuracy(&probs, &labels, 2) - 2.0 / 3.0).abs() < 1e-12);
+        let expected_ll = -(0.9f32.ln() as f64 + 0.4f32.ln() as f64 + 0.8f32.ln() as f64) / 3.0;
+        assert!((log_loss(&probs, &labels, 2) - expected_ll).abs() < 1e-6);
+        // F1(class 0) = 2*1/(1+2) = 2/3, F1(class 1) = 2*1/(2+1) = 2/3.
+        assert!((macro_f1(&probs, &labels, 2) - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(argmax(&[0.2, 0.4, 0.4]), 1);
+    }
+
+    #[test]
+    fn config_validation_names_the_setting() {
+        TrainConfig::default().validate().unwrap();
+        for (config, needle) in [
+            (
+                TrainConfig {
+                    hidden_size: 0,
+                    ..Default::default()
+                },
+                "hidden_size",
+            ),
+            (
+                TrainConfig {
+                    epochs: 0,
+                    ..Default::default()
+                },
+                "epochs",
+            ),
+            (
+                TrainConfig {
+                    learning_rate: f64::NAN,
+                    ..Default::default()
+                },
+                "learning_rate",
+            ),
+            (
+                TrainConfig {
+                    weight_decay: -1.0,
+                    ..Default::default()
+                },
+                "weight_decay",
+            ),
+            (
+                TrainConfig {
+                    test_fraction: 1.0,
+                    ..Default::default()
+                },
+                "test_fraction",
+            ),
+        ] {
+            let err = config.validate().unwrap_err();
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+        let partial: TrainConfig = serde_json::from_str(r#"{"epochs": 5}"#).unwrap();
+        assert_eq!(
+            partial,
+            TrainConfig {
+                epochs: 5,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn reference_profile_counts_and_caps() {
+        let schema = Schema {
+            features: vec![Column::numeric("x"), Column::categorical("c")],
+            target: "y".into(),
+        };
+        let rows: Vec<FeatureRow> = (0..REFERENCE_SAMPLE_CAP * 2)
+            .map(|i| {
+                vec![
+                    (i % 7 != 0).then_some(Value::Num(i as f64)),
+                    Some(Value::Cat(if i % 3 == 0 { "a" } else { "b" }.into())),
+                ]
+            })
+            .collect();
+        let p = ReferenceProfile::from_rows(&schema, &rows, 1);
+        let xs = &p.numeric["x"];
+        assert_eq!(xs.len(), REFERENCE_SAMPLE_CAP);
+        assert!(xs.windows(2).all(|w| w[0] < w[1]), "row order kept");
+        assert!(
+            xs.iter().all(|x| !(*x as usize).is_multiple_of(7)),
+            "missing values left out"
+        );
+        assert_eq!(p, ReferenceProfile::from_rows(&schema, &rows, 1));
+        let counts = &p.categorical["c"];
+        assert_eq!(counts["a"] + counts["b"], rows.len() as u64);
+        assert_eq!(counts["a"], rows.len().div_ceil(3) as u64);
+    }
+
+    #[test]
+    fn refuses_tables_it_cannot_learn_from() {
+        let schema = Schema {
+            features: vec![Column::numeric("x")],
+            target: "y".into(),
+        };
+        let table = |n: usize, classes: usize| Table {
+            schema: schema.clone(),
+            rows: (0..n).map(|i| vec![Some(Value::Num(i as f64))]).collect(),
+            targets: (0..n).map(|i| format!("c{}", i % classes)).collect(),
+        };
+        let mut quiet = |_: usize, _: f64| {};
+        let err = train_classifier(&table(50, 1), &TrainConfig::default(), &mut quiet).unwrap_err();
+        assert!(err.to_string().contains("at least 2 classes"), "{err}");
+        let err = train_classifier(&table(5, 2), &TrainConfig::default(), &mut quiet).unwrap_err();
+        assert!(err.to_string().contains("at least 10 rows"), "{err}");
+        let mut mismatched = table(20, 2);
+        mismatched.targets.pop();
+        assert!(train_classifier(&mismatched, &TrainConfig::default(), &mut quiet).is_err());
+        // A categorical column with no value at all in training expands to zero inputs.
+        let empty_feature = Table {
+            schema: Schema {
+                features: vec![Column::categorical("c")],
+                target: "y".into(),
+            },
+            rows: vec![vec![None]; 20],
+            targets: (0..20).map(|i| format!("c{}", i % 2)).collect(),
+        };
+        let err =
+            train_classifier(&empty_feature, &TrainConfig::default(), &mut quiet).unwrap_err();
+        assert!(err.to_string().contains("no usable features"), "{err}");
+    }
+}

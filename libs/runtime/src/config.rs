@@ -1,0 +1,59 @@
+//! Configuration blocks shared by the services. Each service's `Config` flattens the blocks it
+//! needs, so a flag means the same thing everywhere and `--help` lists every option with its
+//! environment variable and default.
+
+use clap::Args;
+
+/// Postgres connection.
+#[derive(Args, Clone, Debug)]
+pub struct PostgresArgs {
+    /// Postgres URL. The database is created if it does not exist; each service keeps its tables
+    /// in its own schema inside it.
+    #[arg(long, env = "PETREL_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/petrel")]
+    pub database_url: String,
+
+    /// Maximum pooled connections per service.
+    #[arg(long, env = "PETREL_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+}
+
+impl PostgresArgs {
+    /// The pool settings for `schema`.
+    pub fn db_config(&self, schema: &str) -> petrel_db::DbConfig {
+        petrel_db::DbConfig {
+            url: self.database_url.clone(),
+            schema: schema.to_owned(),
+            max_connections: self.database_max_connections,
+        }
+    }
+}
+
+/// NATS connection.
+#[derive(Args, Clone, Debug)]
+pub struct NatsArgs {
+    /// NATS server URL (JetStream must be enabled).
+    #[arg(long, env = "PETREL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Subject namespace: with `staging`, events go to `staging.data.ready` etc. and the stream
+    /// is `PETREL_STAGING`. Empty for none.
+    #[arg(long, env = "PETREL_NATS_PREFIX", default_value = "")]
+    pub nats_prefix: String,
+}
+
+/// The artifact store.
+#[derive(Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// Where datasets and model bundles are kept: a local directory path or `file://` URL.
+    #[arg(long, env = "PETREL_ARTIFACT_ROOT", default_value = ".petrel/artifacts")]
+    pub artifact_root: String,
+}
+
+/// Logging.
+#[derive(Args, Clone, Debug)]
+pub struct LogArgs {
+    /// Log format: `text` for people, `json` for log pipelines. Levels come from `RUST_LOG`
+    /// (default `info`).
+    #[arg(long, env = "PETREL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}

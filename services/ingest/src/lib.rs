@@ -1,0 +1,109 @@
+//! Petrel ingest: validates CSV batches against a declared schema, stores them in the artifact
+//! store, records each dataset in Postgres and announces `data.ready` through the outbox.
+
+mod datasets;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use petrel_runtime::config::{LogArgs, NatsArgs, PostgresArgs, StoreArgs};
+use petrel_runtime::infra::Infra;
+use petrel_runtime::service::{ServiceConfig, Tasks};
+use petrel_store::ArtifactStore;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Ingest configuration.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "petrel-ingest", version, about = "Petrel's ingest: validated datasets and data.ready events")]
+pub struct Config {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "PETREL_INGEST_LISTEN", default_value = "127.0.0.1:8083")]
+    pub listen: String,
+    /// Refuse a file when more than this share of its rows is invalid (the rest are reported
+    /// and left out either way).
+    #[arg(long, env = "PETREL_INGEST_MAX_REJECTED_FRACTION", default_value_t = 0.1)]
+    pub max_rejected_fraction: f64,
+    /// Directory whose files may be ingested by `path` (requests cannot read outside it).
+    #[arg(long, env = "PETREL_INGEST_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Largest request body (the CSV travels inside it), in MiB.
+    #[arg(long, env = "PETREL_INGEST_MAX_BODY_MB", default_value_t = 64)]
+    pub max_body_mb: usize,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl ServiceConfig for Config {
+    fn log(&self) -> &LogArgs {
+        &self.log
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub infra: Infra,
+    pub store: Arc<dyn ArtifactStore>,
+    pub max_rejected_fraction: f64,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct App {
+    port: u16,
+    listener: TcpListener,
+    state: AppState,
+    body_limit: usize,
+    cancel: CancellationToken,
+}
+
+impl App {
+    pub async fn build(config: Config, cancel: CancellationToken) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&config.max_rejected_fraction),
+            "--max-rejected-fraction must be between 0 and 1"
+        );
+        let infra = Infra::connect("ingest", "ingest", &config.postgres, &config.nats, &MIGRATOR).await?;
+        let store = petrel_store::open(&config.store.artifact_root)?;
+        let (listener, port) = petrel_runtime::http::bind(&config.listen).await?;
+        tracing::info!(port, "ingest listening");
+        let state = AppState {
+            infra,
+            store,
+            max_rejected_fraction: config.max_rejected_fraction,
+            data_dir: config.data_dir.clone(),
+        };
+        Ok(Self { port, listener, state, body_limit: config.max_body_mb << 20, cancel })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run(self) -> anyhow::Result<()> {
+        let mut tasks = Tasks::new(self.cancel.clone());
+        let router = datasets::router(self.state.clone(), self.body_limit);
+        let cancel = self.cancel.clone();
+        tasks.spawn("http", async move {
+            petrel_runtime::http::serve(self.listener, router, cancel, Duration::from_secs(30)).await?;
+            Ok(())
+        });
+        let relay = self.state.infra.relay.clone();
+        let cancel = self.cancel.clone();
+        tasks.spawn("outbox", async move {
+            relay.run(cancel).await;
+            Ok(())
+        });
+        tasks.join().await
+    }
+}

@@ -1,0 +1,1 @@
+//! Petrel labeler: joins ground truth to logged predictions.

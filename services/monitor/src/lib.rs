@@ -1,0 +1,1 @@
+//! Petrel monitor: drift, accuracy and confidence per window, and alerts.

@@ -1,0 +1,1 @@
+//! Petrel predictor: serves the production model over HTTP and logs every prediction.

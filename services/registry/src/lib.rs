@@ -1,0 +1,90 @@
+//! Petrel registry: experiment tracking and the model registry, with MLflow's nouns
+//! (experiments, runs, params, metrics, registered models, versions, aliases) kept in Postgres.
+//!
+//! Registering a version and moving an alias each announce themselves (`model.registered`,
+//! `model.promoted`) through the outbox, in the same transaction as the change.
+
+mod error;
+mod routes;
+mod store;
+
+use std::time::Duration;
+
+use clap::Parser;
+use petrel_runtime::config::{LogArgs, NatsArgs, PostgresArgs};
+use petrel_runtime::infra::Infra;
+use petrel_runtime::service::{ServiceConfig, Tasks};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::Error;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Registry configuration.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "petrel-registry", version, about = "Petrel's experiment tracking and model registry")]
+pub struct Config {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "PETREL_REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: String,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl ServiceConfig for Config {
+    fn log(&self) -> &LogArgs {
+        &self.log
+    }
+}
+
+/// Shared state of the request handlers.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub infra: Infra,
+}
+
+/// A built registry: connected, listening, not yet serving.
+#[derive(Debug)]
+pub struct App {
+    port: u16,
+    listener: TcpListener,
+    state: AppState,
+    cancel: CancellationToken,
+}
+
+impl App {
+    /// Connects to Postgres and NATS and binds the listener (port 0 picks a free port).
+    pub async fn build(config: Config, cancel: CancellationToken) -> anyhow::Result<Self> {
+        let infra = Infra::connect("registry", "registry", &config.postgres, &config.nats, &MIGRATOR).await?;
+        let (listener, port) = petrel_runtime::http::bind(&config.listen).await?;
+        tracing::info!(port, "registry listening");
+        Ok(Self { port, listener, state: AppState { infra }, cancel })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until cancelled.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let mut tasks = Tasks::new(self.cancel.clone());
+        let router = routes::router(self.state.clone());
+        let cancel = self.cancel.clone();
+        tasks.spawn("http", async move {
+            petrel_runtime::http::serve(self.listener, router, cancel, Duration::from_secs(30)).await?;
+            Ok(())
+        });
+        let relay = self.state.infra.relay.clone();
+        let cancel = self.cancel.clone();
+        tasks.spawn("outbox", async move {
+            relay.run(cancel).await;
+            Ok(())
+        });
+        tasks.join().await
+    }
+}

@@ -1,0 +1,326 @@
+//! The registry's HTTP API (`docs/api.md` documents it).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use petrel_api::registry::{
+    CreateExperiment, CreateModelVersion, CreateRun, LogMetrics, ModelVersion, PRODUCTION,
+    PROMOTION_METRIC, SetAlias, UpdateRun,
+};
+use petrel_events::outbox;
+use petrel_events::payloads::{ModelPromoted, ModelRegistered};
+use petrel_runtime::http::{Json, Path};
+use serde_json::json;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::{AppState, store};
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/experiments", post(create_experiment))
+        .route("/api/v1/experiments/{name}", get(get_experiment))
+        .route("/api/v1/runs", post(create_run))
+        .route("/api/v1/runs/{id}", get(get_run).patch(update_run))
+        .route("/api/v1/runs/{id}/metrics", post(log_metrics))
+        .route("/api/v1/models", get(list_models))
+        .route("/api/v1/models/{name}", get(get_model))
+        .route("/api/v1/models/{name}/versions", get(list_versions).post(create_version))
+        .route("/api/v1/models/{name}/versions/{version}", get(get_version))
+        .route(
+            "/api/v1/models/{name}/aliases/{alias}",
+            get(get_alias).put(set_alias).delete(delete_alias),
+        )
+        .route("/api/v1/models/{name}/aliases/{alias}/history", get(alias_history))
+        .with_state(state.clone());
+    let app = api.merge(petrel_runtime::http::health_routes(state.infra.readiness()));
+    petrel_runtime::http::finish(app, 1 << 20)
+}
+
+fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.trim().is_empty() || name.len() > 256 || name.chars().any(|c| c.is_control() || c == '/') {
+        return Err(Error::Invalid(format!(
+            "{what} must be 1 to 256 characters, without '/' or control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_alias(alias: &str) -> Result<()> {
+    let ok = !alias.is_empty()
+        && alias.len() <= 64
+        && alias.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !ok {
+        return Err(Error::Invalid(
+            "alias must be 1 to 64 letters, digits, '_' or '-'".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+async fn create_experiment(
+    State(s): State<AppState>,
+    Json(req): Json<CreateExperiment>,
+) -> Result<impl IntoResponse> {
+    check_name("experiment name", &req.name)?;
+    let mut conn = s.infra.pool.acquire().await?;
+    if store::find_experiment(&mut conn, &req.name).await?.is_some() {
+        return Err(Error::Conflict(format!("experiment {:?} already exists", req.name)));
+    }
+    let exp = store::get_or_create_experiment(&mut conn, &req.name).await?;
+    Ok((StatusCode::CREATED, Json(exp)))
+}
+
+async fn get_experiment(State(s): State<AppState>, Path(name): Path<String>) -> Result<impl IntoResponse> {
+    let mut conn = s.infra.pool.acquire().await?;
+    let exp = store::find_experiment(&mut conn, &name)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("experiment {name:?} does not exist")))?;
+    Ok(Json(exp))
+}
+
+async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -> Result<impl IntoResponse> {
+    check_name("experiment", &req.experiment)?;
+    let mut tx = s.infra.pool.begin().await?;
+    let exp = store::get_or_create_experiment(&mut tx, &req.experiment).await?;
+    let (id, created) = store::create_run(
+        &mut tx,
+        exp.id,
+        req.name.as_deref(),
+        req.client_token.as_deref(),
+        &req.params,
+        &req.tags,
+    )
+    .await?;
+    let run = store::get_run(&mut tx, id).await?;
+    tx.commit().await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(run)))
+}
+
+async fn get_run(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<impl IntoResponse> {
+    let mut conn = s.infra.pool.acquire().await?;
+    Ok(Json(store::get_run(&mut conn, id).await?))
+}
+
+async fn update_run(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    Json(req): Json<UpdateRun>,
+) -> Result<impl IntoResponse> {
+    let mut tx = s.infra.pool.begin().await?;
+    store::set_run_status(&mut tx, id, req.status).await?;
+    let run = store::get_run(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(run))
+}
+
+async fn log_metrics(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    Json(req): Json<LogMetrics>,
+) -> Result<impl IntoResponse> {
+    if let Some(bad) = req.metrics.iter().find(|m| !m.value.is_finite() || m.key.is_empty()) {
+        return Err(Error::Invalid(format!("metric {:?} needs a non-empty key and a finite value", bad.key)));
+    }
+    let mut tx = s.infra.pool.begin().await?;
+    store::get_run(&mut tx, id).await?;
+    let rows: Vec<_> = req.metrics.iter().map(|m| (m.key.clone(), m.value, m.step)).collect();
+    store::log_metrics(&mut tx, id, &rows).await?;
+    let run = store::get_run(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(run))
+}
+
+async fn list_models(State(s): State<AppState>) -> Result<impl IntoResponse> {
+    let mut conn = s.infra.pool.acquire().await?;
+    let names = store::list_models(&mut conn).await?;
+    let mut models = Vec::with_capacity(names.len());
+    for name in names {
+        models.push(store::get_model(&mut conn, &name).await?);
+    }
+    Ok(Json(json!({ "models": models })))
+}
+
+async fn get_model(State(s): State<AppState>, Path(name): Path<String>) -> Result<impl IntoResponse> {
+    let mut conn = s.infra.pool.acquire().await?;
+    Ok(Json(store::get_model(&mut conn, &name).await?))
+}
+
+async fn list_versions(State(s): State<AppState>, Path(name): Path<String>) -> Result<impl IntoResponse> {
+    let mut conn = s.infra.pool.acquire().await?;
+    store::get_model(&mut conn, &name).await?;
+    Ok(Json(json!({ "versions": store::list_versions(&mut conn, &name).await? })))
+}
+
+async fn get_version(
+    State(s): State<AppState>,
+    Path((name, version)): Path<(String, i32)>,
+) -> Result<impl IntoResponse> {
+    let mut conn = s.infra.pool.acquire().await?;
+    Ok(Json(store::get_version(&mut conn, &name, version).await?))
+}
+
+/// Registers a version. In the same transaction: announces `model.registered`, and moves the
+/// `production` alias to it when its test accuracy is at least production's (announcing
+/// `model.promoted`). Idempotent per run: registering the same run again returns the version.
+async fn create_version(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Json(req): Json<CreateModelVersion>,
+) -> Result<impl IntoResponse> {
+    check_name("model name", &name)?;
+    if req.artifact_uri.trim().is_empty() {
+        return Err(Error::Invalid("artifact_uri is required".to_owned()));
+    }
+    if let Some((k, _)) = req.metrics.iter().find(|(_, v)| !v.is_finite()) {
+        return Err(Error::Invalid(format!("metric {k:?} is not a finite number")));
+    }
+    let mut tx = s.infra.pool.begin().await?;
+    store::lock_model(&mut tx, &name).await?;
+    if let Some(v) = store::version_for_run(&mut tx, &name, req.run_id).await? {
+        let existing = store::get_version(&mut tx, &name, v).await?;
+        tx.commit().await?;
+        return Ok((StatusCode::OK, Json(existing)));
+    }
+    match store::get_run(&mut tx, req.run_id).await {
+        Err(Error::NotFound(_)) => {
+            return Err(Error::Invalid(format!("run {} does not exist; create it first", req.run_id)));
+        }
+        other => other?,
+    };
+    let version = store::insert_version(
+        &mut tx,
+        &name,
+        req.run_id,
+        &req.artifact_uri,
+        req.dataset_id,
+        &req.metrics,
+        req.description.as_deref(),
+    )
+    .await?;
+    let registered = ModelRegistered {
+        model_name: name.clone(),
+        version,
+        run_id: req.run_id,
+        artifact_uri: req.artifact_uri.clone(),
+        dataset_id: req.dataset_id,
+        metrics: req.metrics.clone(),
+    };
+    outbox::enqueue(&mut tx, &s.infra.bus.envelope(registered)).await?;
+    maybe_promote(&s, &mut tx, &name, version, &req).await?;
+    let created = store::get_version(&mut tx, &name, version).await?;
+    tx.commit().await?;
+    s.infra.relay.poke();
+    tracing::info!(model.name = %name, model.version = version, aliases = ?created.aliases, "version registered");
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn maybe_promote(
+    s: &AppState,
+    tx: &mut PgConnection,
+    name: &str,
+    version: i32,
+    req: &CreateModelVersion,
+) -> Result<()> {
+    let Some(&candidate) = req.metrics.get(PROMOTION_METRIC) else {
+        return Ok(());
+    };
+    let current = match store::alias_version(&mut *tx, name, PRODUCTION).await? {
+        Some(v) => Some(store::get_version(&mut *tx, name, v).await?),
+        None => None,
+    };
+    let champion = current.as_ref().and_then(|c| c.metrics.get(PROMOTION_METRIC).copied());
+    let reason = match (current.as_ref(), champion) {
+        (None, _) => format!("auto: first version with {PROMOTION_METRIC} {candidate:.4}"),
+        (Some(c), Some(best)) if candidate >= best => format!(
+            "auto: {PROMOTION_METRIC} {candidate:.4} >= {best:.4} of version {}",
+            c.version
+        ),
+        (Some(c), None) => format!(
+            "auto: version {} has no {PROMOTION_METRIC}; {candidate:.4} replaces it",
+            c.version
+        ),
+        _ => return Ok(()),
+    };
+    promote(s, tx, name, PRODUCTION, version, &req.artifact_uri, &reason).await
+}
+
+async fn promote(
+    s: &AppState,
+    tx: &mut PgConnection,
+    name: &str,
+    alias: &str,
+    version: i32,
+    artifact_uri: &str,
+    reason: &str,
+) -> Result<()> {
+    let previous = store::move_alias(&mut *tx, name, alias, Some(version), reason).await?;
+    let event = ModelPromoted {
+        model_name: name.to_owned(),
+        alias: alias.to_owned(),
+        version,
+        previous_version: previous,
+        artifact_uri: artifact_uri.to_owned(),
+        reason: reason.to_owned(),
+    };
+    outbox::enqueue(tx, &s.infra.bus.envelope(event)).await?;
+    tracing::info!(model.name = %name, alias, model.version = version, previous = ?previous, reason, "alias moved");
+    Ok(())
+}
+
+async fn get_alias(
+    State(s): State<AppState>,
+    Path((name, alias)): Path<(String, String)>,
+) -> Result<Json<ModelVersion>> {
+    let mut conn = s.infra.pool.acquire().await?;
+    let v = store::alias_version(&mut conn, &name, &alias)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("model {name:?} has no alias {alias:?}")))?;
+    Ok(Json(store::get_version(&mut conn, &name, v).await?))
+}
+
+/// Points an alias at a version (a manual promotion or rollback) and announces it.
+async fn set_alias(
+    State(s): State<AppState>,
+    Path((name, alias)): Path<(String, String)>,
+    Json(req): Json<SetAlias>,
+) -> Result<Json<ModelVersion>> {
+    check_alias(&alias)?;
+    let mut tx = s.infra.pool.begin().await?;
+    store::lock_model(&mut tx, &name).await?;
+    let target = store::find_version(&mut tx, &name, req.version)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("model {name:?} has no version {}", req.version)))?;
+    if store::alias_version(&mut tx, &name, &alias).await? != Some(req.version) {
+        promote(&s, &mut tx, &name, &alias, req.version, &target.artifact_uri, "manual: set over HTTP").await?;
+    }
+    let updated = store::get_version(&mut tx, &name, req.version).await?;
+    tx.commit().await?;
+    s.infra.relay.poke();
+    Ok(Json(updated))
+}
+
+async fn delete_alias(
+    State(s): State<AppState>,
+    Path((name, alias)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    let mut tx = s.infra.pool.begin().await?;
+    if store::alias_version(&mut tx, &name, &alias).await?.is_none() {
+        return Err(Error::NotFound(format!("model {name:?} has no alias {alias:?}")));
+    }
+    store::move_alias(&mut tx, &name, &alias, None, "manual: deleted over HTTP").await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn alias_history(
+    State(s): State<AppState>,
+    Path((name, alias)): Path<(String, String)>,
+) -> Result<impl IntoResponse> {
+    let mut conn = s.infra.pool.acquire().await?;
+    Ok(Json(json!({ "history": store::alias_history(&mut conn, &name, &alias).await? })))
+}

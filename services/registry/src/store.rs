@@ -1,0 +1,354 @@
+//! The registry's SQL. Every function takes a connection so callers compose them into one
+//! transaction with the events they imply.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use petrel_api::registry::{Experiment, Metric, ModelVersion, RegisteredModel, Run, RunStatus};
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+pub async fn get_or_create_experiment(conn: &mut PgConnection, name: &str) -> Result<Experiment> {
+    sqlx::query("INSERT INTO experiments (id, name) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+        .bind(Uuid::now_v7())
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    find_experiment(conn, name)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("experiment {name:?} does not exist")))
+}
+
+pub async fn find_experiment(conn: &mut PgConnection, name: &str) -> Result<Option<Experiment>> {
+    let row = sqlx::query("SELECT id, name, created_at FROM experiments WHERE name = $1")
+        .bind(name)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|r| Experiment { id: r.get("id"), name: r.get("name"), created_at: r.get("created_at") }))
+}
+
+fn parse_status(s: &str) -> RunStatus {
+    match s {
+        "finished" => RunStatus::Finished,
+        "failed" => RunStatus::Failed,
+        _ => RunStatus::Running,
+    }
+}
+
+pub async fn get_run(conn: &mut PgConnection, id: Uuid) -> Result<Run> {
+    let row = sqlx::query(
+        "SELECT r.id, r.experiment_id, e.name AS experiment, r.name, r.status, r.start_time, r.end_time \
+         FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Error::NotFound(format!("run {id} does not exist")))?;
+    let kv = |rows: Vec<sqlx::postgres::PgRow>| -> BTreeMap<String, String> {
+        rows.into_iter().map(|r| (r.get("key"), r.get("value"))).collect()
+    };
+    let params = kv(sqlx::query("SELECT key, value FROM run_params WHERE run_id = $1")
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?);
+    let tags = kv(sqlx::query("SELECT key, value FROM run_tags WHERE run_id = $1")
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?);
+    let metrics = sqlx::query(
+        "SELECT key, value, step, timestamp FROM run_metrics WHERE run_id = $1 ORDER BY key, step, timestamp",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|r| Metric { key: r.get("key"), value: r.get("value"), step: r.get("step"), timestamp: r.get("timestamp") })
+    .collect();
+    let status: String = row.get("status");
+    Ok(Run {
+        id: row.get("id"),
+        experiment_id: row.get("experiment_id"),
+        experiment: row.get("experiment"),
+        name: row.get("name"),
+        status: parse_status(&status),
+        params,
+        tags,
+        metrics,
+        start_time: row.get("start_time"),
+        end_time: row.get("end_time"),
+    })
+}
+
+/// Creates a run, or returns the run created earlier with the same client token.
+/// Returns the run id and whether it is new.
+pub async fn create_run(
+    conn: &mut PgConnection,
+    experiment_id: Uuid,
+    name: Option<&str>,
+    client_token: Option<&str>,
+    params: &BTreeMap<String, String>,
+    tags: &BTreeMap<String, String>,
+) -> Result<(Uuid, bool)> {
+    if let Some(token) = client_token {
+        let existing: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM runs WHERE experiment_id = $1 AND client_token = $2")
+                .bind(experiment_id)
+                .bind(token)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some(id) = existing {
+            return Ok((id, false));
+        }
+    }
+    let id = Uuid::now_v7();
+    sqlx::query("INSERT INTO runs (id, experiment_id, name, status, client_token) VALUES ($1, $2, $3, 'running', $4)")
+        .bind(id)
+        .bind(experiment_id)
+        .bind(name)
+        .bind(client_token)
+        .execute(&mut *conn)
+        .await?;
+    for (table, map) in [("run_params", params), ("run_tags", tags)] {
+        let keys: Vec<&String> = map.keys().collect();
+        let values: Vec<&String> = map.values().collect();
+        let sql = format!(
+            "INSERT INTO {table} (run_id, key, value) SELECT $1, k, v FROM UNNEST($2::text[], $3::text[]) AS t(k, v)"
+        );
+        sqlx::query(&sql).bind(id).bind(&keys).bind(&values).execute(&mut *conn).await?;
+    }
+    Ok((id, true))
+}
+
+pub async fn log_metrics(
+    conn: &mut PgConnection,
+    run: Uuid,
+    metrics: &[(String, f64, i64)],
+) -> Result<()> {
+    let keys: Vec<&str> = metrics.iter().map(|m| m.0.as_str()).collect();
+    let values: Vec<f64> = metrics.iter().map(|m| m.1).collect();
+    let steps: Vec<i64> = metrics.iter().map(|m| m.2).collect();
+    sqlx::query(
+        "INSERT INTO run_metrics (run_id, key, value, step) \
+         SELECT $1, k, v, s FROM UNNEST($2::text[], $3::float8[], $4::int8[]) AS t(k, v, s)",
+    )
+    .bind(run)
+    .bind(&keys)
+    .bind(&values)
+    .bind(&steps)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_run_status(conn: &mut PgConnection, run: Uuid, status: RunStatus) -> Result<()> {
+    let end = if status == RunStatus::Running { None } else { Some(Utc::now()) };
+    let done = sqlx::query("UPDATE runs SET status = $2, end_time = $3 WHERE id = $1")
+        .bind(run)
+        .bind(status.as_str())
+        .bind(end)
+        .execute(conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound(format!("run {run} does not exist")));
+    }
+    Ok(())
+}
+
+const VERSION_COLUMNS: &str = "v.model_name, v.version, v.run_id, v.artifact_uri, v.dataset_id, v.metrics, \
+     v.description, v.created_at, \
+     COALESCE((SELECT array_agg(a.alias ORDER BY a.alias) FROM model_aliases a \
+               WHERE a.model_name = v.model_name AND a.version = v.version), '{}') AS aliases";
+
+fn version_from_row(r: &sqlx::postgres::PgRow) -> ModelVersion {
+    let metrics: serde_json::Value = r.get("metrics");
+    ModelVersion {
+        model_name: r.get("model_name"),
+        version: r.get("version"),
+        run_id: r.get("run_id"),
+        artifact_uri: r.get("artifact_uri"),
+        dataset_id: r.get("dataset_id"),
+        metrics: serde_json::from_value(metrics).unwrap_or_default(),
+        description: r.get("description"),
+        aliases: r.get("aliases"),
+        created_at: r.get("created_at"),
+    }
+}
+
+pub async fn find_version(conn: &mut PgConnection, model: &str, version: i32) -> Result<Option<ModelVersion>> {
+    let sql = format!("SELECT {VERSION_COLUMNS} FROM model_versions v WHERE v.model_name = $1 AND v.version = $2");
+    let row = sqlx::query(&sql).bind(model).bind(version).fetch_optional(conn).await?;
+    Ok(row.as_ref().map(version_from_row))
+}
+
+pub async fn get_version(conn: &mut PgConnection, model: &str, version: i32) -> Result<ModelVersion> {
+    find_version(conn, model, version)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("model {model:?} has no version {version}")))
+}
+
+pub async fn version_for_run(conn: &mut PgConnection, model: &str, run: Uuid) -> Result<Option<i32>> {
+    Ok(sqlx::query_scalar("SELECT version FROM model_versions WHERE model_name = $1 AND run_id = $2")
+        .bind(model)
+        .bind(run)
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// Creates the model if needed and locks its row, so version numbers are assigned one at a time.
+pub async fn lock_model(conn: &mut PgConnection, model: &str) -> Result<()> {
+    sqlx::query("INSERT INTO registered_models (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+        .bind(model)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SELECT name FROM registered_models WHERE name = $1 FOR UPDATE")
+        .bind(model)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn insert_version(
+    conn: &mut PgConnection,
+    model: &str,
+    run: Uuid,
+    artifact_uri: &str,
+    dataset_id: Option<Uuid>,
+    metrics: &BTreeMap<String, f64>,
+    description: Option<&str>,
+) -> Result<i32> {
+    let version: i32 = sqlx::query_scalar(
+        "INSERT INTO model_versions (model_name, version, run_id, artifact_uri, dataset_id, metrics, description) \
+         SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4, $5, $6 FROM model_versions WHERE model_name = $1 \
+         RETURNING version",
+    )
+    .bind(model)
+    .bind(run)
+    .bind(artifact_uri)
+    .bind(dataset_id)
+    .bind(serde_json::to_value(metrics).unwrap_or_default())
+    .bind(description)
+    .fetch_one(conn)
+    .await?;
+    Ok(version)
+}
+
+pub async fn alias_version(conn: &mut PgConnection, model: &str, alias: &str) -> Result<Option<i32>> {
+    Ok(sqlx::query_scalar("SELECT version FROM model_aliases WHERE model_name = $1 AND alias = $2")
+        .bind(model)
+        .bind(alias)
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// Points `alias` at `version` (or removes it with `None`) and records the move.
+/// Returns the previous version.
+pub async fn move_alias(
+    conn: &mut PgConnection,
+    model: &str,
+    alias: &str,
+    version: Option<i32>,
+    reason: &str,
+) -> Result<Option<i32>> {
+    let previous = alias_version(&mut *conn, model, alias).await?;
+    match version {
+        Some(v) => {
+            sqlx::query(
+                "INSERT INTO model_aliases (model_name, alias, version) VALUES ($1, $2, $3) \
+                 ON CONFLICT (model_name, alias) DO UPDATE SET version = EXCLUDED.version, updated_at = now()",
+            )
+            .bind(model)
+            .bind(alias)
+            .bind(v)
+            .execute(&mut *conn)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM model_aliases WHERE model_name = $1 AND alias = $2")
+                .bind(model)
+                .bind(alias)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    sqlx::query(
+        "INSERT INTO alias_history (model_name, alias, version, previous_version, reason) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(model)
+    .bind(alias)
+    .bind(version)
+    .bind(previous)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(previous)
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct AliasChange {
+    pub version: Option<i32>,
+    pub previous_version: Option<i32>,
+    pub reason: String,
+    pub changed_at: DateTime<Utc>,
+}
+
+pub async fn alias_history(conn: &mut PgConnection, model: &str, alias: &str) -> Result<Vec<AliasChange>> {
+    let rows = sqlx::query(
+        "SELECT version, previous_version, reason, changed_at FROM alias_history \
+         WHERE model_name = $1 AND alias = $2 ORDER BY id DESC LIMIT 200",
+    )
+    .bind(model)
+    .bind(alias)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| AliasChange {
+            version: r.get("version"),
+            previous_version: r.get("previous_version"),
+            reason: r.get("reason"),
+            changed_at: r.get("changed_at"),
+        })
+        .collect())
+}
+
+pub async fn get_model(conn: &mut PgConnection, name: &str) -> Result<RegisteredModel> {
+    let row = sqlx::query(
+        "SELECT name, description, created_at, \
+         (SELECT MAX(version) FROM model_versions WHERE model_name = m.name) AS latest \
+         FROM registered_models m WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Error::NotFound(format!("model {name:?} does not exist")))?;
+    let aliases = sqlx::query("SELECT alias, version FROM model_aliases WHERE model_name = $1")
+        .bind(name)
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .map(|r| (r.get("alias"), r.get("version")))
+        .collect();
+    Ok(RegisteredModel {
+        name: row.get("name"),
+        description: row.get("description"),
+        created_at: row.get("created_at"),
+        latest_version: row.get("latest"),
+        aliases,
+    })
+}
+
+pub async fn list_models(conn: &mut PgConnection) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar("SELECT name FROM registered_models ORDER BY name LIMIT 1000")
+        .fetch_all(conn)
+        .await?)
+}
+
+pub async fn list_versions(conn: &mut PgConnection, model: &str) -> Result<Vec<ModelVersion>> {
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM model_versions v WHERE v.model_name = $1 ORDER BY v.version DESC LIMIT 1000"
+    );
+    let rows = sqlx::query(&sql).bind(model).fetch_all(conn).await?;
+    Ok(rows.iter().map(version_from_row).collect())
+}

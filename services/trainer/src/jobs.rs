@@ -1,0 +1,316 @@
+//! Training jobs: from a `data.ready` event to a registered model version.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use petrel_api::ClientError;
+use petrel_api::registry::{CreateModelVersion, CreateRun, LogMetrics, MetricInput, RunStatus};
+use petrel_events::consumer::Outcome;
+use petrel_events::payloads::DataReady;
+use petrel_ml::{ModelBundle, parse_csv, train_classifier};
+use petrel_store::StoreError;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::AppState;
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Job {
+    pub id: Uuid,
+    pub event_id: Option<Uuid>,
+    pub dataset_id: Uuid,
+    pub dataset_name: String,
+    pub model_name: String,
+    pub status: String,
+    pub epoch: i32,
+    pub epochs: i32,
+    pub train_loss: Option<f64>,
+    pub error: Option<String>,
+    pub run_id: Option<Uuid>,
+    pub model_version: Option<i32>,
+    pub metrics: Option<serde_json::Value>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub const JOB_COLUMNS: &str = "id, event_id, dataset_id, dataset_name, model_name, status, epoch, epochs, \
+     train_loss, error, run_id, model_version, metrics, created_at, updated_at";
+
+/// Why a job did not finish.
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    /// The data or configuration can never train: the job fails for good.
+    #[error("{0}")]
+    Permanent(String),
+    /// A dependency failed: try again later.
+    #[error("{0}")]
+    Transient(String),
+}
+
+impl From<sqlx::Error> for JobError {
+    fn from(e: sqlx::Error) -> Self {
+        JobError::Transient(format!("database: {e}"))
+    }
+}
+
+impl From<ClientError> for JobError {
+    fn from(e: ClientError) -> Self {
+        if e.is_transient() {
+            JobError::Transient(format!("registry: {e}"))
+        } else {
+            JobError::Permanent(format!("registry refused: {e}"))
+        }
+    }
+}
+
+/// The consumer's handler. The job row is keyed by the event id, so a redelivery finds the job:
+/// a finished job is acknowledged again, an unfinished one resumes (training is deterministic
+/// and the registry calls are idempotent on the job id).
+pub async fn on_data_ready(state: &AppState, event_id: Uuid, data: DataReady) -> Outcome {
+    let job = match find_or_create_job(state, event_id, &data).await {
+        Ok(job) => job,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record the training job");
+            return Outcome::Retry(Duration::from_secs(5));
+        }
+    };
+    if job.status == "succeeded" || job.status == "failed" {
+        tracing::info!(job.id = %job.id, status = %job.status, "job already finished; acknowledging");
+        return Outcome::Done;
+    }
+    match run_job(state, job.id, &data).await {
+        Ok(()) => Outcome::Done,
+        Err(JobError::Permanent(msg)) => {
+            tracing::error!(job.id = %job.id, dataset.name = %data.name, error = %msg, "training job failed");
+            if let Err(e) = finish(state, job.id, "failed", Some(&msg)).await {
+                tracing::warn!(error = %e, "cannot mark the job failed");
+                return Outcome::Retry(Duration::from_secs(5));
+            }
+            Outcome::Done
+        }
+        Err(JobError::Transient(msg)) => {
+            tracing::warn!(job.id = %job.id, error = %msg, "training job will be retried");
+            Outcome::Retry(Duration::from_secs(5))
+        }
+    }
+}
+
+async fn find_or_create_job(state: &AppState, event_id: Uuid, data: &DataReady) -> Result<Job, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO training_jobs (id, event_id, dataset_id, dataset_name, dataset_uri, model_name, status, epochs) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7) ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(event_id)
+    .bind(data.dataset_id)
+    .bind(&data.name)
+    .bind(&data.uri)
+    .bind(&data.name)
+    .bind(state.train.epochs as i32)
+    .execute(&state.infra.pool)
+    .await?;
+    sqlx::query_as::<_, Job>(&format!("SELECT {JOB_COLUMNS} FROM training_jobs WHERE event_id = $1"))
+        .bind(event_id)
+        .fetch_one(&state.infra.pool)
+        .await
+}
+
+async fn finish(state: &AppState, job: Uuid, status: &str, error: Option<&str>) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE training_jobs SET status = $2, error = $3, updated_at = now() WHERE id = $1")
+        .bind(job)
+        .bind(status)
+        .bind(error)
+        .execute(&state.infra.pool)
+        .await?;
+    Ok(())
+}
+
+async fn run_job(state: &AppState, job: Uuid, data: &DataReady) -> Result<(), JobError> {
+    finish(state, job, "running", None).await?;
+    let bytes = state.store.get(&data.uri).await.map_err(|e| match e {
+        StoreError::NotFound(_) | StoreError::ForeignUri(_) | StoreError::InvalidKey(_) => {
+            JobError::Permanent(format!("dataset file: {e}"))
+        }
+        other => JobError::Transient(format!("artifact store: {other}")),
+    })?;
+    let report = parse_csv(&bytes, &data.schema).map_err(|e| JobError::Permanent(e.to_string()))?;
+    let model_name = data.name.clone();
+    tracing::info!(job.id = %job, dataset.name = %data.name, rows = report.table.len(), "training started");
+
+    // Train off the async runtime; report progress to the job row once a second meanwhile.
+    let progress = Arc::new(Mutex::new((0usize, f64::NAN)));
+    let config = state.train.clone();
+    let table = report.table;
+    let p = progress.clone();
+    let started = std::time::Instant::now();
+    let training = tokio::task::spawn_blocking(move || {
+        train_classifier(&table, &config, &mut |epoch, loss| {
+            if let Ok(mut g) = p.lock() {
+                *g = (epoch, loss);
+            }
+        })
+    });
+    tokio::pin!(training);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let bundle = loop {
+        tokio::select! {
+            done = &mut training => break done,
+            _ = tick.tick() => {
+                let (epoch, loss) = progress.lock().map(|g| *g).unwrap_or((0, f64::NAN));
+                record_progress(state, job, epoch, loss).await?;
+            }
+        }
+    }
+    .map_err(|e| JobError::Transient(format!("training task: {e}")))?
+    .map_err(|e| JobError::Permanent(e.to_string()))?;
+    let (epoch, loss) = progress.lock().map(|g| *g).unwrap_or((0, f64::NAN));
+    record_progress(state, job, epoch, loss).await?;
+    let m = &bundle.metrics;
+    tracing::info!(
+        job.id = %job,
+        test_accuracy = m.test_accuracy,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "training finished"
+    );
+    register(state, job, data, &model_name, &bundle).await
+}
+
+async fn record_progress(state: &AppState, job: Uuid, epoch: usize, loss: f64) -> Result<(), JobError> {
+    sqlx::query("UPDATE training_jobs SET epoch = $2, train_loss = $3, updated_at = now() WHERE id = $1")
+        .bind(job)
+        .bind(epoch as i32)
+        .bind(loss.is_finite().then_some(loss))
+        .execute(&state.infra.pool)
+        .await?;
+    Ok(())
+}
+
+fn metric_map(bundle: &ModelBundle) -> BTreeMap<String, f64> {
+    let m = &bundle.metrics;
+    BTreeMap::from([
+        ("test_accuracy".to_owned(), m.test_accuracy),
+        ("train_accuracy".to_owned(), m.train_accuracy),
+        ("test_log_loss".to_owned(), m.test_log_loss),
+        ("test_macro_f1".to_owned(), m.test_macro_f1),
+        ("n_train".to_owned(), m.n_train as f64),
+        ("n_test".to_owned(), m.n_test as f64),
+    ])
+}
+
+/// Stores the bundle and records run and version with the registry, all keyed by the job id.
+async fn register(
+    state: &AppState,
+    job: Uuid,
+    data: &DataReady,
+    model_name: &str,
+    bundle: &ModelBundle,
+) -> Result<(), JobError> {
+    let bytes = bundle.to_bytes().map_err(|e| JobError::Permanent(e.to_string()))?;
+    let key = format!("models/{}/{job}/bundle.json", sanitize(model_name));
+    let uri = state
+        .store
+        .put(&key, Bytes::from(bytes))
+        .await
+        .map_err(|e| JobError::Transient(format!("artifact store: {e}")))?;
+
+    let c = &bundle.config;
+    let params = BTreeMap::from([
+        ("hidden_size".to_owned(), c.hidden_size.to_string()),
+        ("epochs".to_owned(), c.epochs.to_string()),
+        ("learning_rate".to_owned(), c.learning_rate.to_string()),
+        ("weight_decay".to_owned(), c.weight_decay.to_string()),
+        ("test_fraction".to_owned(), c.test_fraction.to_string()),
+        ("seed".to_owned(), c.seed.to_string()),
+        ("dataset_id".to_owned(), data.dataset_id.to_string()),
+        ("dataset_version".to_owned(), data.version.to_string()),
+        ("dataset_hash".to_owned(), data.content_hash.clone()),
+    ]);
+    let tags = BTreeMap::from([
+        ("petrel.job_id".to_owned(), job.to_string()),
+        ("petrel.model_type".to_owned(), "burn-mlp".to_owned()),
+    ]);
+    let run = state
+        .registry
+        .create_run(&CreateRun {
+            experiment: model_name.to_owned(),
+            name: Some(format!("{}-v{}", data.name, data.version)),
+            params,
+            tags,
+            client_token: Some(job.to_string()),
+        })
+        .await?;
+    let metrics = metric_map(bundle);
+    if run.metrics.is_empty() {
+        let metrics = metrics
+            .iter()
+            .map(|(k, v)| MetricInput { key: k.clone(), value: *v, step: 0 })
+            .collect();
+        state.registry.log_metrics(run.id, &LogMetrics { metrics }).await?;
+    }
+    state.registry.update_run(run.id, RunStatus::Finished).await?;
+    let version = state
+        .registry
+        .create_version(
+            model_name,
+            &CreateModelVersion {
+                run_id: run.id,
+                artifact_uri: uri,
+                dataset_id: Some(data.dataset_id),
+                metrics: metrics.clone(),
+                description: Some(format!("burn MLP trained on {} v{}", data.name, data.version)),
+            },
+        )
+        .await?;
+    sqlx::query(
+        "UPDATE training_jobs SET status = 'succeeded', run_id = $2, model_version = $3, metrics = $4, \
+         updated_at = now() WHERE id = $1",
+    )
+    .bind(job)
+    .bind(run.id)
+    .bind(version.version)
+    .bind(serde_json::to_value(&metrics).unwrap_or_default())
+    .execute(&state.infra.pool)
+    .await?;
+    tracing::info!(
+        job.id = %job,
+        model.name = %model_name,
+        model.version = version.version,
+        aliases = ?version.aliases,
+        "model registered"
+    );
+    Ok(())
+}
+
+/// Model names become path segments in the artifact store.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect()
+}
+
+pub async fn get_job(state: &AppState, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
+    sqlx::query_as::<_, Job>(&format!("SELECT {JOB_COLUMNS} FROM training_jobs WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&state.infra.pool)
+        .await
+}
+
+pub async fn list_jobs(state: &AppState, limit: i64) -> Result<Vec<Job>, sqlx::Error> {
+    sqlx::query_as::<_, Job>(&format!(
+        "SELECT {JOB_COLUMNS} FROM training_jobs ORDER BY created_at DESC LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(&state.infra.pool)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sanitizes_model_names_for_keys() {
+        assert_eq!(super::sanitize("pen guins/v1"), "pen_guins_v1");
+    }
+}
