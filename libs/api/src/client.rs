@@ -11,7 +11,11 @@ use serde::de::DeserializeOwned;
 pub enum ClientError {
     /// The service answered with an error body.
     #[error("{status} {code}: {message}")]
-    Api { status: u16, code: String, message: String },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("request to {url} failed")]
     Transport {
         url: String,
@@ -55,7 +59,10 @@ impl ApiClient {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_default();
-        Self { base: base.trim_end_matches('/').to_owned(), http }
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -74,15 +81,18 @@ impl ApiClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let resp = req.send().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
         let status = resp.status();
         let bytes = resp
             .bytes()
             .await
-            .map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
         if !status.is_success() {
             let parsed: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
             let field = |k: &str| {
@@ -98,7 +108,10 @@ impl ApiClient {
                     .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(500).collect()),
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url, message: e.to_string() })
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url,
+            message: e.to_string(),
+        })
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {

@@ -147,7 +147,9 @@ pub struct RegistryClient {
 
 impl RegistryClient {
     pub fn new(base: &str) -> Self {
-        Self { api: ApiClient::new(base) }
+        Self {
+            api: ApiClient::new(base),
+        }
     }
 
     pub fn api(&self) -> &ApiClient {
@@ -159,11 +161,15 @@ impl RegistryClient {
     }
 
     pub async fn log_metrics(&self, run: Uuid, req: &LogMetrics) -> Result<Run, ClientError> {
-        self.api.post(&format!("/api/v1/runs/{run}/metrics"), req).await
+        self.api
+            .post(&format!("/api/v1/runs/{run}/metrics"), req)
+            .await
     }
 
     pub async fn update_run(&self, run: Uuid, status: RunStatus) -> Result<Run, ClientError> {
-        self.api.patch(&format!("/api/v1/runs/{run}"), &UpdateRun { status }).await
+        self.api
+            .patch(&format!("/api/v1/runs/{run}"), &UpdateRun { status })
+            .await
     }
 
     pub async fn get_run(&self, run: Uuid) -> Result<Run, ClientError> {
@@ -175,20 +181,41 @@ impl RegistryClient {
         model: &str,
         req: &CreateModelVersion,
     ) -> Result<ModelVersion, ClientError> {
-        self.api.post(&format!("/api/v1/models/{}/versions", segment(model)), req).await
+        self.api
+            .post(&format!("/api/v1/models/{}/versions", segment(model)), req)
+            .await
     }
 
     pub async fn get_model(&self, model: &str) -> Result<RegisteredModel, ClientError> {
-        self.api.get(&format!("/api/v1/models/{}", segment(model))).await
+        self.api
+            .get(&format!("/api/v1/models/{}", segment(model)))
+            .await
     }
 
-    pub async fn get_version(&self, model: &str, version: i32) -> Result<ModelVersion, ClientError> {
-        self.api.get(&format!("/api/v1/models/{}/versions/{version}", segment(model))).await
+    pub async fn get_version(
+        &self,
+        model: &str,
+        version: i32,
+    ) -> Result<ModelVersion, ClientError> {
+        self.api
+            .get(&format!(
+                "/api/v1/models/{}/versions/{version}",
+                segment(model)
+            ))
+            .await
     }
 
     /// The version an alias points at; `Ok(None)` when the alias (or model) does not exist.
-    pub async fn get_alias(&self, model: &str, alias: &str) -> Result<Option<ModelVersion>, ClientError> {
-        let path = format!("/api/v1/models/{}/aliases/{}", segment(model), segment(alias));
+    pub async fn get_alias(
+        &self,
+        model: &str,
+        alias: &str,
+    ) -> Result<Option<ModelVersion>, ClientError> {
+        let path = format!(
+            "/api/v1/models/{}/aliases/{}",
+            segment(model),
+            segment(alias)
+        );
         match self.api.get(&path).await {
             Ok(v) => Ok(Some(v)),
             Err(ClientError::Api { status: 404, .. }) => Ok(None),
@@ -196,8 +223,17 @@ impl RegistryClient {
         }
     }
 
-    pub async fn set_alias(&self, model: &str, alias: &str, version: i32) -> Result<ModelVersion, ClientError> {
-        let path = format!("/api/v1/models/{}/aliases/{}", segment(model), segment(alias));
+    pub async fn set_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        version: i32,
+    ) -> Result<ModelVersion, ClientError> {
+        let path = format!(
+            "/api/v1/models/{}/aliases/{}",
+            segment(model),
+            segment(alias)
+        );
         self.api.put(&path, &SetAlias { version }).await
     }
 }

@@ -91,10 +91,10 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
     let opts = options(url)?;
     let name = opts.get_database().unwrap_or("postgres").to_owned();
     let admin = opts.clone().database("postgres");
-    let mut conn = admin
-        .connect()
-        .await
-        .map_err(|source| DbError::Connect { url: redact(url), source })?;
+    let mut conn = admin.connect().await.map_err(|source| DbError::Connect {
+        url: redact(url),
+        source,
+    })?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(&name)
@@ -122,15 +122,16 @@ pub async fn connect(config: &DbConfig, migrator: &Migrator) -> Result<PgPool, D
     ensure_database(&config.url).await?;
     let base = options(&config.url)?;
     {
-        let mut conn = base
-            .connect()
-            .await
-            .map_err(|source| DbError::Connect { url: redact(&config.url), source })?;
+        let mut conn = base.connect().await.map_err(|source| DbError::Connect {
+            url: redact(&config.url),
+            source,
+        })?;
         let sql = format!("CREATE SCHEMA IF NOT EXISTS {}", config.schema);
         if let Err(e) = sqlx::query(&sql).execute(&mut conn).await {
             // Two services racing on CREATE SCHEMA IF NOT EXISTS can still collide on the
             // catalog's unique index; the schema exists either way.
-            let dup = matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"));
+            let dup =
+                matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"));
             if !dup {
                 return Err(e.into());
             }
@@ -143,7 +144,10 @@ pub async fn connect(config: &DbConfig, migrator: &Migrator) -> Result<PgPool, D
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(opts)
         .await
-        .map_err(|source| DbError::Connect { url: redact(&config.url), source })?;
+        .map_err(|source| DbError::Connect {
+            url: redact(&config.url),
+            source,
+        })?;
     migrate(&pool, migrator).await?;
     Ok(pool)
 }

@@ -26,7 +26,9 @@ pub enum BusError {
         #[source]
         source: async_nats::ConnectError,
     },
-    #[error("cannot create or read the JetStream stream {stream} (is JetStream enabled on the server?)")]
+    #[error(
+        "cannot create or read the JetStream stream {stream} (is JetStream enabled on the server?)"
+    )]
     Stream {
         stream: String,
         #[source]
@@ -90,7 +92,13 @@ impl Namespace {
             Some(p) => {
                 let clean: String = p
                     .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() {
+                            c.to_ascii_uppercase()
+                        } else {
+                            '_'
+                        }
+                    })
                     .collect();
                 format!("PETREL_{clean}")
             }
@@ -118,7 +126,10 @@ impl Bus {
             .connection_timeout(Duration::from_secs(5))
             .connect(url)
             .await
-            .map_err(|source| BusError::Connect { url: url.to_owned(), source })?;
+            .map_err(|source| BusError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
         // `retry_on_initial_connect` returns at once; wait briefly for the first connection so a
         // wrong URL fails start-up with a clear message instead of hanging.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -139,7 +150,12 @@ impl Bus {
     /// Wraps an existing client; does not create the stream.
     pub fn from_client(client: Client, ns: Namespace, source: &str) -> Self {
         let js = jetstream::new(client.clone());
-        Self { client, js, ns, source: source.to_owned() }
+        Self {
+            client,
+            js,
+            ns,
+            source: source.to_owned(),
+        }
     }
 
     /// Creates the stream if missing. Idempotent, so every service calls it at start.
@@ -156,7 +172,10 @@ impl Bus {
                 ..Default::default()
             })
             .await
-            .map_err(|e| BusError::Stream { stream: name, source: Box::new(e) })
+            .map_err(|e| BusError::Stream {
+                stream: name,
+                source: Box::new(e),
+            })
     }
 
     pub fn client(&self) -> &Client {
@@ -194,7 +213,12 @@ impl Bus {
 
     /// Publishes already-serialised envelope bytes under a relative subject, with `id` as the
     /// `Nats-Msg-Id` so the stream drops a second copy (the outbox relies on this).
-    pub async fn publish_raw(&self, relative: &str, id: Uuid, payload: Bytes) -> Result<(), BusError> {
+    pub async fn publish_raw(
+        &self,
+        relative: &str,
+        id: Uuid,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
         let subject = self.ns.subject(relative);
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", id.to_string().as_str());

@@ -13,8 +13,8 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use futures::StreamExt;
-use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::payloads::DeadLetter;
 use crate::{Bus, BusError, Envelope, Event};
@@ -61,7 +61,10 @@ impl ConsumerSpec {
 
     /// An ephemeral consumer delivering only events published from now on.
     pub fn ephemeral(label: &str, subject: &str) -> Self {
-        Self { durable: None, ..Self::durable(label, subject) }
+        Self {
+            durable: None,
+            ..Self::durable(label, subject)
+        }
     }
 }
 
@@ -88,7 +91,11 @@ where
         ack_policy: AckPolicy::Explicit,
         ack_wait: spec.ack_wait,
         max_deliver: spec.max_deliver,
-        deliver_policy: if spec.durable.is_some() { DeliverPolicy::All } else { DeliverPolicy::New },
+        deliver_policy: if spec.durable.is_some() {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::New
+        },
         inactive_threshold: if spec.durable.is_some() {
             Duration::ZERO
         } else {
@@ -144,8 +151,12 @@ where
     Ok(())
 }
 
-async fn process<E, H, Fut>(bus: &Bus, spec: &ConsumerSpec, handler: &H, msg: async_nats::jetstream::Message)
-where
+async fn process<E, H, Fut>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    handler: &H,
+    msg: async_nats::jetstream::Message,
+) where
     E: Event,
     H: Fn(Envelope<E>) -> Fut + Send + Sync,
     Fut: Future<Output = Outcome> + Send,

@@ -37,7 +37,10 @@ pub enum EnvelopeError {
     #[error("not a valid event envelope: {0}")]
     Malformed(String),
     #[error("expected event type {expected}, got {actual}")]
-    WrongType { expected: &'static str, actual: String },
+    WrongType {
+        expected: &'static str,
+        actual: String,
+    },
 }
 
 impl<T: Event> Envelope<T> {
@@ -70,7 +73,10 @@ impl<T: Event> Envelope<T> {
         let head: Head =
             serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         if head.kind != T::TYPE {
-            return Err(EnvelopeError::WrongType { expected: T::TYPE, actual: head.kind });
+            return Err(EnvelopeError::WrongType {
+                expected: T::TYPE,
+                actual: head.kind,
+            });
         }
         serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))
     }
@@ -107,7 +113,15 @@ mod tests {
         let env = Envelope::new("petrel/test", Ping { n: 7 });
         let bytes = env.to_bytes().unwrap();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        for key in ["specversion", "id", "type", "source", "time", "datacontenttype", "data"] {
+        for key in [
+            "specversion",
+            "id",
+            "type",
+            "source",
+            "time",
+            "datacontenttype",
+            "data",
+        ] {
             assert!(json.get(key).is_some(), "missing {key}");
         }
         assert_eq!(json["type"], "petrel.test.ping.v1");

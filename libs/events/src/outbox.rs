@@ -18,7 +18,10 @@ use uuid::Uuid;
 use crate::{Bus, Envelope, Event};
 
 /// Stores `env` for publication, inside the caller's transaction.
-pub async fn enqueue<T: Event>(conn: &mut PgConnection, env: &Envelope<T>) -> Result<(), sqlx::Error> {
+pub async fn enqueue<T: Event>(
+    conn: &mut PgConnection,
+    env: &Envelope<T>,
+) -> Result<(), sqlx::Error> {
     let payload = serde_json::to_value(env).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     sqlx::query("INSERT INTO outbox (id, subject, payload) VALUES ($1, $2, $3)")
         .bind(env.id)
@@ -39,7 +42,11 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(pool: PgPool, bus: Bus) -> Self {
-        Self { pool, bus, wake: Arc::new(Notify::new()) }
+        Self {
+            pool,
+            bus,
+            wake: Arc::new(Notify::new()),
+        }
     }
 
     /// Asks the relay to publish now (call after committing a transaction that enqueued).
@@ -84,11 +91,13 @@ impl Relay {
                 .await?;
             if let Some((id, e)) = &failure {
                 let text = format!("{e}");
-                sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
-                    .bind(id)
-                    .bind(text)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(text)
+                .execute(&mut *tx)
+                .await?;
             }
             tx.commit().await?;
             total += published.len();

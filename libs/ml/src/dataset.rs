@@ -306,7 +306,7 @@ pub fn row_from_json(
     obj: &serde_json::Map<String, serde_json::Value>,
     schema: &Schema,
 ) -> Result<FeatureRow, MlError> {
-    // Unknown names first, sorted by the map's order, so the error is stable for a given input.
+    // Unknown names are checked first, so a typo is reported even when other values are bad too.
     if let Some(unknown) = obj
         .keys()
         .find(|k| **k != schema.target && schema.feature_index(k).is_none())

@@ -9,7 +9,11 @@ use clap::Args;
 pub struct PostgresArgs {
     /// Postgres URL. The database is created if it does not exist; each service keeps its tables
     /// in its own schema inside it.
-    #[arg(long, env = "PETREL_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/petrel")]
+    #[arg(
+        long,
+        env = "PETREL_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/petrel"
+    )]
     pub database_url: String,
 
     /// Maximum pooled connections per service.
@@ -45,7 +49,11 @@ pub struct NatsArgs {
 #[derive(Args, Clone, Debug)]
 pub struct StoreArgs {
     /// Where datasets and model bundles are kept: a local directory path or `file://` URL.
-    #[arg(long, env = "PETREL_ARTIFACT_ROOT", default_value = ".petrel/artifacts")]
+    #[arg(
+        long,
+        env = "PETREL_ARTIFACT_ROOT",
+        default_value = ".petrel/artifacts"
+    )]
     pub artifact_root: String,
 }
 

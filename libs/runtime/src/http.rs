@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
@@ -27,7 +27,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -48,7 +52,11 @@ impl ApiError {
     pub fn internal(error: impl Into<anyhow::Error>) -> Self {
         let error = error.into();
         tracing::error!(error = format!("{error:#}"), "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error; see the service log")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error; see the service log",
+        )
     }
 }
 
@@ -133,7 +141,11 @@ impl Readiness {
         if self.nats.connection_state() != async_nats::connection::State::Connected {
             failures.push("nats: not connected".to_owned());
         }
-        if failures.is_empty() { Ok(()) } else { Err(failures) }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures)
+        }
     }
 }
 
@@ -196,7 +208,8 @@ pub async fn serve(
     cancel: CancellationToken,
     drain: Duration,
 ) -> std::io::Result<()> {
-    let graceful = axum::serve(listener, router).with_graceful_shutdown(cancel.clone().cancelled_owned());
+    let graceful =
+        axum::serve(listener, router).with_graceful_shutdown(cancel.clone().cancelled_owned());
     let server = tokio::spawn(async move { graceful.await });
     tokio::pin!(server);
     tokio::select! {
@@ -206,7 +219,10 @@ pub async fn serve(
     match tokio::time::timeout(drain, &mut server).await {
         Ok(r) => r.map_err(std::io::Error::other)?,
         Err(_) => {
-            tracing::warn!(drain_s = drain.as_secs(), "requests still in flight after the drain period; closing");
+            tracing::warn!(
+                drain_s = drain.as_secs(),
+                "requests still in flight after the drain period; closing"
+            );
             server.abort();
             Ok(())
         }
@@ -232,7 +248,9 @@ mod tests {
     }
 
     async fn body(resp: Response) -> serde_json::Value {
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         serde_json::from_slice(&bytes).unwrap()
     }
 
@@ -266,11 +284,17 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
         assert_eq!(body(resp).await["error"]["code"], "unsupported_media_type");
 
-        let resp = app().oneshot(Request::get("/nope").body(Body::empty()).unwrap()).await.unwrap();
+        let resp = app()
+            .oneshot(Request::get("/nope").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
         assert_eq!(body(resp).await["error"]["code"], "not_found");
 
-        let resp = app().oneshot(Request::get("/echo").body(Body::empty()).unwrap()).await.unwrap();
+        let resp = app()
+            .oneshot(Request::get("/echo").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(body(resp).await["error"]["code"], "method_not_allowed");
     }

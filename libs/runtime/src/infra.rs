@@ -39,6 +39,9 @@ impl Infra {
     }
 
     pub fn readiness(&self) -> Readiness {
-        Readiness { pool: self.pool.clone(), nats: self.bus.client().clone() }
+        Readiness {
+            pool: self.pool.clone(),
+            nats: self.bus.client().clone(),
+        }
     }
 }

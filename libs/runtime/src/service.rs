@@ -50,7 +50,10 @@ pub struct Tasks {
 
 impl Tasks {
     pub fn new(cancel: CancellationToken) -> Self {
-        Self { set: JoinSet::new(), cancel }
+        Self {
+            set: JoinSet::new(),
+            cancel,
+        }
     }
 
     /// The token the tasks watch.
@@ -71,17 +74,27 @@ impl Tasks {
         while let Some(joined) = self.set.join_next().await {
             let (name, result) = match joined {
                 Ok(r) => r,
-                Err(e) => ("task", Err(anyhow::anyhow!("a task panicked or was aborted: {e}"))),
+                Err(e) => (
+                    "task",
+                    Err(anyhow::anyhow!("a task panicked or was aborted: {e}")),
+                ),
             };
             match result {
                 Ok(()) => {
                     if !self.cancel.is_cancelled() {
-                        tracing::warn!(task = name, "task ended before shutdown; stopping the service");
+                        tracing::warn!(
+                            task = name,
+                            "task ended before shutdown; stopping the service"
+                        );
                         self.cancel.cancel();
                     }
                 }
                 Err(e) => {
-                    tracing::error!(task = name, error = format!("{e:#}"), "task failed; stopping the service");
+                    tracing::error!(
+                        task = name,
+                        error = format!("{e:#}"),
+                        "task failed; stopping the service"
+                    );
                     self.cancel.cancel();
                     first_error.get_or_insert(e.context(format!("{name} failed")));
                 }

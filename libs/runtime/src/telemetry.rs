@@ -21,7 +21,12 @@ pub fn init(service: &'static str, args: &LogArgs) -> TelemetryGuard {
     let registry = tracing_subscriber::registry().with(filter);
     let result = if args.log_format == "json" {
         registry
-            .with(fmt::layer().json().with_current_span(false).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_current_span(false)
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     } else {
         registry

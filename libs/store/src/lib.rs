@@ -14,7 +14,9 @@ use sha2::{Digest, Sha256};
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("invalid artifact key {0:?}: use relative paths of letters, digits, '-', '_', '.' and '/'")]
+    #[error(
+        "invalid artifact key {0:?}: use relative paths of letters, digits, '-', '_', '.' and '/'"
+    )]
     InvalidKey(String),
     #[error("artifact URI {0:?} is not in this store")]
     ForeignUri(String),
@@ -64,7 +66,10 @@ pub struct LocalStore {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.display().to_string(), source }
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 impl LocalStore {
@@ -85,11 +90,17 @@ impl LocalStore {
     fn check_key(key: &str) -> Result<(), StoreError> {
         let ok = !key.is_empty()
             && !key.starts_with('/')
-            && key.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
+            && key
+                .split('/')
+                .all(|part| !part.is_empty() && part != "." && part != "..")
             && key
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-        if ok { Ok(()) } else { Err(StoreError::InvalidKey(key.to_owned())) }
+        if ok {
+            Ok(())
+        } else {
+            Err(StoreError::InvalidKey(key.to_owned()))
+        }
     }
 
     fn path_of(&self, uri: &str) -> Result<PathBuf, StoreError> {
@@ -142,11 +153,20 @@ mod tests {
     #[tokio::test]
     async fn put_then_get_round_trips() {
         let store = open(temp_root().to_str().unwrap()).unwrap();
-        let uri = store.put("datasets/a.csv", Bytes::from_static(b"x,y\n1,2\n")).await.unwrap();
+        let uri = store
+            .put("datasets/a.csv", Bytes::from_static(b"x,y\n1,2\n"))
+            .await
+            .unwrap();
         assert!(uri.starts_with("file:///"));
-        assert_eq!(store.get(&uri).await.unwrap(), Bytes::from_static(b"x,y\n1,2\n"));
+        assert_eq!(
+            store.get(&uri).await.unwrap(),
+            Bytes::from_static(b"x,y\n1,2\n")
+        );
         // Overwrite is atomic and visible.
-        let again = store.put("datasets/a.csv", Bytes::from_static(b"z")).await.unwrap();
+        let again = store
+            .put("datasets/a.csv", Bytes::from_static(b"z"))
+            .await
+            .unwrap();
         assert_eq!(again, uri);
         assert_eq!(store.get(&uri).await.unwrap(), Bytes::from_static(b"z"));
     }
@@ -156,14 +176,29 @@ mod tests {
         let root = temp_root();
         let store = LocalStore::new(root.clone()).unwrap();
         for bad in ["../x", "/etc/passwd", "a//b", "a/./b", "", "a b"] {
-            assert!(matches!(store.put(bad, Bytes::new()).await, Err(StoreError::InvalidKey(_))), "{bad}");
+            assert!(
+                matches!(
+                    store.put(bad, Bytes::new()).await,
+                    Err(StoreError::InvalidKey(_))
+                ),
+                "{bad}"
+            );
         }
-        assert!(matches!(store.get("file:///etc/passwd").await, Err(StoreError::ForeignUri(_))));
+        assert!(matches!(
+            store.get("file:///etc/passwd").await,
+            Err(StoreError::ForeignUri(_))
+        ));
         let sneaky = format!("file://{}/../x", root.display());
         assert!(store.get(&sneaky).await.is_err());
         let missing = format!("file://{}/nope.bin", root.display());
-        assert!(matches!(store.get(&missing).await, Err(StoreError::NotFound(_))));
-        assert!(matches!(open("s3://bucket"), Err(StoreError::UnsupportedRoot(_))));
+        assert!(matches!(
+            store.get(&missing).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            open("s3://bucket"),
+            Err(StoreError::UnsupportedRoot(_))
+        ));
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! `POST /v1/datasets` and friends.
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use bytes::Bytes;
 use petrel_api::ingest::{Dataset, IngestRequest, IngestResponse};
 use petrel_events::outbox;
@@ -34,11 +34,15 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
 fn check_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid("name must be 1 to 128 letters, digits, '-', '_' or '.'"))
+        Err(ApiError::invalid(
+            "name must be 1 to 128 letters, digits, '-', '_' or '.'",
+        ))
     }
 }
 
@@ -47,21 +51,31 @@ async fn read_source(state: &AppState, req: &IngestRequest) -> Result<Bytes, Api
     match (&req.csv, &req.path) {
         (Some(csv), None) => Ok(Bytes::from(csv.clone().into_bytes())),
         (None, Some(path)) => {
-            let root = tokio::fs::canonicalize(&state.data_dir).await.map_err(|_| {
-                ApiError::invalid("ingest by path is unavailable: the data directory does not exist")
-            })?;
+            let root = tokio::fs::canonicalize(&state.data_dir)
+                .await
+                .map_err(|_| {
+                    ApiError::invalid(
+                        "ingest by path is unavailable: the data directory does not exist",
+                    )
+                })?;
             let full = tokio::fs::canonicalize(root.join(path))
                 .await
-                .map_err(|_| ApiError::invalid(format!("no file {path:?} in the data directory")))?;
+                .map_err(|_| {
+                    ApiError::invalid(format!("no file {path:?} in the data directory"))
+                })?;
             if !full.starts_with(&root) {
-                return Err(ApiError::invalid("path must stay inside the data directory"));
+                return Err(ApiError::invalid(
+                    "path must stay inside the data directory",
+                ));
             }
             let bytes = tokio::fs::read(&full)
                 .await
                 .map_err(|_| ApiError::invalid(format!("cannot read {path:?}")))?;
             Ok(Bytes::from(bytes))
         }
-        _ => Err(ApiError::invalid("give exactly one of `csv` (the file's text) or `path`")),
+        _ => Err(ApiError::invalid(
+            "give exactly one of `csv` (the file's text) or `path`",
+        )),
     }
 }
 
@@ -80,20 +94,28 @@ fn dataset_from_row(r: &sqlx::postgres::PgRow) -> Result<Dataset, ApiError> {
     })
 }
 
-const COLUMNS: &str = "id, name, version, uri, content_hash, row_count, rejected_rows, schema, errors, created_at";
+const COLUMNS: &str =
+    "id, name, version, uri, content_hash, row_count, rejected_rows, schema, errors, created_at";
 
-async fn ingest(State(s): State<AppState>, Json(req): Json<IngestRequest>) -> Result<impl IntoResponse, ApiError> {
+async fn ingest(
+    State(s): State<AppState>,
+    Json(req): Json<IngestRequest>,
+) -> Result<impl IntoResponse, ApiError> {
     check_name(&req.name)?;
-    req.schema.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
+    req.schema
+        .validate()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     let bytes = read_source(&s, &req).await?;
     let hash = petrel_store::content_hash(&bytes);
 
-    let existing = sqlx::query(&format!("SELECT {COLUMNS} FROM datasets WHERE name = $1 AND content_hash = $2"))
-        .bind(&req.name)
-        .bind(&hash)
-        .fetch_optional(&s.infra.pool)
-        .await
-        .map_err(ApiError::internal)?;
+    let existing = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM datasets WHERE name = $1 AND content_hash = $2"
+    ))
+    .bind(&req.name)
+    .bind(&hash)
+    .fetch_optional(&s.infra.pool)
+    .await
+    .map_err(ApiError::internal)?;
     if let Some(row) = existing {
         let errors: serde_json::Value = row.get("errors");
         let response = IngestResponse {
@@ -133,7 +155,11 @@ async fn ingest(State(s): State<AppState>, Json(req): Json<IngestRequest>) -> Re
         )));
     }
 
-    let key = format!("datasets/{}/{}.csv", req.name, hash.trim_start_matches("sha256:"));
+    let key = format!(
+        "datasets/{}/{}.csv",
+        req.name,
+        hash.trim_start_matches("sha256:")
+    );
     let uri = s.store.put(&key, bytes).await.map_err(ApiError::internal)?;
 
     let mut tx = s.infra.pool.begin().await.map_err(ApiError::internal)?;
@@ -163,7 +189,9 @@ async fn ingest(State(s): State<AppState>, Json(req): Json<IngestRequest>) -> Re
     let Some(row) = inserted else {
         // A concurrent request ingested the same bytes first.
         tx.rollback().await.ok();
-        return Err(ApiError::conflict("the same file is being ingested concurrently; retry"));
+        return Err(ApiError::conflict(
+            "the same file is being ingested concurrently; retry",
+        ));
     };
     let dataset = dataset_from_row(&row)?;
     let event = DataReady {
@@ -176,7 +204,9 @@ async fn ingest(State(s): State<AppState>, Json(req): Json<IngestRequest>) -> Re
         rejected_rows: dataset.rejected_rows,
         schema: dataset.schema.clone(),
     };
-    outbox::enqueue(&mut tx, &s.infra.bus.envelope(event)).await.map_err(ApiError::internal)?;
+    outbox::enqueue(&mut tx, &s.infra.bus.envelope(event))
+        .await
+        .map_err(ApiError::internal)?;
     tx.commit().await.map_err(ApiError::internal)?;
     s.infra.relay.poke();
     tracing::info!(
@@ -187,7 +217,14 @@ async fn ingest(State(s): State<AppState>, Json(req): Json<IngestRequest>) -> Re
         rejected,
         "dataset ingested"
     );
-    Ok((StatusCode::CREATED, Json(IngestResponse { dataset, created: true, errors })))
+    Ok((
+        StatusCode::CREATED,
+        Json(IngestResponse {
+            dataset,
+            created: true,
+            errors,
+        }),
+    ))
 }
 
 fn summarize(errors: &[petrel_ml::RowError]) -> String {
@@ -200,15 +237,23 @@ fn summarize(errors: &[petrel_ml::RowError]) -> String {
 }
 
 async fn list(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM datasets ORDER BY created_at DESC LIMIT 200"))
-        .fetch_all(&s.infra.pool)
-        .await
-        .map_err(ApiError::internal)?;
-    let datasets = rows.iter().map(dataset_from_row).collect::<Result<Vec<_>, _>>()?;
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM datasets ORDER BY created_at DESC LIMIT 200"
+    ))
+    .fetch_all(&s.infra.pool)
+    .await
+    .map_err(ApiError::internal)?;
+    let datasets = rows
+        .iter()
+        .map(dataset_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(json!({ "datasets": datasets })))
 }
 
-async fn get_one(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Dataset>, ApiError> {
+async fn get_one(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Dataset>, ApiError> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM datasets WHERE id = $1"))
         .bind(id)
         .fetch_optional(&s.infra.pool)

@@ -19,14 +19,22 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Ingest configuration.
 #[derive(Parser, Clone, Debug)]
-#[command(name = "petrel-ingest", version, about = "Petrel's ingest: validated datasets and data.ready events")]
+#[command(
+    name = "petrel-ingest",
+    version,
+    about = "Petrel's ingest: validated datasets and data.ready events"
+)]
 pub struct Config {
     /// Address to serve HTTP on.
     #[arg(long, env = "PETREL_INGEST_LISTEN", default_value = "127.0.0.1:8083")]
     pub listen: String,
     /// Refuse a file when more than this share of its rows is invalid (the rest are reported
     /// and left out either way).
-    #[arg(long, env = "PETREL_INGEST_MAX_REJECTED_FRACTION", default_value_t = 0.1)]
+    #[arg(
+        long,
+        env = "PETREL_INGEST_MAX_REJECTED_FRACTION",
+        default_value_t = 0.1
+    )]
     pub max_rejected_fraction: f64,
     /// Directory whose files may be ingested by `path` (requests cannot read outside it).
     #[arg(long, env = "PETREL_INGEST_DATA_DIR", default_value = "data")]
@@ -73,7 +81,14 @@ impl App {
             (0.0..=1.0).contains(&config.max_rejected_fraction),
             "--max-rejected-fraction must be between 0 and 1"
         );
-        let infra = Infra::connect("ingest", "ingest", &config.postgres, &config.nats, &MIGRATOR).await?;
+        let infra = Infra::connect(
+            "ingest",
+            "ingest",
+            &config.postgres,
+            &config.nats,
+            &MIGRATOR,
+        )
+        .await?;
         let store = petrel_store::open(&config.store.artifact_root)?;
         let (listener, port) = petrel_runtime::http::bind(&config.listen).await?;
         tracing::info!(port, "ingest listening");
@@ -83,7 +98,13 @@ impl App {
             max_rejected_fraction: config.max_rejected_fraction,
             data_dir: config.data_dir.clone(),
         };
-        Ok(Self { port, listener, state, body_limit: config.max_body_mb << 20, cancel })
+        Ok(Self {
+            port,
+            listener,
+            state,
+            body_limit: config.max_body_mb << 20,
+            cancel,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -95,7 +116,8 @@ impl App {
         let router = datasets::router(self.state.clone(), self.body_limit);
         let cancel = self.cancel.clone();
         tasks.spawn("http", async move {
-            petrel_runtime::http::serve(self.listener, router, cancel, Duration::from_secs(30)).await?;
+            petrel_runtime::http::serve(self.listener, router, cancel, Duration::from_secs(30))
+                .await?;
             Ok(())
         });
         let relay = self.state.infra.relay.clone();

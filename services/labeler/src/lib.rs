@@ -1,1 +1,120 @@
-//! Petrel labeler: joins ground truth to logged predictions.
+//! Petrel labeler: takes ground truth over HTTP, joins it to logged predictions (whichever
+//! arrives first waits for the other), and announces each join on `labels.joined`.
+
+mod join;
+
+use std::time::Duration;
+
+use clap::Parser;
+use petrel_events::consumer::{self, ConsumerSpec};
+use petrel_events::payloads::subjects;
+use petrel_runtime::config::{LogArgs, NatsArgs, PostgresArgs};
+use petrel_runtime::infra::Infra;
+use petrel_runtime::service::{ServiceConfig, Tasks};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Labeler configuration.
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "petrel-labeler",
+    version,
+    about = "Petrel's labeler: joins ground truth to predictions"
+)]
+pub struct Config {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "PETREL_LABELER_LISTEN", default_value = "127.0.0.1:8085")]
+    pub listen: String,
+    /// Most labels one request may carry.
+    #[arg(long, env = "PETREL_LABELER_MAX_LABELS", default_value_t = 10_000)]
+    pub max_labels: usize,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl ServiceConfig for Config {
+    fn log(&self) -> &LogArgs {
+        &self.log
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub infra: Infra,
+    pub max_labels: usize,
+}
+
+#[derive(Debug)]
+pub struct App {
+    port: u16,
+    listener: TcpListener,
+    state: AppState,
+    cancel: CancellationToken,
+}
+
+impl App {
+    pub async fn build(config: Config, cancel: CancellationToken) -> anyhow::Result<Self> {
+        let infra = Infra::connect(
+            "labeler",
+            "labeler",
+            &config.postgres,
+            &config.nats,
+            &MIGRATOR,
+        )
+        .await?;
+        let (listener, port) = petrel_runtime::http::bind(&config.listen).await?;
+        tracing::info!(port, "labeler listening");
+        Ok(Self {
+            port,
+            listener,
+            state: AppState {
+                infra,
+                max_labels: config.max_labels,
+            },
+            cancel,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run(self) -> anyhow::Result<()> {
+        let mut tasks = Tasks::new(self.cancel.clone());
+        let router = join::router(self.state.clone());
+        let cancel = self.cancel.clone();
+        tasks.spawn("http", async move {
+            petrel_runtime::http::serve(self.listener, router, cancel, Duration::from_secs(30))
+                .await?;
+            Ok(())
+        });
+        let relay = self.state.infra.relay.clone();
+        let cancel = self.cancel.clone();
+        tasks.spawn("outbox", async move {
+            relay.run(cancel).await;
+            Ok(())
+        });
+        let state = self.state.clone();
+        let cancel = self.cancel.clone();
+        tasks.spawn("consumer", async move {
+            consumer::run(
+                state.infra.bus.clone(),
+                ConsumerSpec::durable("labeler", subjects::PREDICTIONS_LOGGED),
+                cancel,
+                |env| {
+                    let state = state.clone();
+                    async move { join::on_predictions(&state, env).await }
+                },
+            )
+            .await?;
+            Ok(())
+        });
+        tasks.join().await
+    }
+}

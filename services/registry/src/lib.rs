@@ -23,7 +23,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Registry configuration.
 #[derive(Parser, Clone, Debug)]
-#[command(name = "petrel-registry", version, about = "Petrel's experiment tracking and model registry")]
+#[command(
+    name = "petrel-registry",
+    version,
+    about = "Petrel's experiment tracking and model registry"
+)]
 pub struct Config {
     /// Address to serve HTTP on.
     #[arg(long, env = "PETREL_REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
@@ -60,10 +64,22 @@ pub struct App {
 impl App {
     /// Connects to Postgres and NATS and binds the listener (port 0 picks a free port).
     pub async fn build(config: Config, cancel: CancellationToken) -> anyhow::Result<Self> {
-        let infra = Infra::connect("registry", "registry", &config.postgres, &config.nats, &MIGRATOR).await?;
+        let infra = Infra::connect(
+            "registry",
+            "registry",
+            &config.postgres,
+            &config.nats,
+            &MIGRATOR,
+        )
+        .await?;
         let (listener, port) = petrel_runtime::http::bind(&config.listen).await?;
         tracing::info!(port, "registry listening");
-        Ok(Self { port, listener, state: AppState { infra }, cancel })
+        Ok(Self {
+            port,
+            listener,
+            state: AppState { infra },
+            cancel,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -76,7 +92,8 @@ impl App {
         let router = routes::router(self.state.clone());
         let cancel = self.cancel.clone();
         tasks.spawn("http", async move {
-            petrel_runtime::http::serve(self.listener, router, cancel, Duration::from_secs(30)).await?;
+            petrel_runtime::http::serve(self.listener, router, cancel, Duration::from_secs(30))
+                .await?;
             Ok(())
         });
         let relay = self.state.infra.relay.clone();

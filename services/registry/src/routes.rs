@@ -1,10 +1,10 @@
 //! The registry's HTTP API (`docs/api.md` documents it).
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::Router;
 use petrel_api::registry::{
     CreateExperiment, CreateModelVersion, CreateRun, LogMetrics, ModelVersion, PRODUCTION,
     PROMOTION_METRIC, SetAlias, UpdateRun,
@@ -28,20 +28,29 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}/metrics", post(log_metrics))
         .route("/api/v1/models", get(list_models))
         .route("/api/v1/models/{name}", get(get_model))
-        .route("/api/v1/models/{name}/versions", get(list_versions).post(create_version))
+        .route(
+            "/api/v1/models/{name}/versions",
+            get(list_versions).post(create_version),
+        )
         .route("/api/v1/models/{name}/versions/{version}", get(get_version))
         .route(
             "/api/v1/models/{name}/aliases/{alias}",
             get(get_alias).put(set_alias).delete(delete_alias),
         )
-        .route("/api/v1/models/{name}/aliases/{alias}/history", get(alias_history))
+        .route(
+            "/api/v1/models/{name}/aliases/{alias}/history",
+            get(alias_history),
+        )
         .with_state(state.clone());
     let app = api.merge(petrel_runtime::http::health_routes(state.infra.readiness()));
     petrel_runtime::http::finish(app, 1 << 20)
 }
 
 fn check_name(what: &str, name: &str) -> Result<()> {
-    if name.trim().is_empty() || name.len() > 256 || name.chars().any(|c| c.is_control() || c == '/') {
+    if name.trim().is_empty()
+        || name.len() > 256
+        || name.chars().any(|c| c.is_control() || c == '/')
+    {
         return Err(Error::Invalid(format!(
             "{what} must be 1 to 256 characters, without '/' or control characters"
         )));
@@ -52,7 +61,9 @@ fn check_name(what: &str, name: &str) -> Result<()> {
 fn check_alias(alias: &str) -> Result<()> {
     let ok = !alias.is_empty()
         && alias.len() <= 64
-        && alias.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && alias
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if !ok {
         return Err(Error::Invalid(
             "alias must be 1 to 64 letters, digits, '_' or '-'".to_owned(),
@@ -67,14 +78,23 @@ async fn create_experiment(
 ) -> Result<impl IntoResponse> {
     check_name("experiment name", &req.name)?;
     let mut conn = s.infra.pool.acquire().await?;
-    if store::find_experiment(&mut conn, &req.name).await?.is_some() {
-        return Err(Error::Conflict(format!("experiment {:?} already exists", req.name)));
+    if store::find_experiment(&mut conn, &req.name)
+        .await?
+        .is_some()
+    {
+        return Err(Error::Conflict(format!(
+            "experiment {:?} already exists",
+            req.name
+        )));
     }
     let exp = store::get_or_create_experiment(&mut conn, &req.name).await?;
     Ok((StatusCode::CREATED, Json(exp)))
 }
 
-async fn get_experiment(State(s): State<AppState>, Path(name): Path<String>) -> Result<impl IntoResponse> {
+async fn get_experiment(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse> {
     let mut conn = s.infra.pool.acquire().await?;
     let exp = store::find_experiment(&mut conn, &name)
         .await?
@@ -82,7 +102,10 @@ async fn get_experiment(State(s): State<AppState>, Path(name): Path<String>) -> 
     Ok(Json(exp))
 }
 
-async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -> Result<impl IntoResponse> {
+async fn create_run(
+    State(s): State<AppState>,
+    Json(req): Json<CreateRun>,
+) -> Result<impl IntoResponse> {
     check_name("experiment", &req.experiment)?;
     let mut tx = s.infra.pool.begin().await?;
     let exp = store::get_or_create_experiment(&mut tx, &req.experiment).await?;
@@ -97,7 +120,11 @@ async fn create_run(State(s): State<AppState>, Json(req): Json<CreateRun>) -> Re
     .await?;
     let run = store::get_run(&mut tx, id).await?;
     tx.commit().await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(run)))
 }
 
@@ -123,12 +150,23 @@ async fn log_metrics(
     Path(id): Path<Uuid>,
     Json(req): Json<LogMetrics>,
 ) -> Result<impl IntoResponse> {
-    if let Some(bad) = req.metrics.iter().find(|m| !m.value.is_finite() || m.key.is_empty()) {
-        return Err(Error::Invalid(format!("metric {:?} needs a non-empty key and a finite value", bad.key)));
+    if let Some(bad) = req
+        .metrics
+        .iter()
+        .find(|m| !m.value.is_finite() || m.key.is_empty())
+    {
+        return Err(Error::Invalid(format!(
+            "metric {:?} needs a non-empty key and a finite value",
+            bad.key
+        )));
     }
     let mut tx = s.infra.pool.begin().await?;
     store::get_run(&mut tx, id).await?;
-    let rows: Vec<_> = req.metrics.iter().map(|m| (m.key.clone(), m.value, m.step)).collect();
+    let rows: Vec<_> = req
+        .metrics
+        .iter()
+        .map(|m| (m.key.clone(), m.value, m.step))
+        .collect();
     store::log_metrics(&mut tx, id, &rows).await?;
     let run = store::get_run(&mut tx, id).await?;
     tx.commit().await?;
@@ -145,15 +183,23 @@ async fn list_models(State(s): State<AppState>) -> Result<impl IntoResponse> {
     Ok(Json(json!({ "models": models })))
 }
 
-async fn get_model(State(s): State<AppState>, Path(name): Path<String>) -> Result<impl IntoResponse> {
+async fn get_model(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse> {
     let mut conn = s.infra.pool.acquire().await?;
     Ok(Json(store::get_model(&mut conn, &name).await?))
 }
 
-async fn list_versions(State(s): State<AppState>, Path(name): Path<String>) -> Result<impl IntoResponse> {
+async fn list_versions(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse> {
     let mut conn = s.infra.pool.acquire().await?;
     store::get_model(&mut conn, &name).await?;
-    Ok(Json(json!({ "versions": store::list_versions(&mut conn, &name).await? })))
+    Ok(Json(
+        json!({ "versions": store::list_versions(&mut conn, &name).await? }),
+    ))
 }
 
 async fn get_version(
@@ -177,7 +223,9 @@ async fn create_version(
         return Err(Error::Invalid("artifact_uri is required".to_owned()));
     }
     if let Some((k, _)) = req.metrics.iter().find(|(_, v)| !v.is_finite()) {
-        return Err(Error::Invalid(format!("metric {k:?} is not a finite number")));
+        return Err(Error::Invalid(format!(
+            "metric {k:?} is not a finite number"
+        )));
     }
     let mut tx = s.infra.pool.begin().await?;
     store::lock_model(&mut tx, &name).await?;
@@ -188,7 +236,10 @@ async fn create_version(
     }
     match store::get_run(&mut tx, req.run_id).await {
         Err(Error::NotFound(_)) => {
-            return Err(Error::Invalid(format!("run {} does not exist; create it first", req.run_id)));
+            return Err(Error::Invalid(format!(
+                "run {} does not exist; create it first",
+                req.run_id
+            )));
         }
         other => other?,
     };
@@ -233,7 +284,9 @@ async fn maybe_promote(
         Some(v) => Some(store::get_version(&mut *tx, name, v).await?),
         None => None,
     };
-    let champion = current.as_ref().and_then(|c| c.metrics.get(PROMOTION_METRIC).copied());
+    let champion = current
+        .as_ref()
+        .and_then(|c| c.metrics.get(PROMOTION_METRIC).copied());
     let reason = match (current.as_ref(), champion) {
         (None, _) => format!("auto: first version with {PROMOTION_METRIC} {candidate:.4}"),
         (Some(c), Some(best)) if candidate >= best => format!(
@@ -296,7 +349,16 @@ async fn set_alias(
         .await?
         .ok_or_else(|| Error::NotFound(format!("model {name:?} has no version {}", req.version)))?;
     if store::alias_version(&mut tx, &name, &alias).await? != Some(req.version) {
-        promote(&s, &mut tx, &name, &alias, req.version, &target.artifact_uri, "manual: set over HTTP").await?;
+        promote(
+            &s,
+            &mut tx,
+            &name,
+            &alias,
+            req.version,
+            &target.artifact_uri,
+            "manual: set over HTTP",
+        )
+        .await?;
     }
     let updated = store::get_version(&mut tx, &name, req.version).await?;
     tx.commit().await?;
@@ -309,8 +371,13 @@ async fn delete_alias(
     Path((name, alias)): Path<(String, String)>,
 ) -> Result<StatusCode> {
     let mut tx = s.infra.pool.begin().await?;
-    if store::alias_version(&mut tx, &name, &alias).await?.is_none() {
-        return Err(Error::NotFound(format!("model {name:?} has no alias {alias:?}")));
+    if store::alias_version(&mut tx, &name, &alias)
+        .await?
+        .is_none()
+    {
+        return Err(Error::NotFound(format!(
+            "model {name:?} has no alias {alias:?}"
+        )));
     }
     store::move_alias(&mut tx, &name, &alias, None, "manual: deleted over HTTP").await?;
     tx.commit().await?;
@@ -322,5 +389,7 @@ async fn alias_history(
     Path((name, alias)): Path<(String, String)>,
 ) -> Result<impl IntoResponse> {
     let mut conn = s.infra.pool.acquire().await?;
-    Ok(Json(json!({ "history": store::alias_history(&mut conn, &name, &alias).await? })))
+    Ok(Json(
+        json!({ "history": store::alias_history(&mut conn, &name, &alias).await? }),
+    ))
 }

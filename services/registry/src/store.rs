@@ -26,7 +26,11 @@ pub async fn find_experiment(conn: &mut PgConnection, name: &str) -> Result<Opti
         .bind(name)
         .fetch_optional(conn)
         .await?;
-    Ok(row.map(|r| Experiment { id: r.get("id"), name: r.get("name"), created_at: r.get("created_at") }))
+    Ok(row.map(|r| Experiment {
+        id: r.get("id"),
+        name: r.get("name"),
+        created_at: r.get("created_at"),
+    }))
 }
 
 fn parse_status(s: &str) -> RunStatus {
@@ -47,16 +51,22 @@ pub async fn get_run(conn: &mut PgConnection, id: Uuid) -> Result<Run> {
     .await?
     .ok_or_else(|| Error::NotFound(format!("run {id} does not exist")))?;
     let kv = |rows: Vec<sqlx::postgres::PgRow>| -> BTreeMap<String, String> {
-        rows.into_iter().map(|r| (r.get("key"), r.get("value"))).collect()
+        rows.into_iter()
+            .map(|r| (r.get("key"), r.get("value")))
+            .collect()
     };
-    let params = kv(sqlx::query("SELECT key, value FROM run_params WHERE run_id = $1")
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?);
-    let tags = kv(sqlx::query("SELECT key, value FROM run_tags WHERE run_id = $1")
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?);
+    let params = kv(
+        sqlx::query("SELECT key, value FROM run_params WHERE run_id = $1")
+            .bind(id)
+            .fetch_all(&mut *conn)
+            .await?,
+    );
+    let tags = kv(
+        sqlx::query("SELECT key, value FROM run_tags WHERE run_id = $1")
+            .bind(id)
+            .fetch_all(&mut *conn)
+            .await?,
+    );
     let metrics = sqlx::query(
         "SELECT key, value, step, timestamp FROM run_metrics WHERE run_id = $1 ORDER BY key, step, timestamp",
     )
@@ -92,12 +102,13 @@ pub async fn create_run(
     tags: &BTreeMap<String, String>,
 ) -> Result<(Uuid, bool)> {
     if let Some(token) = client_token {
-        let existing: Option<Uuid> =
-            sqlx::query_scalar("SELECT id FROM runs WHERE experiment_id = $1 AND client_token = $2")
-                .bind(experiment_id)
-                .bind(token)
-                .fetch_optional(&mut *conn)
-                .await?;
+        let existing: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM runs WHERE experiment_id = $1 AND client_token = $2",
+        )
+        .bind(experiment_id)
+        .bind(token)
+        .fetch_optional(&mut *conn)
+        .await?;
         if let Some(id) = existing {
             return Ok((id, false));
         }
@@ -116,7 +127,12 @@ pub async fn create_run(
         let sql = format!(
             "INSERT INTO {table} (run_id, key, value) SELECT $1, k, v FROM UNNEST($2::text[], $3::text[]) AS t(k, v)"
         );
-        sqlx::query(&sql).bind(id).bind(&keys).bind(&values).execute(&mut *conn).await?;
+        sqlx::query(&sql)
+            .bind(id)
+            .bind(&keys)
+            .bind(&values)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok((id, true))
 }
@@ -143,7 +159,11 @@ pub async fn log_metrics(
 }
 
 pub async fn set_run_status(conn: &mut PgConnection, run: Uuid, status: RunStatus) -> Result<()> {
-    let end = if status == RunStatus::Running { None } else { Some(Utc::now()) };
+    let end = if status == RunStatus::Running {
+        None
+    } else {
+        Some(Utc::now())
+    };
     let done = sqlx::query("UPDATE runs SET status = $2, end_time = $3 WHERE id = $1")
         .bind(run)
         .bind(status.as_str())
@@ -176,24 +196,44 @@ fn version_from_row(r: &sqlx::postgres::PgRow) -> ModelVersion {
     }
 }
 
-pub async fn find_version(conn: &mut PgConnection, model: &str, version: i32) -> Result<Option<ModelVersion>> {
-    let sql = format!("SELECT {VERSION_COLUMNS} FROM model_versions v WHERE v.model_name = $1 AND v.version = $2");
-    let row = sqlx::query(&sql).bind(model).bind(version).fetch_optional(conn).await?;
+pub async fn find_version(
+    conn: &mut PgConnection,
+    model: &str,
+    version: i32,
+) -> Result<Option<ModelVersion>> {
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM model_versions v WHERE v.model_name = $1 AND v.version = $2"
+    );
+    let row = sqlx::query(&sql)
+        .bind(model)
+        .bind(version)
+        .fetch_optional(conn)
+        .await?;
     Ok(row.as_ref().map(version_from_row))
 }
 
-pub async fn get_version(conn: &mut PgConnection, model: &str, version: i32) -> Result<ModelVersion> {
+pub async fn get_version(
+    conn: &mut PgConnection,
+    model: &str,
+    version: i32,
+) -> Result<ModelVersion> {
     find_version(conn, model, version)
         .await?
         .ok_or_else(|| Error::NotFound(format!("model {model:?} has no version {version}")))
 }
 
-pub async fn version_for_run(conn: &mut PgConnection, model: &str, run: Uuid) -> Result<Option<i32>> {
-    Ok(sqlx::query_scalar("SELECT version FROM model_versions WHERE model_name = $1 AND run_id = $2")
-        .bind(model)
-        .bind(run)
-        .fetch_optional(conn)
-        .await?)
+pub async fn version_for_run(
+    conn: &mut PgConnection,
+    model: &str,
+    run: Uuid,
+) -> Result<Option<i32>> {
+    Ok(sqlx::query_scalar(
+        "SELECT version FROM model_versions WHERE model_name = $1 AND run_id = $2",
+    )
+    .bind(model)
+    .bind(run)
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// Creates the model if needed and locks its row, so version numbers are assigned one at a time.
@@ -234,12 +274,20 @@ pub async fn insert_version(
     Ok(version)
 }
 
-pub async fn alias_version(conn: &mut PgConnection, model: &str, alias: &str) -> Result<Option<i32>> {
-    Ok(sqlx::query_scalar("SELECT version FROM model_aliases WHERE model_name = $1 AND alias = $2")
+pub async fn alias_version(
+    conn: &mut PgConnection,
+    model: &str,
+    alias: &str,
+) -> Result<Option<i32>> {
+    Ok(
+        sqlx::query_scalar(
+            "SELECT version FROM model_aliases WHERE model_name = $1 AND alias = $2",
+        )
         .bind(model)
         .bind(alias)
         .fetch_optional(conn)
-        .await?)
+        .await?,
+    )
 }
 
 /// Points `alias` at `version` (or removes it with `None`) and records the move.
@@ -293,7 +341,11 @@ pub struct AliasChange {
     pub changed_at: DateTime<Utc>,
 }
 
-pub async fn alias_history(conn: &mut PgConnection, model: &str, alias: &str) -> Result<Vec<AliasChange>> {
+pub async fn alias_history(
+    conn: &mut PgConnection,
+    model: &str,
+    alias: &str,
+) -> Result<Vec<AliasChange>> {
     let rows = sqlx::query(
         "SELECT version, previous_version, reason, changed_at FROM alias_history \
          WHERE model_name = $1 AND alias = $2 ORDER BY id DESC LIMIT 200",
@@ -340,9 +392,11 @@ pub async fn get_model(conn: &mut PgConnection, name: &str) -> Result<Registered
 }
 
 pub async fn list_models(conn: &mut PgConnection) -> Result<Vec<String>> {
-    Ok(sqlx::query_scalar("SELECT name FROM registered_models ORDER BY name LIMIT 1000")
-        .fetch_all(conn)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT name FROM registered_models ORDER BY name LIMIT 1000")
+            .fetch_all(conn)
+            .await?,
+    )
 }
 
 pub async fn list_versions(conn: &mut PgConnection, model: &str) -> Result<Vec<ModelVersion>> {

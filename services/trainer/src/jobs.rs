@@ -98,7 +98,11 @@ pub async fn on_data_ready(state: &AppState, event_id: Uuid, data: DataReady) ->
     }
 }
 
-async fn find_or_create_job(state: &AppState, event_id: Uuid, data: &DataReady) -> Result<Job, sqlx::Error> {
+async fn find_or_create_job(
+    state: &AppState,
+    event_id: Uuid,
+    data: &DataReady,
+) -> Result<Job, sqlx::Error> {
     sqlx::query(
         "INSERT INTO training_jobs (id, event_id, dataset_id, dataset_name, dataset_uri, model_name, status, epochs) \
          VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7) ON CONFLICT (event_id) DO NOTHING",
@@ -112,19 +116,28 @@ async fn find_or_create_job(state: &AppState, event_id: Uuid, data: &DataReady) 
     .bind(state.train.epochs as i32)
     .execute(&state.infra.pool)
     .await?;
-    sqlx::query_as::<_, Job>(&format!("SELECT {JOB_COLUMNS} FROM training_jobs WHERE event_id = $1"))
-        .bind(event_id)
-        .fetch_one(&state.infra.pool)
-        .await
+    sqlx::query_as::<_, Job>(&format!(
+        "SELECT {JOB_COLUMNS} FROM training_jobs WHERE event_id = $1"
+    ))
+    .bind(event_id)
+    .fetch_one(&state.infra.pool)
+    .await
 }
 
-async fn finish(state: &AppState, job: Uuid, status: &str, error: Option<&str>) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE training_jobs SET status = $2, error = $3, updated_at = now() WHERE id = $1")
-        .bind(job)
-        .bind(status)
-        .bind(error)
-        .execute(&state.infra.pool)
-        .await?;
+async fn finish(
+    state: &AppState,
+    job: Uuid,
+    status: &str,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE training_jobs SET status = $2, error = $3, updated_at = now() WHERE id = $1",
+    )
+    .bind(job)
+    .bind(status)
+    .bind(error)
+    .execute(&state.infra.pool)
+    .await?;
     Ok(())
 }
 
@@ -178,13 +191,20 @@ async fn run_job(state: &AppState, job: Uuid, data: &DataReady) -> Result<(), Jo
     register(state, job, data, &model_name, &bundle).await
 }
 
-async fn record_progress(state: &AppState, job: Uuid, epoch: usize, loss: f64) -> Result<(), JobError> {
-    sqlx::query("UPDATE training_jobs SET epoch = $2, train_loss = $3, updated_at = now() WHERE id = $1")
-        .bind(job)
-        .bind(epoch as i32)
-        .bind(loss.is_finite().then_some(loss))
-        .execute(&state.infra.pool)
-        .await?;
+async fn record_progress(
+    state: &AppState,
+    job: Uuid,
+    epoch: usize,
+    loss: f64,
+) -> Result<(), JobError> {
+    sqlx::query(
+        "UPDATE training_jobs SET epoch = $2, train_loss = $3, updated_at = now() WHERE id = $1",
+    )
+    .bind(job)
+    .bind(epoch as i32)
+    .bind(loss.is_finite().then_some(loss))
+    .execute(&state.infra.pool)
+    .await?;
     Ok(())
 }
 
@@ -208,7 +228,9 @@ async fn register(
     model_name: &str,
     bundle: &ModelBundle,
 ) -> Result<(), JobError> {
-    let bytes = bundle.to_bytes().map_err(|e| JobError::Permanent(e.to_string()))?;
+    let bytes = bundle
+        .to_bytes()
+        .map_err(|e| JobError::Permanent(e.to_string()))?;
     let key = format!("models/{}/{job}/bundle.json", sanitize(model_name));
     let uri = state
         .store
@@ -246,11 +268,21 @@ async fn register(
     if run.metrics.is_empty() {
         let metrics = metrics
             .iter()
-            .map(|(k, v)| MetricInput { key: k.clone(), value: *v, step: 0 })
+            .map(|(k, v)| MetricInput {
+                key: k.clone(),
+                value: *v,
+                step: 0,
+            })
             .collect();
-        state.registry.log_metrics(run.id, &LogMetrics { metrics }).await?;
+        state
+            .registry
+            .log_metrics(run.id, &LogMetrics { metrics })
+            .await?;
     }
-    state.registry.update_run(run.id, RunStatus::Finished).await?;
+    state
+        .registry
+        .update_run(run.id, RunStatus::Finished)
+        .await?;
     let version = state
         .registry
         .create_version(
@@ -260,7 +292,10 @@ async fn register(
                 artifact_uri: uri,
                 dataset_id: Some(data.dataset_id),
                 metrics: metrics.clone(),
-                description: Some(format!("burn MLP trained on {} v{}", data.name, data.version)),
+                description: Some(format!(
+                    "burn MLP trained on {} v{}",
+                    data.name, data.version
+                )),
             },
         )
         .await?;
@@ -287,15 +322,23 @@ async fn register(
 /// Model names become path segments in the artifact store.
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
 pub async fn get_job(state: &AppState, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
-    sqlx::query_as::<_, Job>(&format!("SELECT {JOB_COLUMNS} FROM training_jobs WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&state.infra.pool)
-        .await
+    sqlx::query_as::<_, Job>(&format!(
+        "SELECT {JOB_COLUMNS} FROM training_jobs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&state.infra.pool)
+    .await
 }
 
 pub async fn list_jobs(state: &AppState, limit: i64) -> Result<Vec<Job>, sqlx::Error> {

@@ -27,13 +27,21 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Trainer configuration.
 #[derive(Parser, Clone, Debug)]
-#[command(name = "petrel-trainer", version, about = "Petrel's trainer: burn models from data.ready events")]
+#[command(
+    name = "petrel-trainer",
+    version,
+    about = "Petrel's trainer: burn models from data.ready events"
+)]
 pub struct Config {
     /// Address to serve HTTP on (job status, health).
     #[arg(long, env = "PETREL_TRAINER_LISTEN", default_value = "127.0.0.1:8082")]
     pub listen: String,
     /// Base URL of the registry.
-    #[arg(long, env = "PETREL_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "PETREL_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub registry_url: String,
     /// Hidden layer width of the MLP.
     #[arg(long, env = "PETREL_TRAIN_HIDDEN_SIZE", default_value_t = TrainConfig::default().hidden_size)]
@@ -101,12 +109,29 @@ impl App {
     pub async fn build(config: Config, cancel: CancellationToken) -> anyhow::Result<Self> {
         let train = config.train_config();
         train.validate()?;
-        let infra = Infra::connect("trainer", "trainer", &config.postgres, &config.nats, &MIGRATOR).await?;
+        let infra = Infra::connect(
+            "trainer",
+            "trainer",
+            &config.postgres,
+            &config.nats,
+            &MIGRATOR,
+        )
+        .await?;
         let store = petrel_store::open(&config.store.artifact_root)?;
         let (listener, port) = petrel_runtime::http::bind(&config.listen).await?;
         tracing::info!(port, "trainer listening");
         let registry = RegistryClient::new(&config.registry_url);
-        Ok(Self { port, listener, state: AppState { infra, store, registry, train }, cancel })
+        Ok(Self {
+            port,
+            listener,
+            state: AppState {
+                infra,
+                store,
+                registry,
+                train,
+            },
+            cancel,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -118,7 +143,8 @@ impl App {
         let router = routes::router(self.state.clone());
         let cancel = self.cancel.clone();
         tasks.spawn("http", async move {
-            petrel_runtime::http::serve(self.listener, router, cancel, Duration::from_secs(30)).await?;
+            petrel_runtime::http::serve(self.listener, router, cancel, Duration::from_secs(30))
+                .await?;
             Ok(())
         });
         let state = self.state.clone();

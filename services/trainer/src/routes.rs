@@ -1,8 +1,8 @@
 //! The trainer's HTTP API: training jobs to poll.
 
+use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use axum::Router;
 use petrel_runtime::http::{ApiError, Json, Path, Query};
 use serde::Deserialize;
 use serde_json::json;
@@ -32,11 +32,16 @@ fn default_limit() -> i64 {
     50
 }
 
-async fn list(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     if !(1..=1000).contains(&q.limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
     }
-    let jobs = jobs::list_jobs(&s, q.limit).await.map_err(ApiError::internal)?;
+    let jobs = jobs::list_jobs(&s, q.limit)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(json!({ "jobs": jobs })))
 }
 

@@ -1,0 +1,229 @@
+//! Storing labels and predictions, and joining them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use chrono::{DateTime, Utc};
+use petrel_api::labeler::{LabelsRequest, LabelsResponse};
+use petrel_events::Envelope;
+use petrel_events::consumer::Outcome;
+use petrel_events::outbox;
+use petrel_events::payloads::{JoinedLabel, LabelsJoined, PredictionsLogged};
+use petrel_runtime::http::{ApiError, Json};
+use sqlx::{PgConnection, Row};
+
+use crate::AppState;
+
+/// Joins run one at a time. A label and its prediction committed concurrently by two
+/// transactions would otherwise each miss the other and never be joined.
+const JOIN_LOCK: i64 = 0x7065_7472_656c_4a4e; // "petrelJN"
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/labels", post(post_labels))
+        .with_state(state.clone());
+    petrel_runtime::http::finish(
+        api.merge(petrel_runtime::http::health_routes(state.infra.readiness())),
+        16 << 20,
+    )
+}
+
+async fn post_labels(
+    State(s): State<AppState>,
+    Json(req): Json<LabelsRequest>,
+) -> Result<Json<LabelsResponse>, ApiError> {
+    if req.labels.is_empty() {
+        return Err(ApiError::invalid("labels is empty: send at least one"));
+    }
+    if req.labels.len() > s.max_labels {
+        return Err(ApiError::invalid(format!(
+            "{} labels in one request; the limit is {}",
+            req.labels.len(),
+            s.max_labels
+        )));
+    }
+    let mut wanted: HashMap<&str, &str> = HashMap::with_capacity(req.labels.len());
+    for (i, l) in req.labels.iter().enumerate() {
+        if l.inference_id.is_empty() || l.inference_id.len() > 128 {
+            return Err(ApiError::invalid(format!(
+                "labels[{i}].inference_id must be 1 to 128 characters"
+            )));
+        }
+        if l.label.is_empty() || l.label.len() > 256 {
+            return Err(ApiError::invalid(format!(
+                "labels[{i}].label must be 1 to 256 characters"
+            )));
+        }
+        if let Some(prev) = wanted.insert(&l.inference_id, &l.label)
+            && prev != l.label
+        {
+            return Err(ApiError::invalid(format!(
+                "labels[{i}]: inference id {:?} is given two different labels",
+                l.inference_id
+            )));
+        }
+    }
+    let ids: Vec<&str> = wanted.keys().copied().collect();
+    let mut tx = s.infra.pool.begin().await.map_err(ApiError::internal)?;
+    lock(&mut tx).await.map_err(ApiError::internal)?;
+    let existing: HashMap<String, String> =
+        sqlx::query("SELECT inference_id, label FROM labels WHERE inference_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(ApiError::internal)?
+            .into_iter()
+            .map(|r| (r.get("inference_id"), r.get("label")))
+            .collect();
+    let mut conflicts = Vec::new();
+    let mut duplicates = 0;
+    let mut new_ids = Vec::new();
+    let mut new_labels = Vec::new();
+    for (id, label) in &wanted {
+        match existing.get(*id) {
+            Some(old) if old == label => duplicates += 1,
+            Some(old) => conflicts.push(format!("{id:?} is already labelled {old:?}")),
+            None => {
+                new_ids.push(*id);
+                new_labels.push(*label);
+            }
+        }
+    }
+    if !conflicts.is_empty() {
+        conflicts.sort();
+        conflicts.truncate(5);
+        return Err(ApiError::conflict(format!(
+            "labels cannot be changed once given: {}",
+            conflicts.join("; ")
+        )));
+    }
+    sqlx::query(
+        "INSERT INTO labels (inference_id, label) SELECT * FROM UNNEST($1::text[], $2::text[])",
+    )
+    .bind(&new_ids)
+    .bind(&new_labels)
+    .execute(&mut *tx)
+    .await
+    .map_err(ApiError::internal)?;
+    let joined = join_pending(&s, &mut tx, &new_ids)
+        .await
+        .map_err(ApiError::internal)?;
+    tx.commit().await.map_err(ApiError::internal)?;
+    s.infra.relay.poke();
+    Ok(Json(LabelsResponse {
+        accepted: new_ids.len(),
+        joined,
+        duplicates,
+    }))
+}
+
+async fn lock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(JOIN_LOCK)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Joins the unjoined labels among `ids` that have a prediction, marks them, and enqueues one
+/// `labels.joined` event. Returns how many were joined.
+async fn join_pending(
+    s: &AppState,
+    conn: &mut PgConnection,
+    ids: &[&str],
+) -> Result<usize, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT l.inference_id, l.label, l.labelled_at, p.predicted_class, p.model_name, p.model_version, p.predicted_at \
+         FROM labels l JOIN predictions p ON p.inference_id = l.inference_id \
+         WHERE l.inference_id = ANY($1) AND l.joined_at IS NULL ORDER BY l.inference_id",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let labels: Vec<JoinedLabel> = rows
+        .iter()
+        .map(|r| {
+            let label: String = r.get("label");
+            let predicted: String = r.get("predicted_class");
+            JoinedLabel {
+                inference_id: r.get("inference_id"),
+                correct: label == predicted,
+                label,
+                predicted_class: predicted,
+                model_name: r.get("model_name"),
+                model_version: r.get("model_version"),
+                predicted_at: r.get::<DateTime<Utc>, _>("predicted_at"),
+                labelled_at: r.get::<DateTime<Utc>, _>("labelled_at"),
+            }
+        })
+        .collect();
+    let count = labels.len();
+    let joined_ids: Vec<&str> = labels.iter().map(|l| l.inference_id.as_str()).collect();
+    let env = s.infra.bus.envelope(LabelsJoined {
+        labels: labels.clone(),
+    });
+    sqlx::query("UPDATE labels SET joined_at = now(), event_id = $2 WHERE inference_id = ANY($1)")
+        .bind(&joined_ids)
+        .bind(env.id)
+        .execute(&mut *conn)
+        .await?;
+    outbox::enqueue(conn, &env).await?;
+    Ok(count)
+}
+
+/// Consumer handler: remembers the predictions and joins labels that were waiting for them.
+pub async fn on_predictions(s: &AppState, env: Envelope<PredictionsLogged>) -> Outcome {
+    match store_predictions(s, &env).await {
+        Ok(joined) => {
+            if joined > 0 {
+                s.infra.relay.poke();
+                tracing::info!(event.id = %env.id, joined, "labels joined to new predictions");
+            }
+            Outcome::Done
+        }
+        Err(e) => {
+            tracing::warn!(event.id = %env.id, error = %e, "cannot store predictions; retrying");
+            Outcome::Retry(Duration::from_secs(2))
+        }
+    }
+}
+
+async fn store_predictions(
+    s: &AppState,
+    env: &Envelope<PredictionsLogged>,
+) -> Result<usize, sqlx::Error> {
+    let mut tx = s.infra.pool.begin().await?;
+    if !petrel_db::claim_event(&mut tx, "labeler", env.id).await? {
+        return Ok(0);
+    }
+    lock(&mut tx).await?;
+    let d = &env.data;
+    let ids: Vec<&str> = d
+        .predictions
+        .iter()
+        .map(|p| p.inference_id.as_str())
+        .collect();
+    let classes: Vec<&str> = d.predictions.iter().map(|p| p.class.as_str()).collect();
+    let times: Vec<DateTime<Utc>> = d.predictions.iter().map(|p| p.predicted_at).collect();
+    sqlx::query(
+        "INSERT INTO predictions (inference_id, model_name, model_version, predicted_class, predicted_at) \
+         SELECT i, $1, $2, c, t FROM UNNEST($3::text[], $4::text[], $5::timestamptz[]) AS u(i, c, t) \
+         ON CONFLICT (inference_id) DO NOTHING",
+    )
+    .bind(&d.model_name)
+    .bind(d.model_version)
+    .bind(&ids)
+    .bind(&classes)
+    .bind(&times)
+    .execute(&mut *tx)
+    .await?;
+    let joined = join_pending(s, &mut tx, &ids).await?;
+    tx.commit().await?;
+    Ok(joined)
+}

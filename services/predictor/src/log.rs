@@ -1,0 +1,165 @@
+//! The prediction log: group commit of predictions with their `predictions.logged` event.
+//!
+//! Requests hand their rows to one writer task and wait for its answer. The writer takes
+//! whatever has queued up (up to [`MAX_BATCH_ROWS`]), inserts it in one transaction together
+//! with one outbox event per model version, commits, and answers every waiting request. Under
+//! load, batches grow by themselves; at rest a request commits alone.
+
+use std::collections::BTreeMap;
+
+use petrel_events::outbox;
+use petrel_events::payloads::{LoggedPrediction, PredictionsLogged};
+use petrel_runtime::infra::Infra;
+use tokio::sync::{mpsc, oneshot};
+
+/// Rows per transaction (and so at most per event), to keep events well under NATS's 1 MiB.
+pub const MAX_BATCH_ROWS: usize = 256;
+
+struct Job {
+    model_name: String,
+    model_version: i32,
+    rows: Vec<LoggedPrediction>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The requests' side: cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Logger {
+    tx: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("rows", &self.rows.len())
+            .finish()
+    }
+}
+
+/// The writer task's side.
+#[derive(Debug)]
+pub struct Writer {
+    rx: mpsc::Receiver<Job>,
+    infra: Infra,
+}
+
+pub fn channel(infra: Infra) -> (Logger, Writer) {
+    let (tx, rx) = mpsc::channel(1024);
+    (Logger { tx }, Writer { rx, infra })
+}
+
+impl Logger {
+    /// Logs rows durably; returns once they are committed.
+    pub async fn log(
+        &self,
+        model_name: &str,
+        model_version: i32,
+        rows: Vec<LoggedPrediction>,
+    ) -> Result<(), String> {
+        let (done, wait) = oneshot::channel();
+        let job = Job {
+            model_name: model_name.to_owned(),
+            model_version,
+            rows,
+            done,
+        };
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| "the prediction log is shut down".to_owned())?;
+        wait.await
+            .map_err(|_| "the prediction log stopped".to_owned())?
+    }
+}
+
+impl Writer {
+    /// Runs until every [`Logger`] is dropped and the queue is empty.
+    pub async fn run(mut self) {
+        while let Some(first) = self.rx.recv().await {
+            let mut jobs = vec![first];
+            let mut rows = jobs[0].rows.len();
+            while rows < MAX_BATCH_ROWS {
+                match self.rx.try_recv() {
+                    Ok(job) => {
+                        rows += job.rows.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let result = self.commit(&jobs).await.map_err(|e| {
+                tracing::error!(error = %e, rows, "cannot log predictions");
+                "the prediction log is unavailable".to_owned()
+            });
+            if result.is_ok() {
+                self.infra.relay.poke();
+            }
+            for job in jobs {
+                let _ = job.done.send(result.clone());
+            }
+        }
+    }
+
+    async fn commit(&self, jobs: &[Job]) -> Result<(), sqlx::Error> {
+        let mut groups: BTreeMap<(&str, i32), Vec<&LoggedPrediction>> = BTreeMap::new();
+        for job in jobs {
+            groups
+                .entry((&job.model_name, job.model_version))
+                .or_default()
+                .extend(job.rows.iter());
+        }
+        let mut tx = self.infra.pool.begin().await?;
+        for ((model_name, model_version), rows) in groups {
+            let envelope_id = uuid::Uuid::now_v7();
+            let ids: Vec<&str> = rows.iter().map(|r| r.inference_id.as_str()).collect();
+            let features: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| serde_json::Value::Object(r.features.clone()))
+                .collect();
+            let classes: Vec<&str> = rows.iter().map(|r| r.class.as_str()).collect();
+            let confidences: Vec<f32> = rows.iter().map(|r| r.confidence).collect();
+            let probabilities: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| serde_json::to_value(&r.probabilities).unwrap_or_default())
+                .collect();
+            let times: Vec<_> = rows.iter().map(|r| r.predicted_at).collect();
+            // A retried request may reuse inference ids: only new rows are logged and announced.
+            let fresh: Vec<String> = sqlx::query_scalar(
+                "INSERT INTO predictions (inference_id, model_name, model_version, features, class, confidence, \
+                 probabilities, event_id, predicted_at) \
+                 SELECT i, $2, $3, f, c, p, pr, $1, t \
+                 FROM UNNEST($4::text[], $5::jsonb[], $6::text[], $7::real[], $8::jsonb[], $9::timestamptz[]) \
+                 AS u(i, f, c, p, pr, t) \
+                 ON CONFLICT (inference_id) DO NOTHING RETURNING inference_id",
+            )
+            .bind(envelope_id)
+            .bind(model_name)
+            .bind(model_version)
+            .bind(&ids)
+            .bind(&features)
+            .bind(&classes)
+            .bind(&confidences)
+            .bind(&probabilities)
+            .bind(&times)
+            .fetch_all(&mut *tx)
+            .await?;
+            if fresh.is_empty() {
+                continue;
+            }
+            let fresh: std::collections::HashSet<String> = fresh.into_iter().collect();
+            let predictions = rows
+                .into_iter()
+                .filter(|r| fresh.contains(&r.inference_id))
+                .cloned()
+                .collect();
+            let mut envelope = self.infra.bus.envelope(PredictionsLogged {
+                model_name: model_name.to_owned(),
+                model_version,
+                predictions,
+            });
+            envelope.id = envelope_id;
+            outbox::enqueue(&mut tx, &envelope).await?;
+        }
+        tx.commit().await
+    }
+}
