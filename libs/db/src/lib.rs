@@ -104,8 +104,10 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
         match sqlx::query(&sql).execute(&mut conn).await {
             Ok(_) => tracing::info!(db.name = %name, "created database"),
-            // Another service created it first: that is the outcome we wanted.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            // Another service created it first (42P04, or 23505 when the race is that close):
+            // that is the outcome we wanted.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
             Err(e) => return Err(e.into()),
         }
     }

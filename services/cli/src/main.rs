@@ -1,1 +1,184 @@
-fn main() {}
+//! `petrel`: the command-line tool for Petrel.
+
+mod demo;
+mod traffic;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use petrel_api::ApiClient;
+use petrel_api::ingest::{IngestRequest, IngestResponse};
+use petrel_api::monitor::ReportList;
+use petrel_events::Envelope;
+use petrel_events::payloads::Alert;
+use petrel_ml::Schema;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "petrel",
+    version,
+    about = "Petrel: the ML lifecycle as event-driven services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the whole loop locally: start the six services, ingest penguins, train, serve,
+    /// send normal then drifted traffic, and exit 0 once an alert arrives.
+    Demo(demo::DemoArgs),
+    /// Validate and store a CSV file as a dataset (announces data.ready).
+    Ingest(IngestArgs),
+    /// Send rows sampled from a CSV to the predictor, then their true labels to the labeler.
+    Traffic(traffic::TrafficArgs),
+    /// Print alerts as they arrive (subscribes to `alerts.>`).
+    Alerts(AlertsArgs),
+    /// Print the monitor's latest window reports.
+    Reports(ReportsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct IngestArgs {
+    /// The CSV file.
+    #[arg(long, default_value = "data/penguins.csv")]
+    file: PathBuf,
+    /// Dataset name (also the name of the model trained from it).
+    #[arg(long, default_value = "penguins")]
+    name: String,
+    /// JSON schema file: {"features":[{"name":..,"kind":"numeric"|"categorical"}],"target":..}.
+    /// Defaults to the penguins schema.
+    #[arg(long)]
+    schema: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "PETREL_INGEST_URL",
+        default_value = "http://127.0.0.1:8083"
+    )]
+    ingest_url: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct AlertsArgs {
+    #[arg(long, env = "PETREL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    #[arg(long, env = "PETREL_NATS_PREFIX", default_value = "")]
+    nats_prefix: String,
+    /// Stop after this many alerts (0: run until interrupted).
+    #[arg(long, default_value_t = 0)]
+    count: usize,
+}
+
+#[derive(clap::Args, Debug)]
+struct ReportsArgs {
+    #[arg(
+        long,
+        env = "PETREL_MONITOR_URL",
+        default_value = "http://127.0.0.1:8086"
+    )]
+    monitor_url: String,
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(a) => demo::run(a).await,
+        Command::Ingest(a) => ingest(a).await,
+        Command::Traffic(a) => traffic::run_cli(a).await,
+        Command::Alerts(a) => alerts(a).await,
+        Command::Reports(a) => reports(a).await,
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
+    let csv = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("cannot read {}", a.file.display()))?;
+    let schema = match &a.schema {
+        Some(p) => serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        )
+        .context("the schema file is not a valid schema")?,
+        None => Schema::penguins(),
+    };
+    let resp: IngestResponse = ApiClient::new(&a.ingest_url)
+        .post(
+            "/v1/datasets",
+            &IngestRequest {
+                name: a.name,
+                schema,
+                csv: Some(csv),
+                path: None,
+            },
+        )
+        .await?;
+    print_ingest(&resp);
+    Ok(())
+}
+
+fn print_ingest(resp: &IngestResponse) {
+    let d = &resp.dataset;
+    println!(
+        "dataset {} v{} ({}): {} rows accepted, {} rejected{}",
+        d.name,
+        d.version,
+        d.id,
+        d.row_count,
+        d.rejected_rows,
+        if resp.created {
+            ""
+        } else {
+            " (already ingested; nothing new)"
+        }
+    );
+    for e in resp.errors.iter().take(5) {
+        println!("  line {}: {}", e.line, e.message);
+    }
+}
+
+async fn alerts(a: AlertsArgs) -> anyhow::Result<()> {
+    let client = async_nats::connect(&a.nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", a.nats_url))?;
+    let ns = petrel_events::Namespace::new(Some(&a.nats_prefix));
+    let mut sub = client.subscribe(ns.subject("alerts.>")).await?;
+    let mut seen = 0;
+    while let Some(msg) = sub.next().await {
+        match Envelope::<Alert>::from_bytes(&msg.payload) {
+            Ok(env) => println!(
+                "{} {}",
+                env.time.format("%H:%M:%S"),
+                format_alert(&env.data)
+            ),
+            Err(e) => println!("unreadable alert on {}: {e}", msg.subject),
+        }
+        seen += 1;
+        if a.count > 0 && seen >= a.count {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn format_alert(a: &Alert) -> String {
+    format!("ALERT {}: {}", a.kind, a.message)
+}
+
+async fn reports(a: ReportsArgs) -> anyhow::Result<()> {
+    let list: ReportList = ApiClient::new(&a.monitor_url)
+        .get(&format!("/v1/reports?limit={}", a.limit))
+        .await?;
+    for r in list.reports.iter().rev() {
+        println!("{}", demo::format_report(r));
+    }
+    Ok(())
+}

@@ -1,0 +1,395 @@
+//! The predictor against a real registry, Postgres and NATS: loading the production model,
+//! answering and logging predictions, refusing bad input, hot reload and shutdown.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use petrel_api::predictor::{PredictResponse, ServedModel};
+use petrel_events::payloads::PredictionsLogged;
+use serde_json::{Value, json};
+
+/// Waits until the predictor serves `version` of penguins.
+async fn wait_for_version(
+    http: &reqwest::Client,
+    predictor: &Service,
+    version: i32,
+) -> ServedModel {
+    eventually(
+        &format!("the predictor to serve version {version}"),
+        || async {
+            let resp = http.get(predictor.url("/v1/model")).send().await.ok()?;
+            if resp.status() != 200 {
+                return None;
+            }
+            let served: ServedModel = resp.json().await.ok()?;
+            (served.model_version == version).then_some(served)
+        },
+    )
+    .await
+}
+
+async fn predict(http: &reqwest::Client, predictor: &Service, body: &Value) -> (u16, Value) {
+    send(http.post(predictor.url("/v1/predict")).json(body)).await
+}
+
+fn rows_request(rows: &[(Option<&str>, serde_json::Map<String, Value>)]) -> Value {
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|(id, features)| match id {
+            Some(id) => json!({ "inference_id": id, "features": features }),
+            None => json!({ "features": features }),
+        })
+        .collect();
+    json!({ "rows": rows })
+}
+
+#[tokio::test]
+async fn serves_the_production_model_and_logs_each_prediction_once() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    let predictor = start_predictor(&env, &registry).await;
+    let http = reqwest::Client::new();
+    let penguins = penguin_rows();
+    let (_, first) = &penguins[0];
+
+    // Nothing registered yet: a JSON 503, for predictions and for the model.
+    let (status, body) = predict(&http, &predictor, &rows_request(&[(None, first.clone())])).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(error_message(&body, "unavailable").contains("no model"));
+    let (status, body) = send(http.get(predictor.url("/v1/model"))).await;
+    assert_eq!(status, 503, "{body}");
+    error_message(&body, "unavailable");
+
+    // Registering v1 promotes it; the predictor picks it up by itself.
+    let v1 = register_model(&env, &registry, "models/penguins/v1/bundle.json").await;
+    assert_eq!(v1.version, 1);
+    assert!(v1.aliases.contains(&"production".to_owned()), "{v1:?}");
+    let served = wait_for_version(&http, &predictor, 1).await;
+    assert_eq!(served.model_name, "penguins");
+    assert_eq!(served.artifact_uri, v1.artifact_uri);
+    assert_eq!(served.class_names, SPECIES);
+    assert_eq!(served.schema, petrel_ml::Schema::penguins());
+
+    let mut logged = env.subscribe("predictions.logged").await;
+
+    // Five rows, one of each kind of penguin and two chosen at random, three with the caller's
+    // ids and two without.
+    let picks = [0usize, 160, 250, 100, 300];
+    let ids = [Some("req-a"), None, Some("req-b"), None, Some("req-c")];
+    let rows: Vec<_> = picks
+        .iter()
+        .zip(ids)
+        .map(|(&i, id)| (id, penguins[i].1.clone()))
+        .collect();
+    let (status, body) = predict(&http, &predictor, &rows_request(&rows)).await;
+    assert_eq!(status, 200, "{body}");
+    let resp: PredictResponse = serde_json::from_value(body).unwrap();
+    assert_eq!(resp.predictions.len(), 5);
+    let mut right = 0;
+    for ((p, id), &i) in resp.predictions.iter().zip(ids).zip(&picks) {
+        assert!(SPECIES.contains(&p.class.as_str()), "{p:?}");
+        assert_eq!(p.model_name, "penguins");
+        assert_eq!(p.model_version, 1);
+        let keys: Vec<&str> = p.probabilities.keys().map(String::as_str).collect();
+        assert_eq!(keys, SPECIES);
+        let sum: f32 = p.probabilities.values().sum();
+        assert!(
+            (sum - 1.0).abs() < 1e-3,
+            "probabilities sum to {sum}: {p:?}"
+        );
+        assert_eq!(p.confidence, p.probabilities[&p.class], "{p:?}");
+        let best = p.probabilities.values().cloned().fold(0.0f32, f32::max);
+        assert_eq!(p.confidence, best, "{p:?}");
+        match id {
+            Some(id) => assert_eq!(p.inference_id, id),
+            None => assert!(!p.inference_id.is_empty()),
+        }
+        right += usize::from(p.class == penguins[i].0);
+    }
+    assert!(
+        right >= 4,
+        "a ~98% accurate model got {right} of 5: {resp:?}"
+    );
+    let generated: BTreeSet<&str> = resp
+        .predictions
+        .iter()
+        .map(|p| p.inference_id.as_str())
+        .collect();
+    assert_eq!(generated.len(), 5, "inference ids must be unique");
+
+    // One event for the request, carrying the five predictions as answered.
+    let env1 = next_event::<PredictionsLogged>(&mut logged).await;
+    assert_eq!(env1.data.model_name, "penguins");
+    assert_eq!(env1.data.model_version, 1);
+    assert_eq!(env1.data.predictions.len(), 5);
+    for (lp, (p, &i)) in env1
+        .data
+        .predictions
+        .iter()
+        .zip(resp.predictions.iter().zip(&picks))
+    {
+        assert_eq!(lp.inference_id, p.inference_id);
+        assert_eq!(lp.class, p.class);
+        assert_eq!(lp.confidence, p.confidence);
+        assert_eq!(lp.probabilities, p.probabilities);
+        assert_eq!(lp.features, penguins[i].1, "the row as received");
+    }
+
+    // Sending req-a again with a new id: only the new one is announced.
+    let again = rows_request(&[
+        (Some("req-a"), penguins[0].1.clone()),
+        (Some("req-d"), penguins[1].1.clone()),
+    ]);
+    let (status, body) = predict(&http, &predictor, &again).await;
+    assert_eq!(status, 200, "{body}");
+    let env2 = next_event::<PredictionsLogged>(&mut logged).await;
+    let ids2: Vec<&str> = env2
+        .data
+        .predictions
+        .iter()
+        .map(|p| p.inference_id.as_str())
+        .collect();
+    assert_eq!(ids2, ["req-d"]);
+
+    // A request made only of known ids announces nothing: the next event is the sentinel's.
+    let (status, _) = predict(
+        &http,
+        &predictor,
+        &rows_request(&[(Some("req-b"), penguins[2].1.clone())]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = predict(
+        &http,
+        &predictor,
+        &rows_request(&[(Some("sentinel"), penguins[3].1.clone())]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let env3 = next_event::<PredictionsLogged>(&mut logged).await;
+    let ids3: Vec<&str> = env3
+        .data
+        .predictions
+        .iter()
+        .map(|p| p.inference_id.as_str())
+        .collect();
+    assert_eq!(ids3, ["sentinel"]);
+    assert_ne!(env1.id, env2.id);
+
+    // A prediction answered just before shutdown is still announced: the outbox drains on the
+    // way out.
+    let (status, _) = predict(
+        &http,
+        &predictor,
+        &rows_request(&[(Some("last-one"), penguins[4].1.clone())]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    predictor.stop().await;
+    let env4 = next_event::<PredictionsLogged>(&mut logged).await;
+    assert_eq!(env4.data.predictions[0].inference_id, "last-one");
+    registry.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn refuses_bad_input_with_json_errors_and_logs_nothing() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    register_model(&env, &registry, "models/penguins/x/bundle.json").await;
+    let predictor = start_predictor(&env, &registry).await;
+    let http = reqwest::Client::new();
+    wait_for_version(&http, &predictor, 1).await;
+    let mut logged = env.subscribe("predictions.logged").await;
+    let good = penguin_rows()[0].1.clone();
+
+    let mut typo = good.clone();
+    typo.insert("bill_lenght_mm".into(), json!(40.1));
+    let (status, body) = predict(&http, &predictor, &rows_request(&[(None, typo)])).await;
+    assert_eq!(status, 422, "{body}");
+    let msg = error_message(&body, "invalid");
+    assert!(
+        msg.contains("bill_lenght_mm") && msg.contains("rows[0]"),
+        "{msg}"
+    );
+
+    let mut wrong_type = good.clone();
+    wrong_type.insert("bill_length_mm".into(), json!("abc"));
+    let (status, body) = predict(
+        &http,
+        &predictor,
+        &rows_request(&[(None, good.clone()), (None, wrong_type)]),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    let msg = error_message(&body, "invalid");
+    assert!(
+        msg.contains("bill_length_mm") && msg.contains("rows[1]"),
+        "{msg}"
+    );
+
+    let mut wrong_kind = good.clone();
+    wrong_kind.insert("island".into(), json!(true));
+    let (status, body) = predict(&http, &predictor, &rows_request(&[(None, wrong_kind)])).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(error_message(&body, "invalid").contains("island"));
+
+    let (status, body) = predict(&http, &predictor, &json!({ "rows": [] })).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(error_message(&body, "invalid").contains("empty"));
+
+    let dup = rows_request(&[(Some("same"), good.clone()), (Some("same"), good.clone())]);
+    let (status, body) = predict(&http, &predictor, &dup).await;
+    assert_eq!(status, 422, "{body}");
+    let msg = error_message(&body, "invalid");
+    assert!(msg.contains("same") && msg.contains("twice"), "{msg}");
+
+    let (status, body) = predict(
+        &http,
+        &predictor,
+        &rows_request(&[(Some(""), good.clone())]),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(error_message(&body, "invalid").contains("inference_id"));
+
+    // Not JSON at all, JSON of the wrong shape, and no content type.
+    let (status, body) = send(
+        http.post(predictor.url("/v1/predict"))
+            .header("content-type", "application/json")
+            .body("{\"rows\": [ {"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    error_message(&body, "invalid_json");
+    let (status, body) = predict(&http, &predictor, &json!({ "rows": "none" })).await;
+    assert_eq!(status, 422, "{body}");
+    error_message(&body, "invalid_json");
+    let (status, body) = send(http.post(predictor.url("/v1/predict")).body("{}")).await;
+    assert_eq!(status, 415, "{body}");
+    error_message(&body, "unsupported_media_type");
+
+    // Missing values are fine: they are imputed.
+    let mut sparse = good.clone();
+    sparse.insert("sex".into(), Value::Null);
+    sparse.remove("year");
+    sparse.insert("species".into(), json!("Adelie"));
+    let (status, body) = predict(&http, &predictor, &rows_request(&[(Some("ok"), sparse)])).await;
+    assert_eq!(status, 200, "{body}");
+
+    // None of the refused requests was logged: the first event is the good request's.
+    let first = next_event::<PredictionsLogged>(&mut logged).await;
+    assert_eq!(first.data.predictions.len(), 1);
+    assert_eq!(first.data.predictions[0].inference_id, "ok");
+
+    predictor.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn switches_to_a_new_version_without_failing_a_request() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    register_model(&env, &registry, "models/penguins/v1/bundle.json").await;
+    let predictor = start_predictor(&env, &registry).await;
+    let http = reqwest::Client::new();
+    wait_for_version(&http, &predictor, 1).await;
+    let mut logged = env.subscribe("predictions.logged").await;
+
+    // Clients hammer the predictor while v2 is registered and loaded.
+    let stop = Arc::new(AtomicBool::new(false));
+    let rows = penguin_rows();
+    let body = rows_request(&[(None, rows[10].1.clone()), (None, rows[200].1.clone())]);
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (http, url, body, stop) = (
+            http.clone(),
+            predictor.url("/v1/predict"),
+            body.clone(),
+            stop.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut answers: Vec<Result<i32, String>> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let resp = match http.post(&url).json(&body).send().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        answers.push(Err(e.to_string()));
+                        continue;
+                    }
+                };
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                if status != 200 {
+                    answers.push(Err(format!("{status}: {text}")));
+                    continue;
+                }
+                let r: PredictResponse = serde_json::from_str(&text).unwrap();
+                let versions: BTreeSet<i32> =
+                    r.predictions.iter().map(|p| p.model_version).collect();
+                assert_eq!(versions.len(), 1, "one request, one version: {r:?}");
+                answers.push(Ok(r.predictions[0].model_version));
+            }
+            answers
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v2 = register_model(&env, &registry, "models/penguins/v2/bundle.json").await;
+    assert_eq!(v2.version, 2);
+    assert!(v2.aliases.contains(&"production".to_owned()), "{v2:?}");
+    // The reconcile period is 30 s, so a switch within the patience is `model.promoted`'s doing.
+    let served = wait_for_version(&http, &predictor, 2).await;
+    assert_eq!(served.artifact_uri, v2.artifact_uri);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut all = Vec::new();
+    for c in clients {
+        let answers = c.await.unwrap();
+        assert!(!answers.is_empty());
+        assert_eq!(
+            answers.last(),
+            Some(&Ok(2)),
+            "after the switch, requests are served by v2"
+        );
+        // Once a client saw v2, it never went back to v1.
+        let seen: Vec<i32> = answers
+            .iter()
+            .filter_map(|a| a.as_ref().ok().copied())
+            .collect();
+        assert!(seen.is_sorted(), "versions went back and forth: {seen:?}");
+        all.extend(answers);
+    }
+    let failures: Vec<&String> = all.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {failures:?}",
+        failures.len(),
+        all.len()
+    );
+    let versions: BTreeSet<i32> = all
+        .iter()
+        .filter_map(|a| a.as_ref().ok().copied())
+        .collect();
+    assert_eq!(
+        versions,
+        BTreeSet::from([1, 2]),
+        "requests saw both versions"
+    );
+    // Logged predictions name the version that answered them, v2 included.
+    let mut saw_v2_event = false;
+    while !saw_v2_event {
+        let e = next_event::<PredictionsLogged>(&mut logged).await;
+        saw_v2_event = e.data.model_version == 2;
+    }
+
+    predictor.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}

@@ -1,0 +1,594 @@
+//! The registry's HTTP API and the events it publishes, against the real Postgres and NATS.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{Registry, assert_error};
+use petrel_api::registry::{
+    CreateModelVersion, CreateRun, LogMetrics, MetricInput, ModelVersion, Run, RunStatus,
+};
+use petrel_events::Envelope;
+use petrel_events::payloads::{ModelPromoted, ModelRegistered};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// How long to listen for an event that must not come. The relay publishes within milliseconds
+/// of a commit (and polls every second), so this comfortably covers a missed poke.
+const QUIET: Duration = Duration::from_millis(1500);
+
+async fn new_run(reg: &Registry, experiment: &str) -> Run {
+    reg.client()
+        .create_run(&CreateRun {
+            experiment: experiment.to_owned(),
+            ..CreateRun::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// Registers a version for `run` with the given test accuracy, checking the status code.
+async fn register(
+    reg: &Registry,
+    model: &str,
+    run: Uuid,
+    test_accuracy: Option<f64>,
+    expect: StatusCode,
+) -> ModelVersion {
+    let mut metrics = BTreeMap::from([("train_accuracy".to_owned(), 0.99)]);
+    if let Some(acc) = test_accuracy {
+        metrics.insert("test_accuracy".to_owned(), acc);
+    }
+    let body = CreateModelVersion {
+        run_id: run,
+        artifact_uri: format!("file:///models/{run}/bundle.json"),
+        dataset_id: Some(Uuid::now_v7()),
+        metrics,
+        description: None,
+    };
+    let (status, v) = reg
+        .send(
+            Method::POST,
+            &format!("/api/v1/models/{model}/versions"),
+            Some(serde_json::to_value(&body).unwrap()),
+        )
+        .await;
+    assert_eq!(status, expect, "{v}");
+    serde_json::from_value(v).unwrap()
+}
+
+fn registered(bytes: &[u8]) -> Envelope<ModelRegistered> {
+    Envelope::from_bytes(bytes).expect("a model.registered envelope")
+}
+
+fn promoted(bytes: &[u8]) -> Envelope<ModelPromoted> {
+    Envelope::from_bytes(bytes).expect("a model.promoted envelope")
+}
+
+#[tokio::test]
+async fn runs_keep_params_metrics_and_are_idempotent_per_client_token() {
+    let reg = Registry::start().await;
+
+    let create = json!({
+        "experiment": "penguins",
+        "name": "first",
+        "params": {"epochs": "200", "learning_rate": "0.01"},
+        "tags": {"owner": "tests"},
+        "client_token": "job-1",
+    });
+    let (status, first) = reg
+        .send(Method::POST, "/api/v1/runs", Some(create.clone()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let first: Run = serde_json::from_value(first).unwrap();
+    assert_eq!(first.experiment, "penguins");
+    assert_eq!(first.name.as_deref(), Some("first"));
+    assert_eq!(first.status, RunStatus::Running);
+    assert_eq!(first.params["epochs"], "200");
+    assert_eq!(first.params["learning_rate"], "0.01");
+    assert_eq!(first.tags["owner"], "tests");
+
+    // GET returns what was stored.
+    let got = reg.client().get_run(first.id).await.unwrap();
+    assert_eq!(got, first);
+
+    // The experiment was created on the way.
+    let (status, exp) = reg
+        .send(Method::GET, "/api/v1/experiments/penguins", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{exp}");
+    assert_eq!(exp["id"], json!(first.experiment_id));
+
+    // The same token returns the same run, with 200 instead of 201.
+    let (status, again) = reg.send(Method::POST, "/api/v1/runs", Some(create)).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], json!(first.id));
+
+    // Another token (or none) is another run.
+    let (status, other) = reg
+        .send(
+            Method::POST,
+            "/api/v1/runs",
+            Some(json!({"experiment": "penguins", "client_token": "job-2"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{other}");
+    assert_ne!(other["id"], json!(first.id));
+    let untokened = new_run(&reg, "penguins").await;
+    assert_ne!(untokened.id, first.id);
+
+    // Metrics, with history per key.
+    let run = reg
+        .client()
+        .log_metrics(
+            first.id,
+            &LogMetrics {
+                metrics: vec![
+                    MetricInput {
+                        key: "loss".into(),
+                        value: 0.9,
+                        step: 0,
+                    },
+                    MetricInput {
+                        key: "loss".into(),
+                        value: 0.3,
+                        step: 1,
+                    },
+                    MetricInput {
+                        key: "test_accuracy".into(),
+                        value: 0.97,
+                        step: 0,
+                    },
+                ],
+            },
+        )
+        .await
+        .unwrap();
+    let metrics: Vec<(&str, f64, i64)> = run
+        .metrics
+        .iter()
+        .map(|m| (m.key.as_str(), m.value, m.step))
+        .collect();
+    assert_eq!(
+        metrics,
+        vec![
+            ("loss", 0.9, 0),
+            ("loss", 0.3, 1),
+            ("test_accuracy", 0.97, 0)
+        ]
+    );
+    assert_eq!(
+        reg.client().get_run(first.id).await.unwrap().metrics.len(),
+        3
+    );
+
+    // Finishing a run stamps its end.
+    let done = reg
+        .client()
+        .update_run(first.id, RunStatus::Finished)
+        .await
+        .unwrap();
+    assert_eq!(done.status, RunStatus::Finished);
+    assert!(done.end_time.is_some());
+
+    reg.stop().await;
+}
+
+#[tokio::test]
+async fn registering_versions_announces_them_and_promotes_the_best() {
+    let reg = Registry::start().await;
+    let mut events = reg.events("model.>").await;
+    let model = "penguins";
+
+    // v1: the first version with a test accuracy takes `production`.
+    let run1 = new_run(&reg, model).await;
+    let v1 = register(&reg, model, run1.id, Some(0.90), StatusCode::CREATED).await;
+    assert_eq!(v1.version, 1);
+    assert_eq!(v1.run_id, run1.id);
+    assert_eq!(v1.aliases, vec!["production"]);
+
+    let mut got = vec![events.next().await, events.next().await];
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got[0].0, "model.promoted");
+    assert_eq!(got[1].0, "model.registered");
+    let reg1 = registered(&got[1].1);
+    assert_eq!(reg1.source, "petrel/registry");
+    assert_eq!(reg1.data.model_name, model);
+    assert_eq!(reg1.data.version, 1);
+    assert_eq!(reg1.data.run_id, run1.id);
+    assert_eq!(reg1.data.artifact_uri, v1.artifact_uri);
+    assert_eq!(reg1.data.dataset_id, v1.dataset_id);
+    assert_eq!(reg1.data.metrics["test_accuracy"], 0.90);
+    let pro1 = promoted(&got[0].1);
+    assert_eq!(pro1.data.model_name, model);
+    assert_eq!(pro1.data.alias, "production");
+    assert_eq!(pro1.data.version, 1);
+    assert_eq!(pro1.data.previous_version, None);
+    assert_eq!(pro1.data.artifact_uri, v1.artifact_uri);
+    assert!(pro1.data.reason.starts_with("auto"), "{}", pro1.data.reason);
+    assert_ne!(pro1.id, reg1.id);
+    events.assert_quiet(QUIET).await;
+
+    // v2 is worse: registered, but production stays on v1.
+    let run2 = new_run(&reg, model).await;
+    let v2 = register(&reg, model, run2.id, Some(0.80), StatusCode::CREATED).await;
+    assert_eq!(v2.version, 2);
+    assert!(v2.aliases.is_empty(), "{:?}", v2.aliases);
+    let (subject, bytes) = events.next().await;
+    assert_eq!(subject, "model.registered");
+    assert_eq!(registered(&bytes).data.version, 2);
+    events.assert_quiet(QUIET).await;
+    let prod = reg.client().get_alias(model, "production").await.unwrap();
+    assert_eq!(prod.map(|v| v.version), Some(1));
+
+    // v3 ties the champion: ties go to the newer version.
+    let run3 = new_run(&reg, model).await;
+    let v3 = register(&reg, model, run3.id, Some(0.90), StatusCode::CREATED).await;
+    assert_eq!(v3.version, 3);
+    assert_eq!(v3.aliases, vec!["production"]);
+    let mut got = vec![events.next().await, events.next().await];
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got[1].0, "model.registered");
+    assert_eq!(registered(&got[1].1).data.version, 3);
+    assert_eq!(got[0].0, "model.promoted");
+    let pro3 = promoted(&got[0].1);
+    assert_eq!(pro3.data.version, 3);
+    assert_eq!(pro3.data.previous_version, Some(1));
+    events.assert_quiet(QUIET).await;
+
+    // v4 is better still.
+    let run4 = new_run(&reg, model).await;
+    let v4 = register(&reg, model, run4.id, Some(0.97), StatusCode::CREATED).await;
+    assert_eq!(v4.aliases, vec!["production"]);
+    let mut got = vec![events.next().await, events.next().await];
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let pro4 = promoted(&got[0].1);
+    assert_eq!(
+        (pro4.data.version, pro4.data.previous_version),
+        (4, Some(3))
+    );
+    events.assert_quiet(QUIET).await;
+
+    // A version without test accuracy never takes production.
+    let run5 = new_run(&reg, model).await;
+    let v5 = register(&reg, model, run5.id, None, StatusCode::CREATED).await;
+    assert!(v5.aliases.is_empty());
+    let (subject, _) = events.next().await;
+    assert_eq!(subject, "model.registered");
+    events.assert_quiet(QUIET).await;
+
+    // Registering a run again returns its version, and announces nothing.
+    let again = register(&reg, model, run1.id, Some(0.99), StatusCode::OK).await;
+    assert_eq!(again.version, 1);
+    assert_eq!(
+        again.metrics["test_accuracy"], 0.90,
+        "the first version is kept"
+    );
+    events.assert_quiet(QUIET).await;
+
+    // The model and its versions.
+    let m = reg.client().get_model(model).await.unwrap();
+    assert_eq!(m.latest_version, Some(5));
+    assert_eq!(m.aliases, BTreeMap::from([("production".to_owned(), 4)]));
+    let (status, list) = reg
+        .send(
+            Method::GET,
+            &format!("/api/v1/models/{model}/versions"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let numbers: Vec<i64> = list["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(numbers, vec![5, 4, 3, 2, 1]);
+    assert_eq!(reg.client().get_version(model, 2).await.unwrap(), v2);
+    let (status, models) = reg.send(Method::GET, "/api/v1/models", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(models["models"][0]["name"], model);
+
+    reg.stop().await;
+}
+
+#[tokio::test]
+async fn aliases_move_by_hand_and_keep_their_history() {
+    let reg = Registry::start().await;
+    let mut events = reg.events("model.>").await;
+    let model = "iris";
+    let run1 = new_run(&reg, model).await;
+    register(&reg, model, run1.id, Some(0.90), StatusCode::CREATED).await;
+    let run2 = new_run(&reg, model).await;
+    let v2 = register(&reg, model, run2.id, Some(0.95), StatusCode::CREATED).await;
+    assert_eq!(v2.aliases, vec!["production"]);
+
+    // Two registrations and two automatic promotions.
+    for _ in 0..4 {
+        events.next().await;
+    }
+
+    // Roll production back to v1.
+    let v1 = reg
+        .client()
+        .set_alias(model, "production", 1)
+        .await
+        .unwrap();
+    assert_eq!(v1.version, 1);
+    assert_eq!(v1.aliases, vec!["production"]);
+    let (subject, bytes) = events.next().await;
+    assert_eq!(subject, "model.promoted");
+    let moved = promoted(&bytes);
+    assert_eq!(moved.data.alias, "production");
+    assert_eq!(moved.data.version, 1);
+    assert_eq!(moved.data.previous_version, Some(2));
+    assert_eq!(moved.data.artifact_uri, v1.artifact_uri);
+    assert!(
+        moved.data.reason.starts_with("manual"),
+        "{}",
+        moved.data.reason
+    );
+    let prod = reg.client().get_alias(model, "production").await.unwrap();
+    assert_eq!(prod.map(|v| v.version), Some(1));
+
+    // Setting it to where it already is changes nothing and announces nothing.
+    reg.client()
+        .set_alias(model, "production", 1)
+        .await
+        .unwrap();
+    events.assert_quiet(QUIET).await;
+
+    // Any alias name can be set; a new one has no previous version.
+    let staged = reg.client().set_alias(model, "staging", 2).await.unwrap();
+    assert_eq!(staged.aliases, vec!["staging"]);
+    let moved = promoted(&events.next().await.1);
+    assert_eq!(
+        (
+            moved.data.alias.as_str(),
+            moved.data.version,
+            moved.data.previous_version
+        ),
+        ("staging", 2, None)
+    );
+
+    // History, newest first.
+    let (status, history) = reg
+        .send(
+            Method::GET,
+            &format!("/api/v1/models/{model}/aliases/production/history"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    let moves: Vec<(Value, Value)> = history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["version"].clone(), h["previous_version"].clone()))
+        .collect();
+    assert_eq!(
+        moves,
+        vec![
+            (json!(1), json!(2)),
+            (json!(2), json!(1)),
+            (json!(1), Value::Null),
+        ]
+    );
+
+    // Deleting an alias: 204, then it is gone, and the deletion is in the history.
+    let (status, _) = reg
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/models/{model}/aliases/staging"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(
+        reg.client()
+            .get_alias(model, "staging")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (_, history) = reg
+        .send(
+            Method::GET,
+            &format!("/api/v1/models/{model}/aliases/staging/history"),
+            None,
+        )
+        .await;
+    assert_eq!(history["history"][0]["version"], Value::Null);
+    assert_eq!(history["history"][0]["previous_version"], 2);
+
+    // Errors.
+    let unknown = reg
+        .send(
+            Method::GET,
+            &format!("/api/v1/models/{model}/aliases/nope"),
+            None,
+        )
+        .await;
+    assert_error(&unknown, StatusCode::NOT_FOUND, "not_found");
+    let unknown_model = reg
+        .send(Method::GET, "/api/v1/models/nope/aliases/production", None)
+        .await;
+    assert_error(&unknown_model, StatusCode::NOT_FOUND, "not_found");
+    let no_version = reg
+        .send(
+            Method::PUT,
+            &format!("/api/v1/models/{model}/aliases/production"),
+            Some(json!({"version": 99})),
+        )
+        .await;
+    assert_error(&no_version, StatusCode::NOT_FOUND, "not_found");
+    let bad_name = reg
+        .send(
+            Method::PUT,
+            &format!("/api/v1/models/{model}/aliases/bad%20alias!"),
+            Some(json!({"version": 1})),
+        )
+        .await;
+    assert_error(&bad_name, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    let delete_missing = reg
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/models/{model}/aliases/staging"),
+            None,
+        )
+        .await;
+    assert_error(&delete_missing, StatusCode::NOT_FOUND, "not_found");
+    // None of the failures moved anything.
+    let prod = reg.client().get_alias(model, "production").await.unwrap();
+    assert_eq!(prod.map(|v| v.version), Some(1));
+    events.assert_quiet(QUIET).await;
+
+    reg.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors() {
+    let reg = Registry::start().await;
+    let mut events = reg.events("model.>").await;
+
+    // Not JSON at all.
+    let r = reg
+        .send_raw(
+            Method::POST,
+            "/api/v1/runs",
+            Some("application/json"),
+            "{not json",
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_json");
+    // JSON of the wrong shape.
+    let r = reg
+        .send(Method::POST, "/api/v1/runs", Some(json!({"name": "x"})))
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_json");
+    // No content type.
+    let r = reg
+        .send_raw(Method::POST, "/api/v1/runs", None, r#"{"experiment":"e"}"#)
+        .await;
+    assert_error(
+        &r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+    // Blank experiment name.
+    let r = reg
+        .send(
+            Method::POST,
+            "/api/v1/runs",
+            Some(json!({"experiment": " "})),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+
+    // Runs that do not exist, and ids that are not ids.
+    let missing = Uuid::now_v7();
+    let r = reg
+        .send(Method::GET, &format!("/api/v1/runs/{missing}"), None)
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = reg.send(Method::GET, "/api/v1/runs/not-a-uuid", None).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_path");
+    let r = reg
+        .send(
+            Method::POST,
+            &format!("/api/v1/runs/{missing}/metrics"),
+            Some(json!({"metrics": [{"key": "loss", "value": 1.0}]})),
+        )
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let run = new_run(&reg, "e").await;
+    let r = reg
+        .send(
+            Method::POST,
+            &format!("/api/v1/runs/{}/metrics", run.id),
+            Some(json!({"metrics": [{"key": "", "value": 1.0}]})),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    assert!(
+        reg.client()
+            .get_run(run.id)
+            .await
+            .unwrap()
+            .metrics
+            .is_empty()
+    );
+
+    // A version for a run that does not exist is refused, and nothing is announced.
+    let r = reg
+        .send(
+            Method::POST,
+            "/api/v1/models/m/versions",
+            Some(json!({"run_id": missing, "artifact_uri": "file:///x", "metrics": {"test_accuracy": 1.0}})),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    let r = reg
+        .send(
+            Method::POST,
+            "/api/v1/models/m/versions",
+            Some(json!({"run_id": run.id, "artifact_uri": " "})),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    let r = reg.send(Method::GET, "/api/v1/models/m", None).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = reg
+        .send(Method::GET, "/api/v1/models/m/versions/1", None)
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = reg
+        .send(Method::GET, "/api/v1/experiments/none", None)
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+
+    // Creating an experiment twice conflicts.
+    let r = reg
+        .send(
+            Method::POST,
+            "/api/v1/experiments",
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!(r.0, StatusCode::CREATED, "{}", r.1);
+    let r = reg
+        .send(
+            Method::POST,
+            "/api/v1/experiments",
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict");
+
+    // Unknown routes and methods.
+    let r = reg.send(Method::GET, "/api/v1/nope", None).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = reg.send(Method::DELETE, "/api/v1/runs", None).await;
+    assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+
+    events.assert_quiet(QUIET).await;
+    reg.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let reg = Registry::start().await;
+    let (status, body) = reg.send(Method::GET, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "alive");
+    let (status, body) = reg.send(Method::GET, "/readyz", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ready");
+    let base = reg.base.clone();
+    reg.stop().await;
+    // After shutdown, nothing listens any more.
+    assert!(reqwest::get(format!("{base}/healthz")).await.is_err());
+}
