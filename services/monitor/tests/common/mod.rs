@@ -75,8 +75,7 @@ impl TestEnv {
         let _ = js.delete_stream(&stream).await;
         if let Some((server, name)) = self.db.rsplit_once('/') {
             let admin = format!("{server}/postgres");
-            if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await
-            {
+            if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await {
                 let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                     .execute(&mut conn)
                     .await;

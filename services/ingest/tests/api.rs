@@ -1,0 +1,410 @@
+//! Ingest's HTTP API and its `data.ready` events, against the real Postgres and NATS.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Ingest, assert_error, penguins_csv};
+use petrel_api::ingest::{Dataset, IngestRequest, IngestResponse};
+use petrel_events::Envelope;
+use petrel_events::payloads::DataReady;
+use petrel_ml::Schema;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// How long to listen for an event that must not come. The relay publishes within milliseconds
+/// of a commit (and polls every second), so this comfortably covers a missed poke.
+const QUIET: Duration = Duration::from_millis(1500);
+
+fn by_csv(name: &str, csv: &str) -> Value {
+    serde_json::to_value(IngestRequest {
+        name: name.to_owned(),
+        schema: Schema::penguins(),
+        csv: Some(csv.to_owned()),
+        path: None,
+    })
+    .unwrap()
+}
+
+fn by_path(name: &str, path: &str) -> Value {
+    serde_json::to_value(IngestRequest {
+        name: name.to_owned(),
+        schema: Schema::penguins(),
+        csv: None,
+        path: Some(path.to_owned()),
+    })
+    .unwrap()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The bytes behind a `file://` URI.
+fn read_uri(uri: &str) -> Vec<u8> {
+    let path = uri.strip_prefix("file://").expect("a file:// URI");
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
+
+async fn ingest(svc: &Ingest, body: Value, expect: StatusCode) -> IngestResponse {
+    let (status, v) = svc.send(Method::POST, "/v1/datasets", Some(body)).await;
+    assert_eq!(status, expect, "{v}");
+    serde_json::from_value(v).unwrap()
+}
+
+fn data_ready(bytes: &[u8]) -> Envelope<DataReady> {
+    Envelope::from_bytes(bytes).expect("a data.ready envelope")
+}
+
+/// The penguins header, its first `n` data rows, then `extra` lines.
+fn penguins_with(n: usize, extra: &[&str]) -> String {
+    let full = penguins_csv();
+    let mut lines: Vec<&str> = full.lines().take(n + 1).collect();
+    lines.extend_from_slice(extra);
+    lines.join("\n") + "\n"
+}
+
+#[tokio::test]
+async fn ingesting_penguins_stores_the_file_and_announces_it_once() {
+    let svc = Ingest::start().await;
+    let mut events = svc.events("data.>").await;
+    let csv = penguins_csv();
+
+    let first = ingest(&svc, by_csv("penguins", &csv), StatusCode::CREATED).await;
+    assert!(first.created);
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    let ds = &first.dataset;
+    assert_eq!(ds.name, "penguins");
+    assert_eq!(ds.version, 1);
+    // Rows with NA are missing values, not errors.
+    assert_eq!(ds.row_count, 344);
+    assert_eq!(ds.rejected_rows, 0);
+    assert_eq!(ds.schema, Schema::penguins());
+    assert_eq!(ds.content_hash, sha256(csv.as_bytes()));
+
+    // The stored file is the uploaded one, inside the artifact root.
+    assert!(ds.uri.starts_with("file://"), "{}", ds.uri);
+    let stored_path = ds.uri.trim_start_matches("file://");
+    assert!(
+        std::path::Path::new(stored_path).starts_with(&svc.artifacts),
+        "{stored_path} is outside {}",
+        svc.artifacts.display()
+    );
+    let stored = read_uri(&ds.uri);
+    assert_eq!(sha256(&stored), ds.content_hash);
+    assert_eq!(stored, csv.as_bytes());
+
+    // One data.ready, describing the same dataset.
+    let (subject, bytes) = events.next().await;
+    assert_eq!(subject, "data.ready");
+    let env = data_ready(&bytes);
+    assert_eq!(env.source, "petrel/ingest");
+    assert_eq!(env.data.dataset_id, ds.id);
+    assert_eq!(env.data.name, "penguins");
+    assert_eq!(env.data.version, 1);
+    assert_eq!(env.data.uri, ds.uri);
+    assert_eq!(env.data.content_hash, ds.content_hash);
+    assert_eq!(env.data.row_count, 344);
+    assert_eq!(env.data.rejected_rows, 0);
+    assert_eq!(env.data.schema, Schema::penguins());
+    events.assert_quiet(QUIET).await;
+
+    // The same bytes again: 200, the same dataset, nothing new announced.
+    let again = ingest(&svc, by_csv("penguins", &csv), StatusCode::OK).await;
+    assert!(!again.created);
+    assert_eq!(again.dataset, first.dataset);
+    events.assert_quiet(QUIET).await;
+
+    // The dataset can be read back.
+    let (status, got) = svc
+        .send(Method::GET, &format!("/v1/datasets/{}", ds.id), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    let got: Dataset = serde_json::from_value(got).unwrap();
+    assert_eq!(&got, ds);
+
+    // New content under the same name is the next version.
+    let smaller = penguins_with(100, &[]);
+    let second = ingest(&svc, by_csv("penguins", &smaller), StatusCode::CREATED).await;
+    assert!(second.created);
+    assert_eq!(second.dataset.version, 2);
+    assert_eq!(second.dataset.row_count, 100);
+    assert_ne!(second.dataset.id, ds.id);
+    assert_ne!(second.dataset.uri, ds.uri);
+    assert_eq!(read_uri(&second.dataset.uri), smaller.as_bytes());
+    let (_, bytes) = events.next().await;
+    let env2 = data_ready(&bytes);
+    assert_eq!(env2.data.dataset_id, second.dataset.id);
+    assert_eq!(env2.data.version, 2);
+    assert_ne!(env2.id, env.id);
+    // The first file is untouched.
+    assert_eq!(read_uri(&ds.uri), csv.as_bytes());
+
+    // The same content under another name is another dataset, version 1.
+    let other = ingest(&svc, by_csv("penguins-copy", &csv), StatusCode::CREATED).await;
+    assert_eq!(other.dataset.version, 1);
+    assert_ne!(other.dataset.id, ds.id);
+    events.next().await;
+
+    let (status, list) = svc.send(Method::GET, "/v1/datasets", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["datasets"].as_array().unwrap().len(), 3);
+
+    events.assert_quiet(QUIET).await;
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_few_bad_rows_are_left_out_and_reported_by_line() {
+    let svc = Ingest::start().await;
+    let mut events = svc.events("data.>").await;
+    // Header is line 1; 30 good rows are lines 2..=31; then three bad lines and one good line.
+    let csv = penguins_with(
+        30,
+        &[
+            "Adelie,Torgersen,abc,18.7,181,3750,male,2007",
+            ",Torgersen,39.1,18.7,181,3750,male,2007",
+            "Adelie,Torgersen,39.1",
+            "Gentoo,Biscoe,46.1,13.2,211,4500,female,2007",
+        ],
+    );
+    let resp = ingest(&svc, by_csv("some-bad", &csv), StatusCode::CREATED).await;
+    assert!(resp.created);
+    assert_eq!(resp.dataset.row_count, 31);
+    assert_eq!(resp.dataset.rejected_rows, 3);
+    let lines: Vec<u64> = resp.errors.iter().map(|e| e.line).collect();
+    assert_eq!(lines, vec![32, 33, 34], "{:?}", resp.errors);
+    assert_eq!(resp.errors[0].column.as_deref(), Some("bill_length_mm"));
+    assert!(
+        resp.errors[0].message.contains("abc"),
+        "{:?}",
+        resp.errors[0]
+    );
+    assert_eq!(resp.errors[1].column.as_deref(), Some("species"));
+    assert_eq!(resp.errors[2].column, None);
+
+    let env = data_ready(&events.next().await.1);
+    assert_eq!(env.data.dataset_id, resp.dataset.id);
+    assert_eq!(env.data.row_count, 31);
+    assert_eq!(env.data.rejected_rows, 3);
+
+    // The full file is stored (training re-validates it the same way).
+    assert_eq!(read_uri(&resp.dataset.uri), csv.as_bytes());
+
+    // Re-ingesting reports the same errors.
+    let again = ingest(&svc, by_csv("some-bad", &csv), StatusCode::OK).await;
+    assert!(!again.created);
+    assert_eq!(again.errors, resp.errors);
+    events.assert_quiet(QUIET).await;
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn unusable_files_and_requests_are_refused_with_json_errors() {
+    let svc = Ingest::start().await;
+    let mut events = svc.events("data.>").await;
+    let invalid =
+        |r: &(StatusCode, Value)| assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+
+    // Mostly bad: 10 good rows, 10 bad ones, far over the 10% allowed.
+    let bad: Vec<String> = (0..10)
+        .map(|i| format!("Adelie,Dream,abc{i},18,180,3500,male,2008"))
+        .collect();
+    let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
+    let mostly_bad = penguins_with(10, &bad);
+    let r = svc
+        .send(
+            Method::POST,
+            "/v1/datasets",
+            Some(by_csv("bad", &mostly_bad)),
+        )
+        .await;
+    invalid(&r);
+    let message = r.1["error"]["message"].as_str().unwrap();
+    assert!(message.contains("10 of 20"), "{message}");
+    assert!(
+        message.contains("line 12"),
+        "names the first bad line: {message}"
+    );
+
+    // Just over the threshold: 2 bad of 12 is 16%.
+    let r = svc
+        .send(
+            Method::POST,
+            "/v1/datasets",
+            Some(by_csv("bad", &penguins_with(10, &bad[..2]))),
+        )
+        .await;
+    invalid(&r);
+
+    // Nothing valid at all.
+    let r = svc
+        .send(
+            Method::POST,
+            "/v1/datasets",
+            Some(by_csv("bad", &penguins_with(0, &bad))),
+        )
+        .await;
+    invalid(&r);
+
+    // A header without a schema column.
+    let no_sex = penguins_csv()
+        .lines()
+        .map(|line| {
+            let mut fields: Vec<&str> = line.split(',').collect();
+            fields.remove(6);
+            fields.join(",")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(no_sex.starts_with(
+        "species,island,bill_length_mm,bill_depth_mm,flipper_length_mm,body_mass_g,year\n"
+    ));
+    let r = svc
+        .send(Method::POST, "/v1/datasets", Some(by_csv("bad", &no_sex)))
+        .await;
+    invalid(&r);
+    assert!(
+        r.1["error"]["message"].as_str().unwrap().contains("sex"),
+        "{}",
+        r.1
+    );
+
+    // An empty file.
+    let r = svc
+        .send(Method::POST, "/v1/datasets", Some(by_csv("bad", "")))
+        .await;
+    invalid(&r);
+
+    // Neither csv nor path, and both.
+    let r = svc
+        .send(
+            Method::POST,
+            "/v1/datasets",
+            Some(json!({"name": "bad", "schema": Schema::penguins()})),
+        )
+        .await;
+    invalid(&r);
+    let mut both = by_csv("bad", &penguins_csv());
+    both["path"] = json!("penguins.csv");
+    let r = svc.send(Method::POST, "/v1/datasets", Some(both)).await;
+    invalid(&r);
+
+    // Bad names, and a bad schema.
+    for name in ["", "a b", "a/b", ".", ".."] {
+        let r = svc
+            .send(
+                Method::POST,
+                "/v1/datasets",
+                Some(by_csv(name, &penguins_csv())),
+            )
+            .await;
+        invalid(&r);
+    }
+    let mut schema_bad = by_csv("bad", &penguins_csv());
+    schema_bad["schema"]["target"] = json!("island");
+    let r = svc
+        .send(Method::POST, "/v1/datasets", Some(schema_bad))
+        .await;
+    invalid(&r);
+
+    // Bodies that are not the request.
+    let r = svc.send_raw("/v1/datasets", "{not json").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_json");
+    let r = svc
+        .send(Method::POST, "/v1/datasets", Some(json!({"csv": "x"})))
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_json");
+
+    // Unknown datasets and routes.
+    let r = svc
+        .send(
+            Method::GET,
+            &format!("/v1/datasets/{}", uuid::Uuid::now_v7()),
+            None,
+        )
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = svc.send(Method::GET, "/v1/datasets/nope", None).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_path");
+    let r = svc.send(Method::GET, "/v1/nope", None).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+
+    // Nothing was stored or announced.
+    let (_, list) = svc.send(Method::GET, "/v1/datasets", None).await;
+    assert_eq!(list["datasets"], json!([]));
+    events.assert_quiet(QUIET).await;
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn ingest_by_path_reads_only_inside_the_data_dir() {
+    let svc = Ingest::start().await;
+    let mut events = svc.events("data.>").await;
+    let csv = penguins_csv();
+    std::fs::write(svc.data_dir.join("penguins.csv"), &csv).unwrap();
+    std::fs::create_dir_all(svc.data_dir.join("2024")).unwrap();
+    let small = penguins_with(50, &[]);
+    std::fs::write(svc.data_dir.join("2024/small.csv"), &small).unwrap();
+    // A valid file right next to the data directory, and a link pointing at it from inside.
+    let outside = svc.data_dir.parent().unwrap().join("outside.csv");
+    std::fs::write(&outside, &small).unwrap();
+    std::os::unix::fs::symlink(&outside, svc.data_dir.join("link.csv")).unwrap();
+
+    let resp = ingest(
+        &svc,
+        by_path("penguins", "penguins.csv"),
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(resp.dataset.row_count, 344);
+    assert_eq!(resp.dataset.content_hash, sha256(csv.as_bytes()));
+    assert_eq!(read_uri(&resp.dataset.uri), csv.as_bytes());
+    let env = data_ready(&events.next().await.1);
+    assert_eq!(env.data.dataset_id, resp.dataset.id);
+
+    let resp = ingest(
+        &svc,
+        by_path("small", "2024/small.csv"),
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(resp.dataset.row_count, 50);
+    events.next().await;
+
+    // The same file by path and by content is the same dataset.
+    let same = ingest(&svc, by_csv("penguins", &csv), StatusCode::OK).await;
+    assert!(!same.created);
+
+    let outside_rel = format!("../{}", outside.file_name().unwrap().to_str().unwrap());
+    for path in [
+        "../../etc/passwd",
+        "/etc/passwd",
+        outside.to_str().unwrap(),
+        outside_rel.as_str(),
+        "link.csv",
+        "2024/../../outside.csv",
+        "missing.csv",
+        "2024",
+    ] {
+        let r = svc
+            .send(Method::POST, "/v1/datasets", Some(by_path("escape", path)))
+            .await;
+        assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    }
+    events.assert_quiet(QUIET).await;
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let svc = Ingest::start().await;
+    let (status, body) = svc.send(Method::GET, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "alive");
+    let (status, body) = svc.send(Method::GET, "/readyz", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ready");
+    svc.stop().await;
+}
