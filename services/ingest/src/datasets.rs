@@ -32,7 +32,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
+    // The name is a path segment of the artifact key, where "." and ".." are not allowed.
     let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
         && name.len() <= 128
         && name
             .chars()
@@ -41,7 +44,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::invalid(
-            "name must be 1 to 128 letters, digits, '-', '_' or '.'",
+            "name must be 1 to 128 letters, digits, '-', '_' or '.', and not '.' or '..'",
         ))
     }
 }
