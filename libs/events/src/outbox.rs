@@ -32,6 +32,10 @@ pub async fn enqueue<T: Event>(
     Ok(())
 }
 
+/// Publish attempts after which a row is left aside (visible with its `last_error`) so it no
+/// longer holds back the rows behind it.
+pub const MAX_ATTEMPTS: i32 = 20;
+
 /// Publishes the outbox. Cheap to clone; every clone pokes the same relay.
 #[derive(Clone, Debug)]
 pub struct Relay {
@@ -62,9 +66,10 @@ impl Relay {
         loop {
             let mut tx = self.pool.begin().await?;
             let rows = sqlx::query(
-                "SELECT id, subject, payload FROM outbox WHERE published_at IS NULL \
+                "SELECT id, subject, payload FROM outbox WHERE published_at IS NULL AND attempts < $1 \
                  ORDER BY created_at, id LIMIT 100 FOR UPDATE SKIP LOCKED",
             )
+            .bind(MAX_ATTEMPTS)
             .fetch_all(&mut *tx)
             .await?;
             if rows.is_empty() {
@@ -80,6 +85,8 @@ impl Relay {
                 match self.bus.publish_raw(&subject, id, bytes).await {
                     Ok(()) => published.push(id),
                     Err(e) => {
+                        // Stop at the first failure: usually NATS is down and the rest would
+                        // fail too; the row is retried first on the next pass, keeping order.
                         failure = Some((id, e));
                         break;
                     }
@@ -89,26 +96,32 @@ impl Relay {
                 .bind(&published)
                 .execute(&mut *tx)
                 .await?;
+            let mut attempts = 0;
             if let Some((id, e)) = &failure {
-                let text = format!("{e}");
-                sqlx::query(
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
+                attempts = sqlx::query_scalar(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1 \
+                     RETURNING attempts",
                 )
                 .bind(id)
-                .bind(text)
-                .execute(&mut *tx)
+                .bind(format!("{e}"))
+                .fetch_one(&mut *tx)
                 .await?;
             }
             tx.commit().await?;
             total += published.len();
             if let Some((id, e)) = failure {
-                tracing::warn!(event.id = %id, error = %e, "outbox publish failed; will retry");
+                if attempts >= MAX_ATTEMPTS {
+                    tracing::error!(event.id = %id, error = %e, attempts, "outbox event set aside after repeated failures; see the outbox table");
+                } else {
+                    tracing::warn!(event.id = %id, error = %e, attempts, "outbox publish failed; will retry");
+                }
                 return Ok(total);
             }
         }
     }
 
-    /// Number of events not yet published (for readiness and metrics).
+    /// Number of events not yet published (for readiness and metrics), including those set
+    /// aside after [`MAX_ATTEMPTS`].
     pub async fn pending(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
             .fetch_one(&self.pool)

@@ -1,5 +1,6 @@
 //! `petrel`: the command-line tool for Petrel.
 
+mod bench;
 mod demo;
 mod traffic;
 
@@ -39,6 +40,9 @@ enum Command {
     Alerts(AlertsArgs),
     /// Print the monitor's latest window reports.
     Reports(ReportsArgs),
+    /// Measure the predictor and the model code (see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(bench::Bench),
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,6 +97,7 @@ async fn main() {
         Command::Traffic(a) => traffic::run_cli(a).await,
         Command::Alerts(a) => alerts(a).await,
         Command::Reports(a) => reports(a).await,
+        Command::Bench(b) => bench::run(b).await,
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -300,7 +300,12 @@ async fn unusable_files_and_requests_are_refused_with_json_errors() {
                 Some(by_csv(name, &penguins_csv())),
             )
             .await;
-        assert_eq!(r.0, StatusCode::UNPROCESSABLE_ENTITY, "name {name:?}: {}", r.1);
+        assert_eq!(
+            r.0,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name {name:?}: {}",
+            r.1
+        );
         invalid(&r);
     }
     let mut schema_bad = by_csv("bad", &penguins_csv());

@@ -16,12 +16,15 @@ pub struct Reference {
     pub profile: ReferenceProfile,
 }
 
+/// Loaded references by model name and version.
+type Cache = Arc<Mutex<HashMap<(String, i32), Arc<Reference>>>>;
+
 /// A cache of references, loaded on first use (bundles are immutable, so entries never expire).
 #[derive(Clone, Debug)]
 pub struct References {
     registry: RegistryClient,
     store: Arc<dyn ArtifactStore>,
-    cache: Arc<Mutex<HashMap<(String, i32), Arc<Reference>>>>,
+    cache: Cache,
 }
 
 impl References {

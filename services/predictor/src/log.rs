@@ -12,8 +12,16 @@ use petrel_events::payloads::{LoggedPrediction, PredictionsLogged};
 use petrel_runtime::infra::Infra;
 use tokio::sync::{mpsc, oneshot};
 
-/// Rows per transaction (and so at most per event), to keep events well under NATS's 1 MiB.
+/// Rows per transaction and at most per event, to keep events well under NATS's 1 MiB.
 pub const MAX_BATCH_ROWS: usize = 256;
+
+/// About the most bytes of predictions one event carries: a request's rows are split over
+/// several events rather than sent as one too large for NATS, which the outbox could never
+/// publish (and would retry forever, holding back every later event).
+pub const MAX_EVENT_BYTES: usize = 512 * 1024;
+
+/// The largest row (its features as JSON) a request may send, so that any row fits an event.
+pub const MAX_ROW_BYTES: usize = 64 * 1024;
 
 struct Job {
     model_name: String,
@@ -109,7 +117,13 @@ impl Writer {
                 .extend(job.rows.iter());
         }
         let mut tx = self.infra.pool.begin().await?;
-        for ((model_name, model_version), rows) in groups {
+        let mut batches = Vec::new();
+        for (key, rows) in &groups {
+            for chunk in chunks(rows) {
+                batches.push((*key, chunk));
+            }
+        }
+        for ((model_name, model_version), rows) in batches {
             let envelope_id = uuid::Uuid::now_v7();
             let ids: Vec<&str> = rows.iter().map(|r| r.inference_id.as_str()).collect();
             let features: Vec<serde_json::Value> = rows
@@ -146,10 +160,11 @@ impl Writer {
             if fresh.is_empty() {
                 continue;
             }
-            let fresh: std::collections::HashSet<String> = fresh.into_iter().collect();
+            // Concurrent requests may share an id: announce each id once, as the row stored.
+            let mut fresh: std::collections::HashSet<String> = fresh.into_iter().collect();
             let predictions = rows
                 .into_iter()
-                .filter(|r| fresh.contains(&r.inference_id))
+                .filter(|r| fresh.remove(&r.inference_id))
                 .cloned()
                 .collect();
             let mut envelope = self.infra.bus.envelope(PredictionsLogged {
@@ -162,4 +177,26 @@ impl Writer {
         }
         tx.commit().await
     }
+}
+
+/// Splits rows into runs of at most [`MAX_BATCH_ROWS`] rows and about [`MAX_EVENT_BYTES`].
+fn chunks<'a>(rows: &[&'a LoggedPrediction]) -> Vec<Vec<&'a LoggedPrediction>> {
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for &row in rows {
+        let size = serde_json::to_vec(row).map_or(0, |v| v.len());
+        if !current.is_empty()
+            && (current.len() >= MAX_BATCH_ROWS || bytes + size > MAX_EVENT_BYTES)
+        {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(row);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
 }

@@ -82,13 +82,14 @@ impl Loader {
         }
     }
 
-    /// Reacts to an alias move announced on the bus.
+    /// Reacts to an alias move announced on the bus. The event says *that* the alias moved; the
+    /// registry says where it points now, so events that arrive out of order (or a retried old
+    /// one) can never bring back an older version.
     pub async fn on_promoted(&self, event: &ModelPromoted) -> anyhow::Result<()> {
         if event.model_name != self.model_name || event.alias != self.alias {
             return Ok(());
         }
-        self.load(event.version, &event.artifact_uri, "model.promoted")
-            .await
+        self.reconcile().await
     }
 
     async fn load(&self, version: i32, uri: &str, why: &str) -> anyhow::Result<()> {

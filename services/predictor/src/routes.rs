@@ -62,6 +62,13 @@ async fn predict(
     let mut ids = Vec::with_capacity(req.rows.len());
     let mut seen = std::collections::HashSet::new();
     for (i, row) in req.rows.iter().enumerate() {
+        let size = serde_json::to_vec(&row.features).map_or(usize::MAX, |v| v.len());
+        if size > crate::log::MAX_ROW_BYTES {
+            return Err(ApiError::invalid(format!(
+                "rows[{i}].features is {size} bytes of JSON; the limit is {} bytes",
+                crate::log::MAX_ROW_BYTES
+            )));
+        }
         let parsed = served
             .model
             .row_from_json(&row.features)

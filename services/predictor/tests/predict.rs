@@ -316,7 +316,9 @@ async fn switches_to_a_new_version_without_failing_a_request() {
         );
         clients.push(tokio::spawn(async move {
             let mut answers: Vec<Result<i32, String>> = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
+            // Until told to stop, and then until this client has been answered by v2.
+            while !(stop.load(Ordering::Relaxed) && matches!(answers.last(), Some(Ok(2)))) {
+                assert!(answers.len() < 100_000, "never answered by v2");
                 let resp = match http.post(&url).json(&body).send().await {
                     Ok(r) => r,
                     Err(e) => {
@@ -353,11 +355,6 @@ async fn switches_to_a_new_version_without_failing_a_request() {
     for c in clients {
         let answers = c.await.unwrap();
         assert!(!answers.is_empty());
-        assert_eq!(
-            answers.last(),
-            Some(&Ok(2)),
-            "after the switch, requests are served by v2"
-        );
         // Once a client saw v2, it never went back to v1.
         let seen: Vec<i32> = answers
             .iter()
@@ -388,6 +385,137 @@ async fn switches_to_a_new_version_without_failing_a_request() {
         let e = next_event::<PredictionsLogged>(&mut logged).await;
         saw_v2_event = e.data.model_version == 2;
     }
+
+    predictor.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}
+
+/// Reads `predictions.logged` events until one carries `sentinel`; returns every inference id
+/// announced (in order, repeats kept) and the largest event's size and row count.
+async fn announced_until(
+    logged: &mut async_nats::Subscriber,
+    sentinel: &str,
+) -> (Vec<String>, usize, usize) {
+    use futures::StreamExt;
+    let (mut ids, mut max_bytes, mut max_rows) = (Vec::new(), 0, 0);
+    loop {
+        let msg = tokio::time::timeout(PATIENCE, logged.next())
+            .await
+            .unwrap_or_else(|_| panic!("no event with {sentinel} after {} ids", ids.len()))
+            .unwrap();
+        let e = petrel_events::Envelope::<PredictionsLogged>::from_bytes(&msg.payload).unwrap();
+        max_bytes = max_bytes.max(msg.payload.len());
+        max_rows = max_rows.max(e.data.predictions.len());
+        ids.extend(e.data.predictions.into_iter().map(|p| p.inference_id));
+        if ids.iter().any(|i| i == sentinel) {
+            return (ids, max_bytes, max_rows);
+        }
+    }
+}
+
+#[tokio::test]
+async fn large_requests_are_announced_in_events_nats_accepts() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    register_model(&env, &registry, "models/penguins/x/bundle.json").await;
+    let predictor = start_predictor(&env, &registry).await;
+    let http = reqwest::Client::new();
+    wait_for_version(&http, &predictor, 1).await;
+    let mut logged = env.subscribe("predictions.logged").await;
+    let max_payload = env.nats.server_info().max_payload;
+
+    // 1000 rows whose island nobody has heard of (ignored by the model, kept in the log): well
+    // over a megabyte of predictions in one request.
+    let mut odd = penguin_rows()[0].1.clone();
+    odd.insert("island".into(), json!("x".repeat(900)));
+    let rows: Vec<_> = (0..1000)
+        .map(|i| json!({ "inference_id": format!("big-{i}"), "features": odd }))
+        .collect();
+    let body = json!({ "rows": rows });
+    assert!(serde_json::to_vec(&body).unwrap().len() > max_payload);
+    let (status, body) = predict(&http, &predictor, &body).await;
+    assert_eq!(status, 200, "{body}");
+    let normal = penguin_rows()[1].1.clone();
+    let (status, _) = predict(
+        &http,
+        &predictor,
+        &rows_request(&[(Some("after-big"), normal.clone())]),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Every row is announced, once, in events NATS took, and the log keeps flowing after.
+    let (ids, max_bytes, max_rows) = announced_until(&mut logged, "after-big").await;
+    assert_eq!(ids.len(), 1001);
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 1001);
+    assert!(max_bytes < max_payload, "an event of {max_bytes} bytes");
+    assert!(max_rows <= 256, "an event of {max_rows} rows");
+
+    // A single row too large for any event is refused up front.
+    let mut huge = normal.clone();
+    huge.insert("island".into(), json!("x".repeat(100_000)));
+    let (status, body) = predict(
+        &http,
+        &predictor,
+        &rows_request(&[(None, normal), (None, huge)]),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(error_message(&body, "invalid").contains("rows[1].features"));
+
+    predictor.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_sharing_an_inference_id_announce_it_once() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    register_model(&env, &registry, "models/penguins/x/bundle.json").await;
+    let predictor = start_predictor(&env, &registry).await;
+    let http = reqwest::Client::new();
+    wait_for_version(&http, &predictor, 1).await;
+    let mut logged = env.subscribe("predictions.logged").await;
+    let row = penguin_rows()[0].1.clone();
+
+    // A client retrying a request while the first attempt is still in flight: the copies queue
+    // up behind a large request and are committed together.
+    for round in 0..3 {
+        let mut calls = Vec::new();
+        for i in 0..30 {
+            let body = if i == 0 {
+                let rows: Vec<_> = (0..1000).map(|_| json!({ "features": row })).collect();
+                json!({ "rows": rows })
+            } else {
+                rows_request(&[(Some(&format!("retried-{round}")), row.clone())])
+            };
+            let (http, url) = (http.clone(), predictor.url("/v1/predict"));
+            calls.push(tokio::spawn(async move {
+                http.post(url).json(&body).send().await.unwrap().status()
+            }));
+        }
+        for c in calls {
+            assert_eq!(c.await.unwrap(), 200);
+        }
+    }
+    let (status, _) = predict(
+        &http,
+        &predictor,
+        &rows_request(&[(Some("sentinel"), row.clone())]),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let (ids, _, _) = announced_until(&mut logged, "sentinel").await;
+    for round in 0..3 {
+        let id = format!("retried-{round}");
+        let times = ids.iter().filter(|i| **i == id).count();
+        assert_eq!(times, 1, "{id} announced {times} times");
+    }
+    assert_eq!(ids.len(), 3 * 1000 + 3 + 1);
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), ids.len());
 
     predictor.stop().await;
     registry.stop().await;

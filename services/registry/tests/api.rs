@@ -189,7 +189,7 @@ async fn registering_versions_announces_them_and_promotes_the_best() {
     assert_eq!(v1.run_id, run1.id);
     assert_eq!(v1.aliases, vec!["production"]);
 
-    let mut got = vec![events.next().await, events.next().await];
+    let mut got = [events.next().await, events.next().await];
     got.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(got[0].0, "model.promoted");
     assert_eq!(got[1].0, "model.registered");
@@ -228,7 +228,7 @@ async fn registering_versions_announces_them_and_promotes_the_best() {
     let v3 = register(&reg, model, run3.id, Some(0.90), StatusCode::CREATED).await;
     assert_eq!(v3.version, 3);
     assert_eq!(v3.aliases, vec!["production"]);
-    let mut got = vec![events.next().await, events.next().await];
+    let mut got = [events.next().await, events.next().await];
     got.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(got[1].0, "model.registered");
     assert_eq!(registered(&got[1].1).data.version, 3);
@@ -242,7 +242,7 @@ async fn registering_versions_announces_them_and_promotes_the_best() {
     let run4 = new_run(&reg, model).await;
     let v4 = register(&reg, model, run4.id, Some(0.97), StatusCode::CREATED).await;
     assert_eq!(v4.aliases, vec!["production"]);
-    let mut got = vec![events.next().await, events.next().await];
+    let mut got = [events.next().await, events.next().await];
     got.sort_by(|a, b| a.0.cmp(&b.0));
     let pro4 = promoted(&got[0].1);
     assert_eq!(

@@ -117,6 +117,18 @@ impl Ingest {
             .expect("ingest stops within the timeout")
             .expect("the ingest task does not panic");
         assert!(result.is_ok(), "graceful shutdown failed: {result:?}");
+        // The test's stream is of no further use.
+        if let Ok(client) = async_nats::connect("127.0.0.1:4222").await {
+            let stream = petrel_events::Namespace::new(Some(&self.prefix)).stream_name();
+            async_nats::jetstream::new(client)
+                .delete_stream(stream)
+                .await
+                .ok();
+        }
+        std::fs::remove_dir_all(&self.artifacts).ok();
+        if let Some(scratch) = self.data_dir.parent() {
+            std::fs::remove_dir_all(scratch).ok();
+        }
     }
 }
 

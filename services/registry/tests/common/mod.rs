@@ -99,6 +99,14 @@ impl Registry {
             .expect("the registry stops within the timeout")
             .expect("the registry task does not panic");
         assert!(result.is_ok(), "graceful shutdown failed: {result:?}");
+        // The test's stream is of no further use.
+        if let Ok(client) = async_nats::connect("127.0.0.1:4222").await {
+            let stream = petrel_events::Namespace::new(Some(&self.prefix)).stream_name();
+            async_nats::jetstream::new(client)
+                .delete_stream(stream)
+                .await
+                .ok();
+        }
     }
 }
 
