@@ -3,7 +3,14 @@
 
 use std::future::Future;
 
+use std::time::Duration;
+
 use anyhow::Context;
+use axum::Router;
+use petrel_events::consumer::{self, ConsumerSpec, Outcome};
+use petrel_events::outbox::Relay;
+use petrel_events::{Bus, Envelope, Event};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +73,45 @@ impl Tasks {
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         self.set.spawn(async move { (name, fut.await) });
+    }
+
+    /// Serves `router` on `listener` until cancelled, then drains requests in flight for up to
+    /// 30 seconds.
+    pub fn spawn_http(&mut self, listener: TcpListener, router: Router) {
+        let cancel = self.cancel.clone();
+        self.spawn("http", async move {
+            crate::http::serve(listener, router, cancel, Duration::from_secs(30)).await?;
+            Ok(())
+        });
+    }
+
+    /// Runs the outbox relay until cancelled (it publishes what is pending once more on the way
+    /// out).
+    pub fn spawn_outbox(&mut self, relay: Relay) {
+        let cancel = self.cancel.clone();
+        self.spawn("outbox", async move {
+            relay.run(cancel).await;
+            Ok(())
+        });
+    }
+
+    /// Runs a JetStream consumer until cancelled; see [`petrel_events::consumer::run`].
+    pub fn spawn_consumer<E, H, Fut>(
+        &mut self,
+        name: &'static str,
+        bus: Bus,
+        spec: ConsumerSpec,
+        handler: H,
+    ) where
+        E: Event,
+        H: Fn(Envelope<E>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Outcome> + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        self.spawn(name, async move {
+            consumer::run(bus, spec, cancel, handler).await?;
+            Ok(())
+        });
     }
 
     /// Waits for every task. Returns the first failure, naming the task.

@@ -5,7 +5,6 @@ mod datasets;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
 use petrel_runtime::config::{LogArgs, NatsArgs, PostgresArgs, StoreArgs};
@@ -113,19 +112,11 @@ impl App {
 
     pub async fn run(self) -> anyhow::Result<()> {
         let mut tasks = Tasks::new(self.cancel.clone());
-        let router = datasets::router(self.state.clone(), self.body_limit);
-        let cancel = self.cancel.clone();
-        tasks.spawn("http", async move {
-            petrel_runtime::http::serve(self.listener, router, cancel, Duration::from_secs(30))
-                .await?;
-            Ok(())
-        });
-        let relay = self.state.infra.relay.clone();
-        let cancel = self.cancel.clone();
-        tasks.spawn("outbox", async move {
-            relay.run(cancel).await;
-            Ok(())
-        });
+        tasks.spawn_http(
+            self.listener,
+            datasets::router(self.state.clone(), self.body_limit),
+        );
+        tasks.spawn_outbox(self.state.infra.relay.clone());
         tasks.join().await
     }
 }

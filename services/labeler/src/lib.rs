@@ -3,10 +3,8 @@
 
 mod join;
 
-use std::time::Duration;
-
 use clap::Parser;
-use petrel_events::consumer::{self, ConsumerSpec};
+use petrel_events::consumer::ConsumerSpec;
 use petrel_events::payloads::subjects;
 use petrel_runtime::config::{LogArgs, NatsArgs, PostgresArgs};
 use petrel_runtime::infra::Infra;
@@ -87,33 +85,13 @@ impl App {
 
     pub async fn run(self) -> anyhow::Result<()> {
         let mut tasks = Tasks::new(self.cancel.clone());
-        let router = join::router(self.state.clone());
-        let cancel = self.cancel.clone();
-        tasks.spawn("http", async move {
-            petrel_runtime::http::serve(self.listener, router, cancel, Duration::from_secs(30))
-                .await?;
-            Ok(())
-        });
-        let relay = self.state.infra.relay.clone();
-        let cancel = self.cancel.clone();
-        tasks.spawn("outbox", async move {
-            relay.run(cancel).await;
-            Ok(())
-        });
+        tasks.spawn_http(self.listener, join::router(self.state.clone()));
+        tasks.spawn_outbox(self.state.infra.relay.clone());
         let state = self.state.clone();
-        let cancel = self.cancel.clone();
-        tasks.spawn("consumer", async move {
-            consumer::run(
-                state.infra.bus.clone(),
-                ConsumerSpec::durable("labeler", subjects::PREDICTIONS_LOGGED),
-                cancel,
-                |env| {
-                    let state = state.clone();
-                    async move { join::on_predictions(&state, env).await }
-                },
-            )
-            .await?;
-            Ok(())
+        let spec = ConsumerSpec::durable("labeler", subjects::PREDICTIONS_LOGGED);
+        tasks.spawn_consumer("consumer", state.infra.bus.clone(), spec, move |env| {
+            let state = state.clone();
+            async move { join::on_predictions(&state, env).await }
         });
         tasks.join().await
     }

@@ -8,11 +8,9 @@ mod reference;
 mod routes;
 mod window;
 
-use std::time::Duration;
-
 use clap::Parser;
 use petrel_api::registry::RegistryClient;
-use petrel_events::consumer::{self, ConsumerSpec};
+use petrel_events::consumer::ConsumerSpec;
 use petrel_events::payloads::subjects;
 use petrel_runtime::config::{LogArgs, NatsArgs, PostgresArgs, StoreArgs};
 use petrel_runtime::infra::Infra;
@@ -110,40 +108,20 @@ impl App {
 
     pub async fn run(self) -> anyhow::Result<()> {
         let mut tasks = Tasks::new(self.cancel.clone());
-        let router = routes::router(self.state.clone());
-        let cancel = self.cancel.clone();
-        tasks.spawn("http", async move {
-            petrel_runtime::http::serve(self.listener, router, cancel, Duration::from_secs(30))
-                .await?;
-            Ok(())
-        });
-        let relay = self.state.infra.relay.clone();
-        let cancel = self.cancel.clone();
-        tasks.spawn("outbox", async move {
-            relay.run(cancel).await;
-            Ok(())
+        tasks.spawn_http(self.listener, routes::router(self.state.clone()));
+        tasks.spawn_outbox(self.state.infra.relay.clone());
+        let bus = self.state.infra.bus.clone();
+        let state = self.state.clone();
+        let spec = ConsumerSpec::durable("monitor-predictions", subjects::PREDICTIONS_LOGGED);
+        tasks.spawn_consumer("predictions", bus.clone(), spec, move |env| {
+            let state = state.clone();
+            async move { ingest::on_predictions(&state, env).await }
         });
         let state = self.state.clone();
-        let cancel = self.cancel.clone();
-        tasks.spawn("predictions", async move {
-            let spec = ConsumerSpec::durable("monitor-predictions", subjects::PREDICTIONS_LOGGED);
-            consumer::run(state.infra.bus.clone(), spec, cancel, |env| {
-                let state = state.clone();
-                async move { ingest::on_predictions(&state, env).await }
-            })
-            .await?;
-            Ok(())
-        });
-        let state = self.state.clone();
-        let cancel = self.cancel.clone();
-        tasks.spawn("labels", async move {
-            let spec = ConsumerSpec::durable("monitor-labels", subjects::LABELS_JOINED);
-            consumer::run(state.infra.bus.clone(), spec, cancel, |env| {
-                let state = state.clone();
-                async move { ingest::on_labels(&state, env).await }
-            })
-            .await?;
-            Ok(())
+        let spec = ConsumerSpec::durable("monitor-labels", subjects::LABELS_JOINED);
+        tasks.spawn_consumer("labels", bus, spec, move |env| {
+            let state = state.clone();
+            async move { ingest::on_labels(&state, env).await }
         });
         let state = self.state.clone();
         let cancel = self.cancel.clone();

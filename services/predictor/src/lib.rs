@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use petrel_api::registry::RegistryClient;
-use petrel_events::consumer::{self, ConsumerSpec, Outcome};
+use petrel_events::consumer::{ConsumerSpec, Outcome};
 use petrel_events::payloads::subjects;
 use petrel_runtime::config::{LogArgs, NatsArgs, PostgresArgs, StoreArgs};
 use petrel_runtime::infra::Infra;
@@ -150,13 +150,7 @@ impl App {
 
     pub async fn run(self) -> anyhow::Result<()> {
         let mut tasks = Tasks::new(self.cancel.clone());
-        let router = routes::router(self.state.clone());
-        let cancel = self.cancel.clone();
-        tasks.spawn("http", async move {
-            petrel_runtime::http::serve(self.listener, router, cancel, Duration::from_secs(30))
-                .await?;
-            Ok(())
-        });
+        tasks.spawn_http(self.listener, routes::router(self.state.clone()));
         // The prediction log stops once every sender is gone, that is after the HTTP server has
         // drained, so requests in flight still commit their predictions.
         let writer = self.writer;
@@ -185,25 +179,21 @@ impl App {
             Ok(())
         });
         let loader = self.loader;
-        let cancel = self.cancel.clone();
         let bus = state.infra.bus.clone();
+        // The router holds the other senders of the prediction log; this one must go too.
         drop(state);
-        tasks.spawn("reloads", async move {
-            let spec = ConsumerSpec::ephemeral("predictor-reloads", subjects::MODEL_PROMOTED);
-            consumer::run(bus, spec, cancel, |env| {
-                let loader = loader.clone();
-                async move {
-                    match loader.on_promoted(&env.data).await {
-                        Ok(()) => Outcome::Done,
-                        Err(e) => {
-                            tracing::warn!(error = format!("{e:#}"), "reload failed; retrying");
-                            Outcome::Retry(Duration::from_secs(2))
-                        }
+        let spec = ConsumerSpec::ephemeral("predictor-reloads", subjects::MODEL_PROMOTED);
+        tasks.spawn_consumer("reloads", bus, spec, move |env| {
+            let loader = loader.clone();
+            async move {
+                match loader.on_promoted(&env.data).await {
+                    Ok(()) => Outcome::Done,
+                    Err(e) => {
+                        tracing::warn!(error = format!("{e:#}"), "reload failed; retrying");
+                        Outcome::Retry(Duration::from_secs(2))
                     }
                 }
-            })
-            .await?;
-            Ok(())
+            }
         });
         tasks.join().await
     }

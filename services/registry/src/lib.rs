@@ -8,8 +8,6 @@ mod error;
 mod routes;
 mod store;
 
-use std::time::Duration;
-
 use clap::Parser;
 use petrel_runtime::config::{LogArgs, NatsArgs, PostgresArgs};
 use petrel_runtime::infra::Infra;
@@ -89,19 +87,8 @@ impl App {
     /// Serves until cancelled.
     pub async fn run(self) -> anyhow::Result<()> {
         let mut tasks = Tasks::new(self.cancel.clone());
-        let router = routes::router(self.state.clone());
-        let cancel = self.cancel.clone();
-        tasks.spawn("http", async move {
-            petrel_runtime::http::serve(self.listener, router, cancel, Duration::from_secs(30))
-                .await?;
-            Ok(())
-        });
-        let relay = self.state.infra.relay.clone();
-        let cancel = self.cancel.clone();
-        tasks.spawn("outbox", async move {
-            relay.run(cancel).await;
-            Ok(())
-        });
+        tasks.spawn_http(self.listener, routes::router(self.state.clone()));
+        tasks.spawn_outbox(self.state.infra.relay.clone());
         tasks.join().await
     }
 }

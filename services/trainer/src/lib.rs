@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use petrel_api::registry::RegistryClient;
-use petrel_events::consumer::{self, ConsumerSpec};
+use petrel_events::consumer::ConsumerSpec;
 use petrel_events::payloads::subjects;
 use petrel_ml::TrainConfig;
 use petrel_runtime::config::{LogArgs, NatsArgs, PostgresArgs, StoreArgs};
@@ -140,27 +140,16 @@ impl App {
 
     pub async fn run(self) -> anyhow::Result<()> {
         let mut tasks = Tasks::new(self.cancel.clone());
-        let router = routes::router(self.state.clone());
-        let cancel = self.cancel.clone();
-        tasks.spawn("http", async move {
-            petrel_runtime::http::serve(self.listener, router, cancel, Duration::from_secs(30))
-                .await?;
-            Ok(())
-        });
+        tasks.spawn_http(self.listener, routes::router(self.state.clone()));
+        let spec = ConsumerSpec {
+            // Training can take long; progress acks keep the event ours meanwhile.
+            ack_wait: Duration::from_secs(60),
+            ..ConsumerSpec::durable("trainer", subjects::DATA_READY)
+        };
         let state = self.state.clone();
-        let cancel = self.cancel.clone();
-        tasks.spawn("consumer", async move {
-            let spec = ConsumerSpec {
-                // Training can take long; progress acks keep the event ours meanwhile.
-                ack_wait: Duration::from_secs(60),
-                ..ConsumerSpec::durable("trainer", subjects::DATA_READY)
-            };
-            consumer::run(state.infra.bus.clone(), spec, cancel, |env| {
-                let state = state.clone();
-                async move { jobs::on_data_ready(&state, env.id, env.data).await }
-            })
-            .await?;
-            Ok(())
+        tasks.spawn_consumer("consumer", state.infra.bus.clone(), spec, move |env| {
+            let state = state.clone();
+            async move { jobs::on_data_ready(&state, env.id, env.data).await }
         });
         tasks.join().await
     }
