@@ -2,7 +2,6 @@
 //! NATS; the test drives them over HTTP like a user and waits for an alert on `alerts.>` like a
 //! subscriber would. Every hop must work for the alert to arrive.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -15,28 +14,16 @@ use petrel_api::predictor::{PredictRequest, PredictResponse, PredictRow, ServedM
 use petrel_api::registry::RegistryClient;
 use petrel_events::Envelope;
 use petrel_events::payloads::{Alert, AlertKind, ModelPromoted};
+use petrel_testkit::{Service, TestEnv, penguin_rows, penguins_csv};
 use serde_json::{Map, Value};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-const PENGUINS: &str = include_str!("../data/penguins.csv");
-
 struct Stack {
-    urls: BTreeMap<&'static str, String>,
-    prefix: String,
+    env: TestEnv,
+    /// One token for all: cancelling it stops the six at once, as a shutdown of the host would.
     cancel: CancellationToken,
-    handles: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
-}
-
-fn args(bin: &str, common: &[String], extra: &[&str]) -> Vec<String> {
-    let mut v = vec![
-        bin.to_owned(),
-        "--listen".to_owned(),
-        "127.0.0.1:0".to_owned(),
-    ];
-    v.extend(common.iter().cloned());
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    /// In the order they started.
+    services: Vec<Service>,
 }
 
 macro_rules! start {
@@ -44,10 +31,9 @@ macro_rules! start {
         let app = $krate::App::build($krate::Config::parse_from($args), $stack.cancel.clone())
             .await
             .expect(concat!($name, " starts"));
-        $stack
-            .urls
-            .insert($name, format!("http://127.0.0.1:{}", app.port()));
-        $stack.handles.push(($name, tokio::spawn(app.run())));
+        let service = Service::spawn($name, app.port(), $stack.cancel.clone(), app.run())
+            .stop_limit(Duration::from_secs(40));
+        $stack.services.push(service);
     }};
 }
 
@@ -55,71 +41,50 @@ impl Stack {
     /// Starts the six services on free ports, sharing a fresh database, a fresh NATS namespace
     /// and a fresh artifact directory.
     async fn start() -> Stack {
-        let db = petrel_db::testing::fresh_database_url();
-        let prefix = format!("e2e{}", uuid::Uuid::now_v7().simple());
-        let artifacts =
-            std::env::temp_dir().join(format!("petrel-e2e-{}", uuid::Uuid::now_v7().simple()));
-        let common: Vec<String> = vec![
-            "--database-url".into(),
-            db,
-            "--nats-prefix".into(),
-            prefix.clone(),
-        ];
-        let store: Vec<String> = vec!["--artifact-root".into(), artifacts.display().to_string()];
         let mut stack = Stack {
-            urls: BTreeMap::new(),
-            prefix,
+            env: TestEnv::new().await,
             cancel: CancellationToken::new(),
-            handles: Vec::new(),
+            services: Vec::new(),
         };
-        let with_store: Vec<String> = common.iter().chain(store.iter()).cloned().collect();
+        let env = &stack.env;
 
         start!(
             stack,
             "registry",
             petrel_registry,
-            args("petrel-registry", &common, &[])
+            env.args_without_store("petrel-registry", &[])
         );
-        let registry = stack.urls["registry"].clone();
+        let registry = stack.url("registry").to_owned();
         start!(
             stack,
             "ingest",
             petrel_ingest,
-            args("petrel-ingest", &with_store, &[])
+            env.args("petrel-ingest", &[])
         );
         start!(
             stack,
             "trainer",
             petrel_trainer,
-            args(
-                "petrel-trainer",
-                &with_store,
-                &["--registry-url", &registry]
-            )
+            env.args("petrel-trainer", &["--registry-url", &registry])
         );
         start!(
             stack,
             "predictor",
             petrel_predictor,
-            args(
-                "petrel-predictor",
-                &with_store,
-                &["--registry-url", &registry]
-            )
+            env.args("petrel-predictor", &["--registry-url", &registry])
         );
         start!(
             stack,
             "labeler",
             petrel_labeler,
-            args("petrel-labeler", &common, &[])
+            env.args_without_store("petrel-labeler", &[])
         );
         start!(
             stack,
             "monitor",
             petrel_monitor,
-            args(
+            env.args(
                 "petrel-monitor",
-                &with_store,
                 &[
                     "--registry-url",
                     &registry,
@@ -136,46 +101,25 @@ impl Stack {
     }
 
     fn url(&self, name: &str) -> &str {
-        &self.urls[name]
+        let service = self.services.iter().find(|s| s.name == name);
+        &service.unwrap_or_else(|| panic!("{name} runs")).base
     }
 
     /// Cancels every service and checks each one shut down cleanly.
     async fn stop(self) {
         self.cancel.cancel();
-        for (name, handle) in self.handles {
-            let result = tokio::time::timeout(Duration::from_secs(40), handle)
-                .await
-                .unwrap_or_else(|_| panic!("{name} did not stop in time"))
-                .unwrap_or_else(|e| panic!("{name} panicked: {e}"));
-            assert!(result.is_ok(), "{name} stopped with an error: {result:?}");
+        for service in self.services {
+            service.stop().await;
         }
+        self.env.cleanup().await;
     }
 }
 
 /// Penguins rows as JSON features plus the species.
 fn samples() -> Vec<(Map<String, Value>, String)> {
-    let mut reader = csv::Reader::from_reader(PENGUINS.as_bytes());
-    let headers = reader.headers().unwrap().clone();
-    reader
-        .records()
-        .map(|r| {
-            let r = r.unwrap();
-            let mut features = Map::new();
-            let mut species = String::new();
-            for (h, v) in headers.iter().zip(r.iter()) {
-                if h == "species" {
-                    species = v.to_owned();
-                    continue;
-                }
-                let value = match v.parse::<f64>() {
-                    _ if v == "NA" => Value::Null,
-                    Ok(x) => serde_json::json!(x),
-                    Err(_) => Value::String(v.to_owned()),
-                };
-                features.insert(h.to_owned(), value);
-            }
-            (features, species)
-        })
+    penguin_rows()
+        .into_iter()
+        .map(|(species, features)| (features, species))
         .collect()
 }
 
@@ -226,15 +170,8 @@ async fn traffic(stack: &Stack, rows: &[(Map<String, Value>, String)], tag: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn csv_to_alert() {
     let stack = Stack::start().await;
-    let nats = async_nats::connect("127.0.0.1:4222").await.expect("NATS");
-    let mut alerts = nats
-        .subscribe(format!("{}.alerts.>", stack.prefix))
-        .await
-        .unwrap();
-    let mut promoted = nats
-        .subscribe(format!("{}.model.promoted", stack.prefix))
-        .await
-        .unwrap();
+    let mut alerts = stack.env.subscribe("alerts.>").await;
+    let mut promoted = stack.env.subscribe("model.promoted").await;
 
     // 1. ingest
     let ingest = ApiClient::new(stack.url("ingest"));
@@ -244,7 +181,7 @@ async fn csv_to_alert() {
             &IngestRequest {
                 name: "penguins".into(),
                 schema: petrel_ml::Schema::penguins(),
-                csv: Some(PENGUINS.to_owned()),
+                csv: Some(penguins_csv()),
                 path: None,
             },
         )

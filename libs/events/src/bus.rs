@@ -26,6 +26,8 @@ pub enum BusError {
         #[source]
         source: async_nats::ConnectError,
     },
+    #[error("no connection to NATS at {url} after {waited_s} s (is nats-server running?)")]
+    NotConnected { url: String, waited_s: u64 },
     #[error(
         "cannot create or read the JetStream stream {stream} (is JetStream enabled on the server?)"
     )]
@@ -135,9 +137,9 @@ impl Bus {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while client.connection_state() != async_nats::connection::State::Connected {
             if tokio::time::Instant::now() > deadline {
-                return Err(BusError::Stream {
-                    stream: ns.stream_name(),
-                    source: format!("no connection to NATS at {url} after 5 s").into(),
+                return Err(BusError::NotConnected {
+                    url: url.to_owned(),
+                    waited_s: 5,
                 });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -180,12 +180,7 @@ async fn check_infrastructure(a: &DemoArgs) -> anyhow::Result<()> {
         "petrel/cli",
     )
     .await
-    .with_context(|| {
-        format!(
-            "NATS JetStream is not usable at {} (start nats-server with -js)",
-            a.nats_url
-        )
-    })?;
+    .context("NATS JetStream is not usable (start nats-server with -js)")?;
     println!("Postgres and NATS JetStream are up.");
     Ok(())
 }

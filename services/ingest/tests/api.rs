@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Ingest, assert_error, penguins_csv};
+use common::{Service, TestEnv, assert_error, data_dir, penguins_csv, start_ingest};
 use petrel_api::ingest::{Dataset, IngestRequest, IngestResponse};
 use petrel_events::Envelope;
 use petrel_events::payloads::DataReady;
@@ -47,7 +47,7 @@ fn read_uri(uri: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
 }
 
-async fn ingest(svc: &Ingest, body: Value, expect: StatusCode) -> IngestResponse {
+async fn ingest(svc: &Service, body: Value, expect: StatusCode) -> IngestResponse {
     let (status, v) = svc.send(Method::POST, "/v1/datasets", Some(body)).await;
     assert_eq!(status, expect, "{v}");
     serde_json::from_value(v).unwrap()
@@ -67,8 +67,9 @@ fn penguins_with(n: usize, extra: &[&str]) -> String {
 
 #[tokio::test]
 async fn ingesting_penguins_stores_the_file_and_announces_it_once() {
-    let svc = Ingest::start().await;
-    let mut events = svc.events("data.>").await;
+    let world = TestEnv::new().await;
+    let svc = start_ingest(&world).await;
+    let mut events = world.events("data.>").await;
     let csv = penguins_csv();
 
     let first = ingest(&svc, by_csv("penguins", &csv), StatusCode::CREATED).await;
@@ -87,9 +88,9 @@ async fn ingesting_penguins_stores_the_file_and_announces_it_once() {
     assert!(ds.uri.starts_with("file://"), "{}", ds.uri);
     let stored_path = ds.uri.trim_start_matches("file://");
     assert!(
-        std::path::Path::new(stored_path).starts_with(&svc.artifacts),
+        std::path::Path::new(stored_path).starts_with(&world.artifacts),
         "{stored_path} is outside {}",
-        svc.artifacts.display()
+        world.artifacts.display()
     );
     let stored = read_uri(&ds.uri);
     assert_eq!(sha256(&stored), ds.content_hash);
@@ -153,12 +154,14 @@ async fn ingesting_penguins_stores_the_file_and_announces_it_once() {
 
     events.assert_quiet(QUIET).await;
     svc.stop().await;
+    world.cleanup().await;
 }
 
 #[tokio::test]
 async fn a_few_bad_rows_are_left_out_and_reported_by_line() {
-    let svc = Ingest::start().await;
-    let mut events = svc.events("data.>").await;
+    let world = TestEnv::new().await;
+    let svc = start_ingest(&world).await;
+    let mut events = world.events("data.>").await;
     // Header is line 1; 30 good rows are lines 2..=31; then three bad lines and one good line.
     let csv = penguins_with(
         30,
@@ -198,12 +201,14 @@ async fn a_few_bad_rows_are_left_out_and_reported_by_line() {
     assert_eq!(again.errors, resp.errors);
     events.assert_quiet(QUIET).await;
     svc.stop().await;
+    world.cleanup().await;
 }
 
 #[tokio::test]
 async fn unusable_files_and_requests_are_refused_with_json_errors() {
-    let svc = Ingest::start().await;
-    let mut events = svc.events("data.>").await;
+    let world = TestEnv::new().await;
+    let svc = start_ingest(&world).await;
+    let mut events = world.events("data.>").await;
     let invalid =
         |r: &(StatusCode, Value)| assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
 
@@ -316,7 +321,14 @@ async fn unusable_files_and_requests_are_refused_with_json_errors() {
     invalid(&r);
 
     // Bodies that are not the request.
-    let r = svc.send_raw("/v1/datasets", "{not json").await;
+    let r = svc
+        .send_raw(
+            Method::POST,
+            "/v1/datasets",
+            Some("application/json"),
+            "{not json",
+        )
+        .await;
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_json");
     let r = svc
         .send(Method::POST, "/v1/datasets", Some(json!({"csv": "x"})))
@@ -342,21 +354,24 @@ async fn unusable_files_and_requests_are_refused_with_json_errors() {
     assert_eq!(list["datasets"], json!([]));
     events.assert_quiet(QUIET).await;
     svc.stop().await;
+    world.cleanup().await;
 }
 
 #[tokio::test]
 async fn ingest_by_path_reads_only_inside_the_data_dir() {
-    let svc = Ingest::start().await;
-    let mut events = svc.events("data.>").await;
+    let world = TestEnv::new().await;
+    let svc = start_ingest(&world).await;
+    let mut events = world.events("data.>").await;
+    let data_dir = data_dir(&world);
     let csv = penguins_csv();
-    std::fs::write(svc.data_dir.join("penguins.csv"), &csv).unwrap();
-    std::fs::create_dir_all(svc.data_dir.join("2024")).unwrap();
+    std::fs::write(data_dir.join("penguins.csv"), &csv).unwrap();
+    std::fs::create_dir_all(data_dir.join("2024")).unwrap();
     let small = penguins_with(50, &[]);
-    std::fs::write(svc.data_dir.join("2024/small.csv"), &small).unwrap();
+    std::fs::write(data_dir.join("2024/small.csv"), &small).unwrap();
     // A valid file right next to the data directory, and a link pointing at it from inside.
-    let outside = svc.data_dir.parent().unwrap().join("outside.csv");
+    let outside = data_dir.parent().unwrap().join("outside.csv");
     std::fs::write(&outside, &small).unwrap();
-    std::os::unix::fs::symlink(&outside, svc.data_dir.join("link.csv")).unwrap();
+    std::os::unix::fs::symlink(&outside, data_dir.join("link.csv")).unwrap();
 
     let resp = ingest(
         &svc,
@@ -401,11 +416,13 @@ async fn ingest_by_path_reads_only_inside_the_data_dir() {
     }
     events.assert_quiet(QUIET).await;
     svc.stop().await;
+    world.cleanup().await;
 }
 
 #[tokio::test]
 async fn health_and_readiness() {
-    let svc = Ingest::start().await;
+    let world = TestEnv::new().await;
+    let svc = start_ingest(&world).await;
     let (status, body) = svc.send(Method::GET, "/healthz", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "alive");
@@ -413,4 +430,5 @@ async fn health_and_readiness() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "ready");
     svc.stop().await;
+    world.cleanup().await;
 }

@@ -71,7 +71,7 @@ fn joined(e: &LabelsJoined) -> Vec<(&str, &str, &str, bool)> {
 async fn joins_labels_to_predictions_logged_before_them() {
     let env = TestEnv::new().await;
     let labeler = start_labeler(&env).await;
-    let bus = bus(&env).await;
+    let bus = env.bus().await;
     let http = reqwest::Client::new();
     let mut joins = env.subscribe("labels.joined").await;
 
@@ -149,7 +149,7 @@ async fn joins_labels_to_predictions_logged_before_them() {
 async fn labels_wait_for_predictions_and_a_redelivered_event_changes_nothing() {
     let env = TestEnv::new().await;
     let labeler = start_labeler(&env).await;
-    let bus = bus(&env).await;
+    let bus = env.bus().await;
     let http = reqwest::Client::new();
     let mut joins = env.subscribe("labels.joined").await;
 

@@ -119,7 +119,7 @@ async fn windows_become_reports_and_bad_windows_raise_alerts() {
     let v1 = register_model(&env, &registry, "models/penguins/x/bundle.json").await;
     assert_eq!(v1.version, 1);
     let monitor = start_monitor(&env, &registry).await;
-    let bus = bus(&env).await;
+    let bus = env.bus().await;
     let http = reqwest::Client::new();
     let mut alerts = env.subscribe("alerts.>").await;
 
@@ -260,7 +260,7 @@ async fn malformed_events_are_set_aside_and_later_ones_processed() {
     let registry = start_registry(&env).await;
     register_model(&env, &registry, "models/penguins/x/bundle.json").await;
     let monitor = start_monitor(&env, &registry).await;
-    let bus = bus(&env).await;
+    let bus = env.bus().await;
     let http = reqwest::Client::new();
     let mut dead = env.subscribe("deadletter.>").await;
 

@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Registry, assert_error};
+use common::{Service, TestEnv, TypedClient, assert_error, start_registry};
 use petrel_api::registry::{
     CreateModelVersion, CreateRun, LogMetrics, MetricInput, ModelVersion, Run, RunStatus,
 };
@@ -19,7 +19,7 @@ use uuid::Uuid;
 /// of a commit (and polls every second), so this comfortably covers a missed poke.
 const QUIET: Duration = Duration::from_millis(1500);
 
-async fn new_run(reg: &Registry, experiment: &str) -> Run {
+async fn new_run(reg: &Service, experiment: &str) -> Run {
     reg.client()
         .create_run(&CreateRun {
             experiment: experiment.to_owned(),
@@ -31,7 +31,7 @@ async fn new_run(reg: &Registry, experiment: &str) -> Run {
 
 /// Registers a version for `run` with the given test accuracy, checking the status code.
 async fn register(
-    reg: &Registry,
+    reg: &Service,
     model: &str,
     run: Uuid,
     test_accuracy: Option<f64>,
@@ -69,7 +69,8 @@ fn promoted(bytes: &[u8]) -> Envelope<ModelPromoted> {
 
 #[tokio::test]
 async fn runs_keep_params_metrics_and_are_idempotent_per_client_token() {
-    let reg = Registry::start().await;
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
 
     let create = json!({
         "experiment": "penguins",
@@ -174,12 +175,14 @@ async fn runs_keep_params_metrics_and_are_idempotent_per_client_token() {
     assert!(done.end_time.is_some());
 
     reg.stop().await;
+    env.cleanup().await;
 }
 
 #[tokio::test]
 async fn registering_versions_announces_them_and_promotes_the_best() {
-    let reg = Registry::start().await;
-    let mut events = reg.events("model.>").await;
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
+    let mut events = env.events("model.>").await;
     let model = "penguins";
 
     // v1: the first version with a test accuracy takes `production`.
@@ -293,12 +296,14 @@ async fn registering_versions_announces_them_and_promotes_the_best() {
     assert_eq!(models["models"][0]["name"], model);
 
     reg.stop().await;
+    env.cleanup().await;
 }
 
 #[tokio::test]
 async fn aliases_move_by_hand_and_keep_their_history() {
-    let reg = Registry::start().await;
-    let mut events = reg.events("model.>").await;
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
+    let mut events = env.events("model.>").await;
     let model = "iris";
     let run1 = new_run(&reg, model).await;
     register(&reg, model, run1.id, Some(0.90), StatusCode::CREATED).await;
@@ -447,12 +452,14 @@ async fn aliases_move_by_hand_and_keep_their_history() {
     events.assert_quiet(QUIET).await;
 
     reg.stop().await;
+    env.cleanup().await;
 }
 
 #[tokio::test]
 async fn bad_requests_get_json_errors() {
-    let reg = Registry::start().await;
-    let mut events = reg.events("model.>").await;
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
+    let mut events = env.events("model.>").await;
 
     // Not JSON at all.
     let r = reg
@@ -576,11 +583,13 @@ async fn bad_requests_get_json_errors() {
 
     events.assert_quiet(QUIET).await;
     reg.stop().await;
+    env.cleanup().await;
 }
 
 #[tokio::test]
 async fn health_and_readiness() {
-    let reg = Registry::start().await;
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
     let (status, body) = reg.send(Method::GET, "/healthz", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "alive");
@@ -589,6 +598,7 @@ async fn health_and_readiness() {
     assert_eq!(body["status"], "ready");
     let base = reg.base.clone();
     reg.stop().await;
+    env.cleanup().await;
     // After shutdown, nothing listens any more.
     assert!(reqwest::get(format!("{base}/healthz")).await.is_err());
 }

@@ -67,7 +67,7 @@ async fn data_ready_trains_registers_and_promotes_once_per_event() {
         .artifact_uri
         .strip_prefix("file://")
         .expect("a file:// URI");
-    assert!(std::path::Path::new(path).starts_with(&stack.artifacts));
+    assert!(std::path::Path::new(path).starts_with(&stack.env.artifacts));
     let bundle = ModelBundle::from_bytes(&std::fs::read(path).unwrap()).unwrap();
     assert_eq!(bundle.class_names, vec!["Adelie", "Chinstrap", "Gentoo"]);
     assert_eq!(bundle.metrics.test_accuracy, accuracy);
@@ -140,7 +140,7 @@ async fn a_missing_dataset_fails_its_job_and_the_consumer_goes_on() {
         dataset_id: Uuid::now_v7(),
         uri: format!(
             "file://{}/datasets/penguins/missing.csv",
-            stack.artifacts.display()
+            stack.env.artifacts.display()
         ),
         ..good.clone()
     };
