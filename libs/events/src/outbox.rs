@@ -120,6 +120,30 @@ impl Relay {
         }
     }
 
+    /// Deletes what can no longer matter: outbox rows published more than 7 days ago, and
+    /// processed-event ids older than 30 days (the stream keeps events 7 days, so an id that old
+    /// can never be delivered again).
+    pub async fn cleanup(&self) {
+        for (what, sql) in [
+            (
+                "outbox",
+                "DELETE FROM outbox WHERE published_at < now() - interval '7 days'",
+            ),
+            (
+                "processed_events",
+                "DELETE FROM processed_events WHERE processed_at < now() - interval '30 days'",
+            ),
+        ] {
+            match sqlx::query(sql).execute(&self.pool).await {
+                Ok(done) if done.rows_affected() > 0 => {
+                    tracing::info!(table = what, rows = done.rows_affected(), "cleaned up")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(table = what, error = %e, "cleanup failed"),
+            }
+        }
+    }
+
     /// Number of events not yet published (for readiness and metrics), including those set
     /// aside after [`MAX_ATTEMPTS`].
     pub async fn pending(&self) -> Result<i64, sqlx::Error> {
@@ -138,14 +162,7 @@ impl Relay {
             }
             if last_cleanup.elapsed() > Duration::from_secs(3600) {
                 last_cleanup = tokio::time::Instant::now();
-                let gone = sqlx::query(
-                    "DELETE FROM outbox WHERE published_at < now() - interval '7 days'",
-                )
-                .execute(&self.pool)
-                .await;
-                if let Err(e) = gone {
-                    tracing::warn!(error = %e, "outbox cleanup failed");
-                }
+                self.cleanup().await;
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,

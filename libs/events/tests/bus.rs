@@ -616,3 +616,79 @@ async fn the_running_relay_publishes_when_poked_and_stops_on_cancel() {
     assert_eq!(stream_messages(&bus).await, 1);
     cleanup(&bus).await;
 }
+
+#[tokio::test]
+async fn a_row_that_keeps_failing_is_set_aside_and_later_rows_flow() {
+    let pool = fresh_pool().await;
+    let bus = connect(&fresh_namespace()).await;
+    let mut sub = subscribe(&bus, PING).await;
+    let relay = Relay::new(pool.clone(), bus.clone());
+
+    // An older row that has already failed the maximum number of times.
+    let stuck = bus.envelope(Ping { n: 1 });
+    sqlx::query(
+        "INSERT INTO outbox (id, subject, payload, created_at, attempts, last_error) \
+         VALUES ($1, $2, $3, now() - interval '1 hour', $4, 'maximum payload exceeded')",
+    )
+    .bind(stuck.id)
+    .bind(PING)
+    .bind(serde_json::to_value(&stuck).unwrap())
+    .bind(outbox::MAX_ATTEMPTS)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let fresh = bus.envelope(Ping { n: 2 });
+    let mut tx = pool.begin().await.unwrap();
+    outbox::enqueue(&mut tx, &fresh).await.unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(relay.drain().await.unwrap(), 1);
+    let got = next_message(&mut sub).await;
+    assert_eq!(
+        petrel_events::Envelope::<Ping>::from_bytes(&got.payload)
+            .unwrap()
+            .id,
+        fresh.id
+    );
+    // The stuck row stays visible for an operator.
+    assert_eq!(relay.pending().await.unwrap(), 1);
+    cleanup(&bus).await;
+}
+
+#[tokio::test]
+async fn cleanup_forgets_only_what_can_no_longer_matter() {
+    let pool = fresh_pool().await;
+    let bus = connect(&fresh_namespace()).await;
+    let relay = Relay::new(pool.clone(), bus.clone());
+    let (old, recent) = (Uuid::now_v7(), Uuid::now_v7());
+    for (id, age) in [(old, "31 days"), (recent, "1 day")] {
+        sqlx::query(&format!(
+            "INSERT INTO processed_events (consumer, event_id, processed_at) \
+             VALUES ('c', $1, now() - interval '{age}')"
+        ))
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(&format!(
+            "INSERT INTO outbox (id, subject, payload, published_at) \
+             VALUES ($1, 'x', '{{}}', now() - interval '{age}')"
+        ))
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    relay.cleanup().await;
+    let left: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM processed_events")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, [recent]);
+    let left: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM outbox")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, [recent]);
+    cleanup(&bus).await;
+}
