@@ -8,8 +8,10 @@ use clap::Args;
 #[derive(Args, Clone, Debug)]
 pub struct PostgresArgs {
     /// Postgres URL. The database is created if it does not exist; each service keeps its tables
-    /// in its own schema inside it.
+    /// in its own schema inside it. It may hold a password, so `--help` never shows its value
+    /// and logs redact it.
     #[arg(
+        hide_env_values = true,
         long,
         env = "PETREL_DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/petrel"
