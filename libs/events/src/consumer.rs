@@ -1,10 +1,12 @@
 //! Durable pull consumers with explicit acks.
 //!
 //! A handler receives a typed [`Envelope`] and answers an [`Outcome`]; the runner maps it onto
-//! JetStream: `Done` acks, `Retry` naks with a delay (until `max_deliver` is reached), `Reject`
-//! terminates. An event that cannot be parsed, is rejected, or exhausts its deliveries is
-//! published on `deadletter.<consumer>` first, so it stays visible in the stream while the
-//! consumer goes on with the next one. While a handler runs, the runner sends progress acks so
+//! JetStream: `Done` acks, `Retry` naks with a delay that doubles with each delivery (capped at
+//! [`MAX_RETRY_DELAY`]), `Reject` terminates. A transient failure (a dependency down) is retried
+//! until it clears, however long that takes, so an outage loses nothing; only a consumer given
+//! a finite `max_deliver` gives up. An event that cannot be parsed, is rejected, or exhausts a
+//! finite `max_deliver` is published on `deadletter.<consumer>` first, so it stays visible in
+//! the stream while the consumer goes on with the next one. While a handler runs, the runner sends progress acks so
 //! that long work (training) is not redelivered to someone else.
 
 use std::future::Future;
@@ -41,21 +43,36 @@ pub struct ConsumerSpec {
     pub label: String,
     /// Relative subject filter, e.g. `data.ready`.
     pub subject: String,
-    /// Deliveries before an event is set aside.
+    /// Deliveries before a retried event is set aside; 0 or less means never (the default: a
+    /// transient failure is waited out rather than turned into a lost event).
     pub max_deliver: i64,
     /// How long the server waits for an ack before redelivering.
     pub ack_wait: Duration,
+    /// Messages fetched per pull. Long handlers (training) use 1, so events waiting behind the
+    /// one in hand are not held past their ack wait and redelivered to another replica.
+    pub batch: usize,
+}
+
+/// Longest delay between two deliveries of a retried event.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(120);
+
+/// The delay before delivery `delivered + 1`: the handler's base delay doubled per delivery so
+/// far, capped at [`MAX_RETRY_DELAY`].
+pub fn backoff(base: Duration, delivered: i64) -> Duration {
+    let doublings = delivered.clamp(1, 17) as u32 - 1;
+    base.saturating_mul(1 << doublings).min(MAX_RETRY_DELAY)
 }
 
 impl ConsumerSpec {
-    /// A durable consumer with the defaults: 10 deliveries, 30 s ack wait.
+    /// A durable consumer with the defaults: retried until done, 30 s ack wait, 32 per pull.
     pub fn durable(name: &str, subject: &str) -> Self {
         Self {
             durable: Some(name.to_owned()),
             label: name.to_owned(),
             subject: subject.to_owned(),
-            max_deliver: 10,
+            max_deliver: -1,
             ack_wait: Duration::from_secs(30),
+            batch: 32,
         }
     }
 
@@ -90,7 +107,11 @@ where
         filter_subject: bus.namespace().subject(&spec.subject),
         ack_policy: AckPolicy::Explicit,
         ack_wait: spec.ack_wait,
-        max_deliver: spec.max_deliver,
+        max_deliver: if spec.max_deliver > 0 {
+            spec.max_deliver
+        } else {
+            -1
+        },
         deliver_policy: if spec.durable.is_some() {
             DeliverPolicy::All
         } else {
@@ -117,7 +138,7 @@ where
     while !cancel.is_cancelled() {
         let batch = consumer
             .batch()
-            .max_messages(32)
+            .max_messages(spec.batch.max(1))
             .expires(Duration::from_secs(2))
             .messages();
         let mut batch = tokio::select! {
@@ -189,7 +210,8 @@ async fn process<E, H, Fut>(
     };
     let result = match outcome {
         Outcome::Done => msg.ack().await,
-        Outcome::Retry(delay) if delivered < spec.max_deliver => {
+        Outcome::Retry(base) if spec.max_deliver <= 0 || delivered < spec.max_deliver => {
+            let delay = backoff(base, delivered);
             tracing::warn!(consumer = %spec.label, delivered, delay_ms = delay.as_millis() as u64, "event will be retried");
             msg.ack_with(AckKind::Nak(Some(delay))).await
         }
@@ -235,5 +257,33 @@ async fn set_aside(
     };
     if let Err(e) = bus.publish(&bus.envelope(letter)).await {
         tracing::error!(consumer = %spec.label, error = %e, "could not publish the dead letter");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_a_cap() {
+        let base = Duration::from_secs(2);
+        assert_eq!(backoff(base, 1), Duration::from_secs(2));
+        assert_eq!(backoff(base, 2), Duration::from_secs(4));
+        assert_eq!(backoff(base, 4), Duration::from_secs(16));
+        assert_eq!(backoff(base, 7), MAX_RETRY_DELAY);
+        assert_eq!(backoff(base, i64::MAX), MAX_RETRY_DELAY);
+        assert_eq!(backoff(base, 0), base);
+    }
+
+    #[test]
+    fn durable_consumers_retry_until_done_by_default() {
+        let spec = ConsumerSpec::durable("c", "data.ready");
+        assert!(spec.max_deliver <= 0);
+        assert_eq!(spec.batch, 32);
+        assert!(
+            ConsumerSpec::ephemeral("e", "model.promoted")
+                .durable
+                .is_none()
+        );
     }
 }

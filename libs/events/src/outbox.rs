@@ -17,12 +17,36 @@ use uuid::Uuid;
 
 use crate::{Bus, Envelope, Event};
 
-/// Stores `env` for publication, inside the caller's transaction.
+/// Largest event the outbox accepts. NATS refuses messages over 1 MiB by default; an event that
+/// could never be published must fail its transaction, not block the outbox behind it.
+pub const MAX_EVENT_BYTES: usize = 900 * 1024;
+
+/// An event too large to ever be published.
+#[derive(Debug, thiserror::Error)]
+#[error("event {id} on {subject} is {size} bytes; the limit is {MAX_EVENT_BYTES}")]
+pub struct TooLarge {
+    pub id: Uuid,
+    pub subject: String,
+    pub size: usize,
+}
+
+/// Stores `env` for publication, inside the caller's transaction. Fails (so the transaction
+/// rolls back) if the event is larger than [`MAX_EVENT_BYTES`]; producers split large batches.
 pub async fn enqueue<T: Event>(
     conn: &mut PgConnection,
     env: &Envelope<T>,
 ) -> Result<(), sqlx::Error> {
-    let payload = serde_json::to_value(env).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let bytes = serde_json::to_vec(env).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    if bytes.len() > MAX_EVENT_BYTES {
+        let e = TooLarge {
+            id: env.id,
+            subject: env.data.subject(),
+            size: bytes.len(),
+        };
+        return Err(sqlx::Error::Encode(Box::new(e)));
+    }
+    let payload: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     sqlx::query("INSERT INTO outbox (id, subject, payload) VALUES ($1, $2, $3)")
         .bind(env.id)
         .bind(env.data.subject())
@@ -31,10 +55,6 @@ pub async fn enqueue<T: Event>(
         .await?;
     Ok(())
 }
-
-/// Publish attempts after which a row is left aside (visible with its `last_error`) so it no
-/// longer holds back the rows behind it.
-pub const MAX_ATTEMPTS: i32 = 20;
 
 /// Publishes the outbox. Cheap to clone; every clone pokes the same relay.
 #[derive(Clone, Debug)]
@@ -66,10 +86,9 @@ impl Relay {
         loop {
             let mut tx = self.pool.begin().await?;
             let rows = sqlx::query(
-                "SELECT id, subject, payload FROM outbox WHERE published_at IS NULL AND attempts < $1 \
+                "SELECT id, subject, payload FROM outbox WHERE published_at IS NULL \
                  ORDER BY created_at, id LIMIT 100 FOR UPDATE SKIP LOCKED",
             )
-            .bind(MAX_ATTEMPTS)
             .fetch_all(&mut *tx)
             .await?;
             if rows.is_empty() {
@@ -110,8 +129,10 @@ impl Relay {
             tx.commit().await?;
             total += published.len();
             if let Some((id, e)) = failure {
-                if attempts >= MAX_ATTEMPTS {
-                    tracing::error!(event.id = %id, error = %e, attempts, "outbox event set aside after repeated failures; see the outbox table");
+                // Never skipped: a row that cannot be published holds back the rows behind it
+                // until the cause is fixed, so no event is lost or reordered.
+                if attempts % 60 == 0 {
+                    tracing::error!(event.id = %id, error = %e, attempts, "outbox still cannot publish; events are waiting");
                 } else {
                     tracing::warn!(event.id = %id, error = %e, attempts, "outbox publish failed; will retry");
                 }
@@ -144,8 +165,7 @@ impl Relay {
         }
     }
 
-    /// Number of events not yet published (for readiness and metrics), including those set
-    /// aside after [`MAX_ATTEMPTS`].
+    /// Number of events not yet published (for readiness and metrics).
     pub async fn pending(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
             .fetch_one(&self.pool)

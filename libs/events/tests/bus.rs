@@ -325,6 +325,33 @@ async fn retry_redelivers_until_done() {
 }
 
 #[tokio::test]
+async fn by_default_a_transient_failure_is_retried_past_any_fixed_count() {
+    let bus = connect(&fresh_namespace()).await;
+    let mut dead = subscribe(&bus, "deadletter.>").await;
+    // Twelve failures (an outage longer than the old limit of ten deliveries), then success;
+    // the backoff starts at 1 ms so the test stays quick.
+    let consumer = Running::start(&bus, spec("patient"), |_, nth| {
+        if nth < 13 {
+            Outcome::Retry(Duration::from_millis(1))
+        } else {
+            Outcome::Done
+        }
+    });
+    bus.publish(&bus.envelope(Ping { n: 4 })).await.unwrap();
+    eventually("the event acknowledged after 13 deliveries", || async {
+        consumer_info(&bus, "patient")
+            .await
+            .ack_floor
+            .stream_sequence
+            == 1
+    })
+    .await;
+    assert_eq!(consumer.stop().await, vec![4; 13]);
+    assert_quiet(&mut dead).await;
+    cleanup(&bus).await;
+}
+
+#[tokio::test]
 async fn retries_past_max_deliver_are_set_aside() {
     let bus = connect(&fresh_namespace()).await;
     let mut dead = subscribe(&bus, "deadletter.>").await;
@@ -618,40 +645,19 @@ async fn the_running_relay_publishes_when_poked_and_stops_on_cancel() {
 }
 
 #[tokio::test]
-async fn a_row_that_keeps_failing_is_set_aside_and_later_rows_flow() {
+async fn an_event_too_large_to_publish_fails_its_transaction() {
     let pool = fresh_pool().await;
     let bus = connect(&fresh_namespace()).await;
-    let mut sub = subscribe(&bus, PING).await;
     let relay = Relay::new(pool.clone(), bus.clone());
-
-    // An older row that has already failed the maximum number of times.
-    let stuck = bus.envelope(Ping { n: 1 });
-    sqlx::query(
-        "INSERT INTO outbox (id, subject, payload, created_at, attempts, last_error) \
-         VALUES ($1, $2, $3, now() - interval '1 hour', $4, 'maximum payload exceeded')",
-    )
-    .bind(stuck.id)
-    .bind(PING)
-    .bind(serde_json::to_value(&stuck).unwrap())
-    .bind(outbox::MAX_ATTEMPTS)
-    .execute(&pool)
-    .await
-    .unwrap();
-    let fresh = bus.envelope(Ping { n: 2 });
     let mut tx = pool.begin().await.unwrap();
-    outbox::enqueue(&mut tx, &fresh).await.unwrap();
-    tx.commit().await.unwrap();
-
-    assert_eq!(relay.drain().await.unwrap(), 1);
-    let got = next_message(&mut sub).await;
-    assert_eq!(
-        petrel_events::Envelope::<Ping>::from_bytes(&got.payload)
-            .unwrap()
-            .id,
-        fresh.id
-    );
-    // The stuck row stays visible for an operator.
-    assert_eq!(relay.pending().await.unwrap(), 1);
+    let small = bus.envelope(Ping { n: 1 });
+    outbox::enqueue(&mut tx, &small).await.unwrap();
+    let mut huge = bus.envelope(Ping { n: 2 });
+    huge.source = "x".repeat(outbox::MAX_EVENT_BYTES);
+    let err = outbox::enqueue(&mut tx, &huge).await.unwrap_err();
+    assert!(err.to_string().contains("limit"), "{err}");
+    tx.rollback().await.unwrap();
+    assert_eq!(relay.pending().await.unwrap(), 0);
     cleanup(&bus).await;
 }
 

@@ -142,8 +142,10 @@ impl App {
         let mut tasks = Tasks::new(self.cancel.clone());
         tasks.spawn_http(self.listener, routes::router(self.state.clone()));
         let spec = ConsumerSpec {
-            // Training can take long; progress acks keep the event ours meanwhile.
+            // Training can take long: progress acks keep the event ours meanwhile, and one event
+            // per pull keeps the ones behind it free for other replicas.
             ack_wait: Duration::from_secs(60),
+            batch: 1,
             ..ConsumerSpec::durable("trainer", subjects::DATA_READY)
         };
         let state = self.state.clone();
