@@ -301,7 +301,12 @@ fn parse_record(
 ///
 /// Strings that CSV treats as missing ("NA", "", ...) are missing here too, so a row copied out
 /// of a data file means the same thing in both places. A number given for a categorical column is
-/// taken as its decimal text, as it would be read from CSV.
+/// taken as its decimal text, as it would be read from CSV: a whole number is written without a
+/// fraction (`1.0` -> "1", as a CSV cell "1" reads), other numbers as JSON writes them.
+///
+/// A NUL character (`\u0000`) anywhere in the object, in a feature's value or in the ignored
+/// target's, is an error naming the column: callers store request rows as they came (Postgres
+/// `jsonb` cannot hold a NUL), and nobody means to send one.
 pub fn row_from_json(
     obj: &serde_json::Map<String, serde_json::Value>,
     schema: &Schema,
@@ -312,6 +317,13 @@ pub fn row_from_json(
         .find(|k| **k != schema.target && schema.feature_index(k).is_none())
     {
         return Err(MlError::UnknownColumn(unknown.clone()));
+    }
+    if let Some((column, _)) = obj.iter().find(|(_, v)| holds_nul(v)) {
+        return Err(MlError::InvalidValue {
+            column: column.clone(),
+            message: "the value holds a NUL character (\\u0000), which cannot be stored"
+                .to_string(),
+        });
     }
     schema
         .features
@@ -347,7 +359,7 @@ pub fn row_from_json(
                     }
                 }
                 (ColumnKind::Categorical, serde_json::Value::Number(n)) => {
-                    Ok(Some(Value::Cat(n.to_string())))
+                    Ok(Some(Value::Cat(number_as_category(n))))
                 }
                 (ColumnKind::Numeric, other) => Err(invalid(format!(
                     "expected a number, got {}",
@@ -360,6 +372,33 @@ pub fn row_from_json(
             }
         })
         .collect()
+}
+
+/// Whether a NUL character appears anywhere in `value`: in a string, or in a key or string
+/// nested at any depth.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {
+            false
+        }
+    }
+}
+
+/// The category a JSON number stands for: the text a CSV cell would hold for it. Whole numbers
+/// that an `f64` holds exactly (below 2^53) lose their fraction (`1.0` -> "1"), the way training
+/// files write them; other numbers keep JSON's text.
+fn number_as_category(n: &serde_json::Number) -> String {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    match n.as_f64() {
+        Some(v) if !n.is_u64() && !n.is_i64() && v.fract() == 0.0 && v.abs() < EXACT => {
+            // Exact: |v| < 2^53 fits an i64 and has no fraction. `-0.0` becomes "0".
+            format!("{}", v as i64)
+        }
+        _ => n.to_string(),
+    }
 }
 
 /// Names a JSON value's type the way API clients think of it.
@@ -525,6 +564,62 @@ mod tests {
         assert_eq!(row, vec![None, None]);
         let row = row_from_json(&obj(json!({"c": 7})), &schema).unwrap();
         assert_eq!(row, vec![None, Some(Value::Cat("7".into()))]);
+    }
+
+    #[test]
+    fn whole_numbers_for_categories_read_as_csv_reads_them() {
+        let schema = small_schema();
+        // The training file's cells, as parse_csv reads them.
+        let report = parse_csv(b"x,c,y\n1,1,a\n2,-3,b\n3,2.5,a\n", &schema).unwrap();
+        let cells: Vec<_> = report.table.rows.iter().map(|r| r[1].clone()).collect();
+        let cat = |v: serde_json::Value| {
+            let text = serde_json::to_string(&json!({ "c": v })).unwrap();
+            let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+            row_from_json(parsed.as_object().unwrap(), &schema).unwrap()[1].clone()
+        };
+        // A client's 1.0 is the file's "1", whichever way the number is spelled.
+        assert_eq!(cat(json!(1.0)), cells[0]);
+        assert_eq!(cat(json!(1)), cells[0]);
+        let spelled: serde_json::Value = serde_json::from_str(r#"{"c": 1.0e0}"#).unwrap();
+        assert_eq!(
+            row_from_json(spelled.as_object().unwrap(), &schema).unwrap()[1],
+            cells[0]
+        );
+        assert_eq!(cat(json!(-3.0)), cells[1]);
+        assert_eq!(cat(json!(-3)), cells[1]);
+        // A fraction is kept.
+        assert_eq!(cat(json!(2.5)), cells[2]);
+        assert_eq!(cat(json!(-0.0)), Some(Value::Cat("0".into())));
+        // Past 2^53 a float is no longer an exact integer: JSON's own text is kept.
+        assert_eq!(cat(json!(1e300)), Some(Value::Cat("1e+300".into())));
+        assert_eq!(cat(json!(u64::MAX)), Some(Value::Cat(u64::MAX.to_string())));
+    }
+
+    #[test]
+    fn row_from_json_refuses_nul_characters_anywhere() {
+        let schema = small_schema();
+        let nul = |v: serde_json::Value, column: &str| match row_from_json(&obj(v), &schema) {
+            Err(e @ MlError::InvalidValue { .. }) => {
+                let MlError::InvalidValue { column: c, message } = &e else {
+                    unreachable!()
+                };
+                assert_eq!(c, column, "{e}");
+                assert!(message.contains("NUL"), "{e}");
+                assert!(!e.to_string().contains('\0'), "{e:?}");
+            }
+            other => panic!("{other:?}"),
+        };
+        nul(json!({"x": 1, "c": "Torg\u{0}ersen"}), "c");
+        nul(json!({"c": "\u{0}"}), "c");
+        nul(json!({"c": "NA\u{0}"}), "c");
+        nul(json!({"x": "1\u{0}"}), "x");
+        // The target is ignored, but it is stored with the row all the same.
+        nul(json!({"x": 1, "y": "Ade\u{0}lie"}), "y");
+        nul(json!({"y": {"nested": ["ok", "n\u{0}"]}}), "y");
+        nul(json!({"y": {"k\u{0}": 1}}), "y");
+        // Other control characters are only text.
+        let row = row_from_json(&obj(json!({"c": "a\u{1}b", "y": ["\t"]})), &schema).unwrap();
+        assert_eq!(row[1], Some(Value::Cat("a\u{1}b".into())));
     }
 
     #[test]

@@ -37,4 +37,13 @@ pub enum MlError {
     /// A model bundle cannot be encoded, decoded or turned into a model.
     #[error("model bundle error: {0}")]
     Bundle(String),
+    /// Row `row` (0-based, of the rows given to
+    /// [`LoadedModel::try_predict`](crate::LoadedModel::try_predict)) holds finite values so far
+    /// from the training data that the model's arithmetic overflows, so it has no meaningful
+    /// prediction. The message leaves the row out, so callers can name it their own way.
+    #[error("feature values are outside the range this model can score")]
+    OutOfRange {
+        /// The 0-based position of the row at fault.
+        row: usize,
+    },
 }

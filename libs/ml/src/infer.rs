@@ -67,29 +67,147 @@ impl LoadedModel {
 
     /// Predicts every row, one [`Prediction`] per row in order. Missing values are imputed and
     /// unseen categories ignored, so every row gets an answer.
+    ///
+    /// Values far outside the training range (say a body mass of 1e300) overflow the network's
+    /// `f32` arithmetic and give NaN probabilities here; callers that pass such answers on (to a
+    /// client, a log, an event) should use [`try_predict`](Self::try_predict) instead.
     pub fn predict(&self, rows: &[FeatureRow]) -> Vec<Prediction> {
+        let mut out = Vec::with_capacity(rows.len());
+        self.predict_each(rows, |_, _, _| true, |p| out.push(p));
+        out
+    }
+
+    /// Like [`predict`](Self::predict), but refuses the first row whose encoded inputs or output
+    /// probabilities are not finite, with [`MlError::OutOfRange`] naming its position, so that a
+    /// NaN never leaves as a prediction. The check costs a pass over a few dozen floats per row.
+    pub fn try_predict(&self, rows: &[FeatureRow]) -> Result<Vec<Prediction>, MlError> {
+        let mut out = Vec::with_capacity(rows.len());
+        let mut bad = None;
+        self.predict_each(
+            rows,
+            |i, x, probs| {
+                let finite = x.iter().chain(probs).all(|v| v.is_finite());
+                if !finite {
+                    bad = Some(i);
+                }
+                finite
+            },
+            |p| out.push(p),
+        );
+        match bad {
+            Some(row) => Err(MlError::OutOfRange { row }),
+            None => Ok(out),
+        }
+    }
+
+    /// The forward pass shared by [`predict`](Self::predict) and
+    /// [`try_predict`](Self::try_predict): for each row, encodes it, computes its probabilities,
+    /// asks `accept(index, inputs, probabilities)` whether to go on (stopping at the first `false`)
+    /// and hands the prediction to `emit`.
+    fn predict_each(
+        &self,
+        rows: &[FeatureRow],
+        mut accept: impl FnMut(usize, &[f32], &[f32]) -> bool,
+        mut emit: impl FnMut(Prediction),
+    ) {
         let width = self.preprocessor.width();
         let classes = self.class_names.len();
         let mut x = vec![0.0f32; width];
         let mut hidden = Vec::with_capacity(self.weights.hidden.outputs);
         let mut probs = vec![0.0f32; classes];
-        rows.iter()
-            .map(|row| {
-                x.fill(0.0);
-                self.preprocessor.transform_row_into(row, &mut x);
-                self.weights.probabilities_into(&x, &mut hidden, &mut probs);
-                let best = argmax(&probs);
-                Prediction {
-                    class: self.class_names[best].clone(),
-                    probabilities: self
-                        .class_names
-                        .iter()
-                        .cloned()
-                        .zip(probs.iter().copied())
-                        .collect(),
-                    confidence: probs[best],
-                }
-            })
-            .collect()
+        for (i, row) in rows.iter().enumerate() {
+            x.fill(0.0);
+            self.preprocessor.transform_row_into(row, &mut x);
+            self.weights.probabilities_into(&x, &mut hidden, &mut probs);
+            if !accept(i, &x, &probs) {
+                return;
+            }
+            let best = argmax(&probs);
+            emit(Prediction {
+                class: self.class_names[best].clone(),
+                probabilities: self
+                    .class_names
+                    .iter()
+                    .cloned()
+                    .zip(probs.iter().copied())
+                    .collect(),
+                confidence: probs[best],
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Column, ColumnTransform, DenseLayer, Value};
+
+    /// One numeric input, passed through unscaled to a hidden unit that multiplies it by 10,
+    /// and two classes voting for and against it.
+    fn model() -> LoadedModel {
+        LoadedModel::new(
+            Schema {
+                features: vec![Column::numeric("x")],
+                target: "y".into(),
+            },
+            Preprocessor {
+                columns: vec![ColumnTransform::Numeric {
+                    name: "x".into(),
+                    median: 0.0,
+                    mean: 0.0,
+                    std: 1.0,
+                }],
+            },
+            vec!["neg".into(), "pos".into()],
+            MlpWeights {
+                hidden: DenseLayer {
+                    inputs: 1,
+                    outputs: 1,
+                    weight: vec![10.0],
+                    bias: vec![0.0],
+                },
+                output: DenseLayer {
+                    inputs: 1,
+                    outputs: 2,
+                    weight: vec![-1.0, 1.0],
+                    bias: vec![0.0, 0.0],
+                },
+            },
+        )
+    }
+
+    fn rows(xs: &[f64]) -> Vec<FeatureRow> {
+        xs.iter().map(|x| vec![Some(Value::Num(*x))]).collect()
+    }
+
+    #[test]
+    fn try_predict_answers_what_predict_answers_for_ordinary_rows() {
+        let model = model();
+        let rows = rows(&[1.0, -0.5, 0.0]);
+        let checked = model.try_predict(&rows).unwrap();
+        assert_eq!(checked, model.predict(&rows));
+        assert_eq!(checked[0].class, "pos");
+        assert_eq!(checked[1].class, "neg");
+    }
+
+    #[test]
+    fn try_predict_refuses_rows_that_overflow_and_names_them() {
+        let model = model();
+        // 1e300 does not fit an f32 once standardised: the input itself is infinite.
+        let predictions = model.predict(&rows(&[1e300]));
+        assert!(predictions[0].confidence.is_nan(), "{predictions:?}");
+        let err = model.try_predict(&rows(&[1.0, 2.0, 1e300])).unwrap_err();
+        assert!(matches!(err, MlError::OutOfRange { row: 2 }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "feature values are outside the range this model can score"
+        );
+        // 1e38 fits an f32, but the hidden layer overflows it and the softmax turns into NaN.
+        assert!(model.predict(&rows(&[1e38]))[0].confidence.is_nan());
+        let err = model.try_predict(&rows(&[1e38, 1.0])).unwrap_err();
+        assert!(matches!(err, MlError::OutOfRange { row: 0 }), "{err:?}");
+        // So far from the data on the other side is refused too.
+        let err = model.try_predict(&rows(&[0.0, -1e300])).unwrap_err();
+        assert!(matches!(err, MlError::OutOfRange { row: 1 }), "{err:?}");
     }
 }

@@ -71,10 +71,12 @@ impl Schema {
         }
     }
 
-    /// Checks names are unique and non-empty, at least one feature, target not among features.
+    /// Checks names are unique and non-empty, at least one feature, target not among features,
+    /// and no name holds a control character.
     ///
     /// Every other function assumes a valid schema, because duplicate or blank names would make
-    /// CSV headers and JSON objects ambiguous.
+    /// CSV headers and JSON objects ambiguous. Control characters are refused because nobody can
+    /// type or see them, and a NUL cannot even be stored in Postgres text or `jsonb`.
     pub fn validate(&self) -> Result<(), MlError> {
         if self.features.is_empty() {
             return Err(MlError::Schema(
@@ -86,12 +88,24 @@ impl Schema {
                 "the target column name is empty".to_string(),
             ));
         }
+        if self.target.chars().any(char::is_control) {
+            return Err(MlError::Schema(format!(
+                "the target column name {:?} holds a control character",
+                self.target
+            )));
+        }
         let mut seen = BTreeSet::new();
         for (index, column) in self.features.iter().enumerate() {
             if column.name.trim().is_empty() {
                 return Err(MlError::Schema(format!(
                     "feature column #{} has an empty name",
                     index + 1
+                )));
+            }
+            if column.name.chars().any(char::is_control) {
+                return Err(MlError::Schema(format!(
+                    "column name {:?} holds a control character",
+                    column.name
                 )));
             }
             if column.name != column.name.trim() {
@@ -187,6 +201,35 @@ mod tests {
                 target: "y".into(),
             },
             "whitespace",
+        );
+        bad(
+            Schema {
+                features: vec![Column::numeric("a"), Column::categorical("is\0land")],
+                target: "y".into(),
+            },
+            "column name \"is\\0land\" holds a control character",
+        );
+        bad(
+            Schema {
+                features: vec![Column::numeric("a\u{7}b")],
+                target: "y".into(),
+            },
+            "control character",
+        );
+        bad(
+            Schema {
+                features: vec![Column::numeric("a")],
+                target: "spe\0cies".into(),
+            },
+            "target column name \"spe\\0cies\" holds a control character",
+        );
+        // A tab or newline inside a name is as invisible as a NUL.
+        bad(
+            Schema {
+                features: vec![Column::numeric("a\tb")],
+                target: "y".into(),
+            },
+            "control character",
         );
     }
 

@@ -27,6 +27,9 @@ pub use model::{Served, ServedSlot};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// How long HTTP lets requests in flight finish on shutdown, as `Tasks::spawn_http` does.
+const HTTP_DRAIN: Duration = Duration::from_secs(30);
+
 /// Predictor configuration.
 #[derive(Parser, Clone, Debug)]
 #[command(
@@ -150,14 +153,24 @@ impl App {
 
     pub async fn run(self) -> anyhow::Result<()> {
         let mut tasks = Tasks::new(self.cancel.clone());
-        tasks.spawn_http(self.listener, routes::router(self.state.clone()));
-        // The prediction log stops once every sender is gone, that is after the HTTP server has
-        // drained, so requests in flight still commit their predictions.
+        // The prediction log stops once HTTP has ended (drained, or given up after the drain
+        // period), so requests in flight still commit their predictions. It does not wait for
+        // every sender to be dropped: connection tasks that outlive a timed-out drain keep the
+        // router, and with it a sender, alive.
+        let http_done = CancellationToken::new();
+        let (listener, router) = (self.listener, routes::router(self.state.clone()));
+        let (cancel, ended) = (self.cancel.clone(), http_done.clone());
+        tasks.spawn("http", async move {
+            // Cancels on every way out: drained, timed out, failed or aborted.
+            let _ended = ended.drop_guard();
+            petrel_runtime::http::serve(listener, router, cancel, HTTP_DRAIN).await?;
+            Ok(())
+        });
         let writer = self.writer;
         let writer_done = CancellationToken::new();
         let done = writer_done.clone();
         tasks.spawn("prediction-log", async move {
-            writer.run().await;
+            writer.run(http_done).await;
             done.cancel();
             Ok(())
         });
@@ -180,7 +193,8 @@ impl App {
         });
         let loader = self.loader;
         let bus = state.infra.bus.clone();
-        // The router holds the other senders of the prediction log; this one must go too.
+        // The router holds the other senders of the prediction log; this one goes too, so the log
+        // also ends by itself once nothing can send to it.
         drop(state);
         let spec = ConsumerSpec::ephemeral("predictor-reloads", subjects::MODEL_PROMOTED);
         tasks.spawn_consumer("reloads", bus, spec, move |env| {

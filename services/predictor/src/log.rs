@@ -11,6 +11,7 @@ use petrel_events::outbox;
 use petrel_events::payloads::{LoggedPrediction, PredictionsLogged};
 use petrel_runtime::infra::Infra;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// Rows per transaction and at most per event, to keep events well under NATS's 1 MiB.
 pub const MAX_BATCH_ROWS: usize = 256;
@@ -81,30 +82,55 @@ impl Logger {
 }
 
 impl Writer {
-    /// Runs until every [`Logger`] is dropped and the queue is empty.
-    pub async fn run(mut self) {
+    /// Runs until `stop` is cancelled or every [`Logger`] is dropped, whichever comes first.
+    ///
+    /// On `stop` it closes the queue, so later [`Logger::log`] calls fail at once (the request
+    /// gets a 503 and no 200 is sent for rows that were not committed), then commits and answers
+    /// every job already queued before it returns. It does not wait for the senders to go: after
+    /// an HTTP drain that timed out, connection tasks may still hold them indefinitely.
+    pub async fn run(mut self, stop: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                // The stop first, so that requests that keep coming cannot hold it off; what is
+                // queued by then is committed below all the same.
+                biased;
+                () = stop.cancelled() => break,
+                job = self.rx.recv() => match job {
+                    Some(job) => job,
+                    None => return,
+                },
+            };
+            self.commit_batch(first).await;
+        }
+        self.rx.close();
         while let Some(first) = self.rx.recv().await {
-            let mut jobs = vec![first];
-            let mut rows = jobs[0].rows.len();
-            while rows < MAX_BATCH_ROWS {
-                match self.rx.try_recv() {
-                    Ok(job) => {
-                        rows += job.rows.len();
-                        jobs.push(job);
-                    }
-                    Err(_) => break,
+            self.commit_batch(first).await;
+        }
+    }
+
+    /// Commits `first` with whatever else is queued (up to [`MAX_BATCH_ROWS`] rows) in one
+    /// transaction and answers every job in it.
+    async fn commit_batch(&mut self, first: Job) {
+        let mut jobs = vec![first];
+        let mut rows = jobs[0].rows.len();
+        while rows < MAX_BATCH_ROWS {
+            match self.rx.try_recv() {
+                Ok(job) => {
+                    rows += job.rows.len();
+                    jobs.push(job);
                 }
+                Err(_) => break,
             }
-            let result = self.commit(&jobs).await.map_err(|e| {
-                tracing::error!(error = %e, rows, "cannot log predictions");
-                "the prediction log is unavailable".to_owned()
-            });
-            if result.is_ok() {
-                self.infra.relay.poke();
-            }
-            for job in jobs {
-                let _ = job.done.send(result.clone());
-            }
+        }
+        let result = self.commit(&jobs).await.map_err(|e| {
+            tracing::error!(error = %e, rows, "cannot log predictions");
+            "the prediction log is unavailable".to_owned()
+        });
+        if result.is_ok() {
+            self.infra.relay.poke();
+        }
+        for job in jobs {
+            let _ = job.done.send(result.clone());
         }
     }
 
@@ -199,4 +225,127 @@ fn chunks<'a>(rows: &[&'a LoggedPrediction]) -> Vec<Vec<&'a LoggedPrediction>> {
         out.push(current);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use petrel_runtime::config::{NatsArgs, PostgresArgs};
+    use petrel_testkit::{NATS_URL, PATIENCE, TestEnv, eventually};
+
+    use super::*;
+
+    async fn infra(env: &TestEnv) -> Infra {
+        let pg = PostgresArgs {
+            database_url: env.db.clone(),
+            database_max_connections: 2,
+        };
+        let nats = NatsArgs {
+            nats_url: NATS_URL.to_owned(),
+            nats_prefix: env.prefix.clone(),
+        };
+        Infra::connect("predictor", "predictor", &pg, &nats, &crate::MIGRATOR)
+            .await
+            .unwrap()
+    }
+
+    fn row(id: &str) -> Vec<LoggedPrediction> {
+        vec![LoggedPrediction {
+            inference_id: id.to_owned(),
+            features: serde_json::Map::new(),
+            class: "Adelie".to_owned(),
+            confidence: 1.0,
+            probabilities: BTreeMap::from([("Adelie".to_owned(), 1.0)]),
+            predicted_at: chrono::Utc::now(),
+        }]
+    }
+
+    async fn stored(infra: &Infra) -> Vec<String> {
+        sqlx::query_scalar("SELECT inference_id FROM predictions ORDER BY inference_id")
+            .fetch_all(&infra.pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn stops_when_told_even_while_a_logger_is_alive() {
+        let env = TestEnv::new().await;
+        let infra = infra(&env).await;
+        let (logger, writer) = channel(infra.clone());
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(writer.run(stop.clone()));
+        logger.log("penguins", 1, row("before")).await.unwrap();
+
+        // A connection task that outlived the HTTP drain still holds a sender.
+        let alive = logger.clone();
+        stop.cancel();
+        tokio::time::timeout(PATIENCE, run)
+            .await
+            .expect("the writer waits for its senders instead of stopping")
+            .unwrap();
+        let err = alive.log("penguins", 1, row("after")).await.unwrap_err();
+        assert!(err.contains("shut down"), "{err}");
+        assert_eq!(stored(&infra).await, ["before"]);
+
+        drop((logger, alive));
+        infra.pool.close().await;
+        env.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn commits_and_answers_what_was_queued_before_the_stop() {
+        let env = TestEnv::new().await;
+        let infra = infra(&env).await;
+        let (logger, writer) = channel(infra.clone());
+        // Requests queue up before the writer runs, so the stop finds them waiting.
+        let calls: Vec<_> = (0..3)
+            .map(|i| {
+                let logger = logger.clone();
+                tokio::spawn(
+                    async move { logger.log("penguins", 1, row(&format!("queued-{i}"))).await },
+                )
+            })
+            .collect();
+        eventually("the three jobs to be queued", || {
+            let queued = logger.tx.max_capacity() - logger.tx.capacity();
+            async move { (queued == 3).then_some(()) }
+        })
+        .await;
+        let stop = CancellationToken::new();
+        stop.cancel();
+        tokio::time::timeout(PATIENCE, writer.run(stop))
+            .await
+            .expect("the writer did not stop");
+
+        // Every queued request was committed before it was answered, and answered Ok.
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        assert_eq!(stored(&infra).await, ["queued-0", "queued-1", "queued-2"]);
+        let err = logger.log("penguins", 1, row("late")).await.unwrap_err();
+        assert!(err.contains("shut down"), "{err}");
+        assert_eq!(stored(&infra).await.len(), 3);
+
+        drop(logger);
+        infra.pool.close().await;
+        env.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn still_stops_when_every_logger_is_dropped() {
+        let env = TestEnv::new().await;
+        let infra = infra(&env).await;
+        let (logger, writer) = channel(infra.clone());
+        let run = tokio::spawn(writer.run(CancellationToken::new()));
+        logger.log("penguins", 1, row("only")).await.unwrap();
+        drop(logger);
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the writer did not stop once its senders were gone")
+            .unwrap();
+        assert_eq!(stored(&infra).await, ["only"]);
+        infra.pool.close().await;
+        env.cleanup().await;
+    }
 }

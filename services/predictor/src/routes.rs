@@ -92,7 +92,12 @@ async fn predict(
         }
         ids.push(id);
     }
-    let predictions = served.model.predict(&features);
+    // A NaN probability must never be logged: it would be announced as `null`, which the
+    // event's consumers cannot read.
+    let predictions = served.model.try_predict(&features).map_err(|e| match e {
+        petrel_ml::MlError::OutOfRange { row } => ApiError::invalid(format!("rows[{row}]: {e}")),
+        other => ApiError::internal(other),
+    })?;
     let now = Utc::now();
     let logged: Vec<LoggedPrediction> = req
         .rows

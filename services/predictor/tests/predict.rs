@@ -293,6 +293,101 @@ async fn refuses_bad_input_with_json_errors_and_logs_nothing() {
 }
 
 #[tokio::test]
+async fn refuses_rows_it_cannot_score_or_store_without_failing_others() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    register_model(&env, &registry, "models/penguins/x/bundle.json").await;
+    let predictor = start_predictor(&env, &registry).await;
+    let http = reqwest::Client::new();
+    wait_for_version(&http, &predictor, 1).await;
+    let mut logged = env.subscribe("predictions.logged").await;
+    let good = penguin_rows()[0].1.clone();
+
+    // Finite, but far beyond anything the model can score: its probabilities would be NaN,
+    // announced as null.
+    for (i, mass) in [
+        (1usize, json!(1e300)),
+        (2, json!(-1.7e308)),
+        (0, json!("1e300")),
+    ] {
+        let mut huge = good.clone();
+        huge.insert("body_mass_g".into(), mass.clone());
+        let mut rows = vec![(None, good.clone()), (None, good.clone())];
+        rows.insert(i, (None, huge));
+        let (status, body) = predict(&http, &predictor, &rows_request(&rows)).await;
+        assert_eq!(status, 422, "{mass}: {body}");
+        let msg = error_message(&body, "invalid");
+        assert_eq!(
+            msg,
+            format!("rows[{i}]: feature values are outside the range this model can score")
+        );
+    }
+
+    // A NUL cannot be stored in jsonb: in a feature or in the ignored target, it is refused up
+    // front, naming the row and the column, rather than failing the transaction it shares.
+    let mut nul_feature = good.clone();
+    nul_feature.insert("island".into(), json!("Torg\u{0}ersen"));
+    let mut nul_target = good.clone();
+    nul_target.insert("species".into(), json!("Ade\u{0}lie"));
+    let mut nul_nested = good.clone();
+    nul_nested.insert("species".into(), json!({ "name": ["Adelie", "\u{0}"] }));
+    for (bad, column) in [
+        (nul_feature, "island"),
+        (nul_target, "species"),
+        (nul_nested, "species"),
+    ] {
+        let body = rows_request(&[(None, good.clone()), (None, bad)]);
+        let (status, body) = predict(&http, &predictor, &body).await;
+        assert_eq!(status, 422, "{body}");
+        let msg = error_message(&body, "invalid");
+        assert!(
+            msg.starts_with("rows[1]: ") && msg.contains(column) && msg.contains("NUL"),
+            "{msg}"
+        );
+    }
+
+    // Requests sent alongside refused ones are answered and logged as usual.
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let body = if i % 2 == 0 {
+            rows_request(&[(Some(&format!("fine-{i}")), good.clone())])
+        } else {
+            let mut bad = good.clone();
+            bad.insert("sex".into(), json!("ma\u{0}le"));
+            rows_request(&[(Some(&format!("bad-{i}")), bad)])
+        };
+        let (http, url) = (http.clone(), predictor.url("/v1/predict"));
+        calls.push(tokio::spawn(async move {
+            http.post(url).json(&body).send().await.unwrap().status()
+        }));
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let expected = if i % 2 == 0 { 200 } else { 422 };
+        assert_eq!(call.await.unwrap(), expected, "request {i}");
+    }
+    let (status, body) = predict(
+        &http,
+        &predictor,
+        &rows_request(&[(Some("sentinel"), good.clone())]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (ids, _, _) = announced_until(&mut logged, "sentinel").await;
+    let ids: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut expected: BTreeSet<String> = (0..20).step_by(2).map(|i| format!("fine-{i}")).collect();
+    expected.insert("sentinel".into());
+    assert_eq!(
+        ids,
+        expected.iter().map(String::as_str).collect(),
+        "only the good rows are logged"
+    );
+
+    predictor.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn switches_to_a_new_version_without_failing_a_request() {
     let env = TestEnv::new().await;
     let registry = start_registry(&env).await;
