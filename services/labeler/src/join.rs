@@ -17,6 +17,11 @@ use sqlx::{PgConnection, Row};
 
 use crate::AppState;
 
+/// Most labels one `labels.joined` event carries. A request may join up to `--max-labels`
+/// (10,000 by default) at once; one event for all of them would pass NATS's 1 MiB payload limit
+/// and could never be published. At most 256 labels of at most ~3 KiB each stay well below it.
+pub const JOIN_CHUNK: usize = 256;
+
 /// Joins run one at a time. A label and its prediction committed concurrently by two
 /// transactions would otherwise each miss the other and never be joined.
 const JOIN_LOCK: i64 = 0x7065_7472_656c_4a4e; // "petrelJN"
@@ -52,9 +57,20 @@ async fn post_labels(
                 "labels[{i}].inference_id must be 1 to 128 characters"
             )));
         }
+        // Postgres TEXT cannot hold NUL; an id is a key, so no control character at all.
+        if l.inference_id.chars().any(char::is_control) {
+            return Err(ApiError::invalid(format!(
+                "labels[{i}].inference_id must not contain control characters"
+            )));
+        }
         if l.label.is_empty() || l.label.len() > 256 {
             return Err(ApiError::invalid(format!(
                 "labels[{i}].label must be 1 to 256 characters"
+            )));
+        }
+        if l.label.contains('\0') {
+            return Err(ApiError::invalid(format!(
+                "labels[{i}].label must not contain NUL characters"
             )));
         }
         if let Some(prev) = wanted.insert(&l.inference_id, &l.label)
@@ -129,7 +145,8 @@ async fn lock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
 }
 
 /// Joins the unjoined labels among `ids` that have a prediction, marks them, and enqueues one
-/// `labels.joined` event. Returns how many were joined.
+/// `labels.joined` event per [`JOIN_CHUNK`] of them (each label's row keeps the id of the event
+/// that announced it). Returns how many were joined.
 async fn join_pending(
     s: &AppState,
     conn: &mut PgConnection,
@@ -164,16 +181,20 @@ async fn join_pending(
         })
         .collect();
     let count = labels.len();
-    let joined_ids: Vec<&str> = labels.iter().map(|l| l.inference_id.as_str()).collect();
-    let env = s.infra.bus.envelope(LabelsJoined {
-        labels: labels.clone(),
-    });
-    sqlx::query("UPDATE labels SET joined_at = now(), event_id = $2 WHERE inference_id = ANY($1)")
+    for chunk in labels.chunks(JOIN_CHUNK) {
+        let joined_ids: Vec<&str> = chunk.iter().map(|l| l.inference_id.as_str()).collect();
+        let env = s.infra.bus.envelope(LabelsJoined {
+            labels: chunk.to_vec(),
+        });
+        sqlx::query(
+            "UPDATE labels SET joined_at = now(), event_id = $2 WHERE inference_id = ANY($1)",
+        )
         .bind(&joined_ids)
         .bind(env.id)
         .execute(&mut *conn)
         .await?;
-    outbox::enqueue(conn, &env).await?;
+        outbox::enqueue(&mut *conn, &env).await?;
+    }
     Ok(count)
 }
 

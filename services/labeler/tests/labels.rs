@@ -270,3 +270,98 @@ async fn refuses_bad_requests_with_json_errors() {
     labeler.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_large_join_is_announced_in_events_of_at_most_256_labels() {
+    let env = TestEnv::new().await;
+    let labeler = start_labeler(&env).await;
+    let bus = env.bus().await;
+    let http = reqwest::Client::new();
+    let mut joins = env.subscribe("labels.joined").await;
+
+    // 600 logged predictions, then one request labelling all of them.
+    let n = 600;
+    let ids: Vec<String> = (0..n).map(|k| format!("big-{k:04}")).collect();
+    let rows: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "Adelie")).collect();
+    let at = Utc::now();
+    bus.publish(&bus.envelope(logged(2, &rows, at)))
+        .await
+        .unwrap();
+    wait_consumer_caught_up(&bus, "labeler").await;
+    let (status, body) = post_labels(&http, &labeler, &rows).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(counts(body), (n, n, 0));
+
+    // Several events, none over 256 labels, and every id in exactly one of them.
+    let mut seen: BTreeMap<String, uuid::Uuid> = BTreeMap::new();
+    let mut events = 0;
+    while seen.len() < n {
+        let e = next_event::<LabelsJoined>(&mut joins).await;
+        events += 1;
+        assert!(
+            !e.data.labels.is_empty() && e.data.labels.len() <= 256,
+            "an event of {} labels",
+            e.data.labels.len()
+        );
+        for l in &e.data.labels {
+            assert_eq!((l.label.as_str(), l.model_version), ("Adelie", 2));
+            let before = seen.insert(l.inference_id.clone(), e.id);
+            assert!(before.is_none(), "{} announced twice", l.inference_id);
+        }
+    }
+    assert_eq!(events, 3, "600 labels make 3 events of at most 256");
+    let expected: Vec<&String> = ids.iter().collect();
+    assert_eq!(seen.keys().collect::<Vec<_>>(), expected);
+
+    // Each label's row names the event that announced it.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&env.db)
+        .await
+        .unwrap();
+    let stored: Vec<(String, Option<uuid::Uuid>)> =
+        sqlx::query_as("SELECT inference_id, event_id FROM labeler.labels ORDER BY inference_id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), n);
+    for (id, event) in &stored {
+        assert_eq!(event.as_ref(), seen.get(id), "event id of {id}");
+    }
+    drop(conn);
+
+    labeler.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn nul_and_control_characters_are_refused_naming_the_field() {
+    let env = TestEnv::new().await;
+    let labeler = start_labeler(&env).await;
+    let http = reqwest::Client::new();
+
+    let (status, body) = post_labels(&http, &labeler, &[("n1\0", "Adelie")]).await;
+    assert_eq!(status, 422, "{body}");
+    let msg = error_message(&body, "invalid");
+    assert!(msg.contains("labels[0].inference_id"), "{msg}");
+
+    let (status, body) =
+        post_labels(&http, &labeler, &[("n1", "Adelie"), ("n2\n", "Adelie")]).await;
+    assert_eq!(status, 422, "{body}");
+    let msg = error_message(&body, "invalid");
+    assert!(msg.contains("labels[1].inference_id"), "{msg}");
+
+    let (status, body) = post_labels(&http, &labeler, &[("n3", "Ade\0lie")]).await;
+    assert_eq!(status, 422, "{body}");
+    let msg = error_message(&body, "invalid");
+    assert!(
+        msg.contains("labels[0].label") && msg.contains("NUL"),
+        "{msg}"
+    );
+
+    // Nothing was stored: the ids can still be labelled.
+    let (status, body) = post_labels(&http, &labeler, &[("n1", "Adelie"), ("n3", "Adelie")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(counts(body), (2, 0, 0));
+
+    labeler.stop().await;
+    env.cleanup().await;
+}

@@ -90,6 +90,15 @@ impl Thresholds {
     }
 }
 
+/// Most windows one model version closes per tick. Traffic faster than a window per second
+/// is caught up within the tick, not one window a second behind it; the cap keeps one busy
+/// version from starving the others (and the tick from running long).
+pub const MAX_WINDOWS_PER_TICK: usize = 20;
+
+/// Most labels one window takes, as a multiple of the window size: a backlog of labels is
+/// spread over several windows instead of being locked and read in one go.
+pub const LABELS_PER_WINDOW: i64 = 10;
+
 /// Checks for windows to close every second until cancelled.
 pub async fn run(state: AppState, cancel: CancellationToken) {
     loop {
@@ -103,7 +112,8 @@ pub async fn run(state: AppState, cancel: CancellationToken) {
     }
 }
 
-/// Closes every window that is ready; returns the reports written.
+/// Closes every window that is ready, several per model version while full windows of
+/// predictions remain (up to [`MAX_WINDOWS_PER_TICK`]); returns the reports written.
 pub async fn close_ready_windows(s: &AppState) -> anyhow::Result<Vec<Uuid>> {
     let t = &s.thresholds;
     let candidates = sqlx::query(
@@ -139,8 +149,18 @@ pub async fn close_ready_windows(s: &AppState) -> anyhow::Result<Vec<Uuid>> {
                 continue;
             }
         };
-        if let Some(id) = close_window(s, &model, version, &reference).await? {
+        // The first window is ready (full, or old enough); more follow while a full window of
+        // predictions is still open.
+        let mut open = n_obs;
+        for _ in 0..MAX_WINDOWS_PER_TICK {
+            let Some((id, taken)) = close_window(s, &model, version, &reference).await? else {
+                break;
+            };
             written.push(id);
+            open -= taken as i64;
+            if taken == 0 || open < t.window_size {
+                break;
+            }
         }
     }
     if !written.is_empty() {
@@ -154,7 +174,7 @@ async fn close_window(
     model: &str,
     version: i32,
     reference: &Reference,
-) -> anyhow::Result<Option<Uuid>> {
+) -> anyhow::Result<Option<(Uuid, usize)>> {
     let t = &s.thresholds;
     let mut tx = s.infra.pool.begin().await?;
     let obs = sqlx::query(
@@ -170,10 +190,11 @@ async fn close_window(
     let labs = sqlx::query(
         "SELECT inference_id, correct, received_at FROM outcomes \
          WHERE report_id IS NULL AND model_name = $1 AND model_version = $2 \
-         ORDER BY received_at, inference_id FOR UPDATE SKIP LOCKED",
+         ORDER BY received_at, inference_id LIMIT $3 FOR UPDATE SKIP LOCKED",
     )
     .bind(model)
     .bind(version)
+    .bind(t.window_size.saturating_mul(LABELS_PER_WINDOW))
     .fetch_all(&mut *tx)
     .await?;
     let use_obs = obs.len() as i64 >= t.min_window.min(t.window_size);
@@ -276,7 +297,7 @@ async fn close_window(
         alerts = ?kinds,
         "window closed"
     );
-    Ok(Some(id))
+    Ok(Some((id, obs_ids.len())))
 }
 
 /// Fewest live values a feature needs before it is tested.

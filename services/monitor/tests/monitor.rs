@@ -342,3 +342,108 @@ async fn malformed_events_are_set_aside_and_later_ones_processed() {
     registry.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_backlog_of_full_windows_closes_in_one_tick() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    register_model(&env, &registry, "models/penguins/x/bundle.json").await;
+    let monitor = start_monitor(&env, &registry).await;
+    let bus = env.bus().await;
+    let http = reqwest::Client::new();
+
+    // Five windows' worth (the window size is 50) arrive at once, in one event, so they are
+    // stored in one transaction and the next tick sees them all.
+    let backlog = ids("burst", 250);
+    bus.publish(&bus.envelope(predictions(&backlog, &spread(250, 0), 0.9)))
+        .await
+        .unwrap();
+    let closed = eventually("five reports of the backlog", || async {
+        let r = reports(&http, &monitor).await;
+        (r.len() >= 5).then_some(r)
+    })
+    .await;
+    assert_eq!(closed.len(), 5, "{closed:?}");
+    assert!(closed.iter().all(|r| r.n_predictions == 50), "{closed:?}");
+    // One window a second would take four seconds from the first report to the last.
+    let first = closed.iter().map(|r| r.created_at).min().unwrap();
+    let last = closed.iter().map(|r| r.created_at).max().unwrap();
+    assert!(
+        last - first < chrono::Duration::milliseconds(1500),
+        "the backlog took {} ms to close",
+        (last - first).num_milliseconds()
+    );
+
+    monitor.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_window_takes_at_most_ten_windows_of_labels() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    register_model(&env, &registry, "models/penguins/x/bundle.json").await;
+    let monitor = start_monitor(&env, &registry).await;
+    let bus = env.bus().await;
+    let http = reqwest::Client::new();
+
+    // 600 labels and no predictions: windows close on age, each with at most 10 × 50 labels.
+    let backlog = ids("late", 600);
+    bus.publish(&bus.envelope(labels(&backlog, &spread(600, 0), |_| true)))
+        .await
+        .unwrap();
+    let closed = eventually("every label to be reported", || async {
+        let r = reports(&http, &monitor).await;
+        let labelled: i64 = r.iter().map(|r| r.n_labels).sum();
+        assert!(labelled <= 600, "labels counted twice: {r:?}");
+        (labelled == 600).then_some(r)
+    })
+    .await;
+    let mut sizes: Vec<i64> = closed.iter().map(|r| r.n_labels).collect();
+    sizes.sort();
+    assert_eq!(sizes, [100, 500], "{closed:?}");
+    assert!(
+        closed
+            .iter()
+            .all(|r| r.n_predictions == 0 && r.accuracy == Some(1.0))
+    );
+
+    monitor.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn reports_of_all_models_are_listed_by_an_index() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    let monitor = start_monitor(&env, &registry).await;
+    let http = reqwest::Client::new();
+
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&env.db)
+        .await
+        .unwrap();
+    let def: Option<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = 'monitor' AND indexname = 'reports_by_time'",
+    )
+    .fetch_optional(&mut conn)
+    .await
+    .unwrap();
+    let def = def.expect("an index on reports by time");
+    assert!(def.contains("(created_at DESC)"), "{def}");
+    drop(conn);
+
+    let (status, body) = send(http.get(monitor.url("/v1/reports?limit=5"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        serde_json::from_value::<ReportList>(body)
+            .unwrap()
+            .reports
+            .is_empty()
+    );
+
+    monitor.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}

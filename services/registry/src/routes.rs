@@ -43,8 +43,18 @@ pub fn router(state: AppState) -> Router {
         )
         .with_state(state.clone());
     let app = api.merge(petrel_runtime::http::health_routes(state.infra.readiness()));
-    petrel_runtime::http::finish(app, 1 << 20)
+    petrel_runtime::http::finish(app, BODY_LIMIT)
 }
+
+/// Largest request body. `model.registered` copies the client's metrics map and artifact URI;
+/// bounding the body well below NATS's 1 MiB payload limit (and the outbox's 900 KiB) keeps that
+/// event publishable even after re-serialisation (`1` becomes `1.0`).
+const BODY_LIMIT: usize = 512 * 1024;
+
+/// Most metrics a version may carry, and the longest metric key (bytes). With the body limit
+/// (which bounds the artifact URI), `model.registered` stays under the outbox's 900 KiB.
+const MAX_VERSION_METRICS: usize = 1000;
+const MAX_METRIC_KEY: usize = 256;
 
 fn check_name(what: &str, name: &str) -> Result<()> {
     if name.trim().is_empty()
@@ -56,6 +66,32 @@ fn check_name(what: &str, name: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Free text (a parameter value, a description): anything Postgres TEXT can hold, so no NUL.
+fn check_text(what: &str, text: &str) -> Result<()> {
+    if text.contains('\0') {
+        return Err(Error::Invalid(format!(
+            "{what} must not contain NUL characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A key, token or URI: no control characters (NUL included).
+fn check_key(what: &str, key: &str) -> Result<()> {
+    if key.chars().any(char::is_control) {
+        return Err(Error::Invalid(format!(
+            "{what} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A name in a lookup's path. No stored name has a control character, and Postgres would
+/// refuse a NUL, so such a name is refused before any query.
+fn check_lookup(what: &str, name: &str) -> Result<()> {
+    check_key(what, name)
 }
 
 fn check_alias(alias: &str) -> Result<()> {
@@ -95,6 +131,7 @@ async fn get_experiment(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse> {
+    check_lookup("experiment name", &name)?;
     let mut conn = s.infra.pool.acquire().await?;
     let exp = store::find_experiment(&mut conn, &name)
         .await?
@@ -107,6 +144,18 @@ async fn create_run(
     Json(req): Json<CreateRun>,
 ) -> Result<impl IntoResponse> {
     check_name("experiment", &req.experiment)?;
+    if let Some(name) = &req.name {
+        check_key("name", name)?;
+    }
+    if let Some(token) = &req.client_token {
+        check_key("client_token", token)?;
+    }
+    for (field, map) in [("params", &req.params), ("tags", &req.tags)] {
+        for (k, v) in map {
+            check_key(&format!("{field} key {k:?}"), k)?;
+            check_text(&format!("{field}[{k:?}]"), v)?;
+        }
+    }
     let mut tx = s.infra.pool.begin().await?;
     let exp = store::get_or_create_experiment(&mut tx, &req.experiment).await?;
     let (id, created) = store::create_run(
@@ -160,6 +209,9 @@ async fn log_metrics(
             bad.key
         )));
     }
+    for m in &req.metrics {
+        check_key(&format!("metric key {:?}", m.key), &m.key)?;
+    }
     let mut tx = s.infra.pool.begin().await?;
     store::get_run(&mut tx, id).await?;
     let rows: Vec<_> = req
@@ -187,6 +239,7 @@ async fn get_model(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse> {
+    check_lookup("model name", &name)?;
     let mut conn = s.infra.pool.acquire().await?;
     Ok(Json(store::get_model(&mut conn, &name).await?))
 }
@@ -195,6 +248,7 @@ async fn list_versions(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse> {
+    check_lookup("model name", &name)?;
     let mut conn = s.infra.pool.acquire().await?;
     store::get_model(&mut conn, &name).await?;
     Ok(Json(
@@ -206,6 +260,7 @@ async fn get_version(
     State(s): State<AppState>,
     Path((name, version)): Path<(String, i32)>,
 ) -> Result<impl IntoResponse> {
+    check_lookup("model name", &name)?;
     let mut conn = s.infra.pool.acquire().await?;
     Ok(Json(store::get_version(&mut conn, &name, version).await?))
 }
@@ -221,6 +276,27 @@ async fn create_version(
     check_name("model name", &name)?;
     if req.artifact_uri.trim().is_empty() {
         return Err(Error::Invalid("artifact_uri is required".to_owned()));
+    }
+    check_key("artifact_uri", &req.artifact_uri)?;
+    // `model.registered` carries the metrics, and serialising may lengthen a value (`1e15`
+    // comes out as `1000000000000000.0`), so the body limit alone does not bound the event:
+    // these do.
+    if req.metrics.len() > MAX_VERSION_METRICS {
+        return Err(Error::Invalid(format!(
+            "metrics has {} entries; the limit is {MAX_VERSION_METRICS}",
+            req.metrics.len()
+        )));
+    }
+    for k in req.metrics.keys() {
+        if k.is_empty() || k.len() > MAX_METRIC_KEY {
+            return Err(Error::Invalid(format!(
+                "metric key {k:?} must be 1 to {MAX_METRIC_KEY} bytes"
+            )));
+        }
+        check_key(&format!("metric key {k:?}"), k)?;
+    }
+    if let Some(d) = &req.description {
+        check_text("description", d)?;
     }
     if let Some((k, _)) = req.metrics.iter().find(|(_, v)| !v.is_finite()) {
         return Err(Error::Invalid(format!(
@@ -329,6 +405,8 @@ async fn get_alias(
     State(s): State<AppState>,
     Path((name, alias)): Path<(String, String)>,
 ) -> Result<Json<ModelVersion>> {
+    check_lookup("model name", &name)?;
+    check_lookup("alias", &alias)?;
     let mut conn = s.infra.pool.acquire().await?;
     let v = store::alias_version(&mut conn, &name, &alias)
         .await?
@@ -342,6 +420,7 @@ async fn set_alias(
     Path((name, alias)): Path<(String, String)>,
     Json(req): Json<SetAlias>,
 ) -> Result<Json<ModelVersion>> {
+    check_lookup("model name", &name)?;
     check_alias(&alias)?;
     let mut tx = s.infra.pool.begin().await?;
     store::lock_model(&mut tx, &name).await?;
@@ -370,6 +449,8 @@ async fn delete_alias(
     State(s): State<AppState>,
     Path((name, alias)): Path<(String, String)>,
 ) -> Result<StatusCode> {
+    check_lookup("model name", &name)?;
+    check_lookup("alias", &alias)?;
     let mut tx = s.infra.pool.begin().await?;
     if store::alias_version(&mut tx, &name, &alias)
         .await?
@@ -388,6 +469,8 @@ async fn alias_history(
     State(s): State<AppState>,
     Path((name, alias)): Path<(String, String)>,
 ) -> Result<impl IntoResponse> {
+    check_lookup("model name", &name)?;
+    check_lookup("alias", &alias)?;
     let mut conn = s.infra.pool.acquire().await?;
     Ok(Json(
         json!({ "history": store::alias_history(&mut conn, &name, &alias).await? }),

@@ -93,6 +93,10 @@ pub async fn get_run(conn: &mut PgConnection, id: Uuid) -> Result<Run> {
 
 /// Creates a run, or returns the run created earlier with the same client token.
 /// Returns the run id and whether it is new.
+///
+/// Concurrent calls with the same token are safe: the insert skips a conflicting row (waiting
+/// for the transaction that wrote it), and the loser then reads the winner's run instead of
+/// failing with a unique violation.
 pub async fn create_run(
     conn: &mut PgConnection,
     experiment_id: Uuid,
@@ -101,26 +105,27 @@ pub async fn create_run(
     params: &BTreeMap<String, String>,
     tags: &BTreeMap<String, String>,
 ) -> Result<(Uuid, bool)> {
-    if let Some(token) = client_token {
-        let existing: Option<Uuid> = sqlx::query_scalar(
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO runs (id, experiment_id, name, status, client_token) VALUES ($1, $2, $3, 'running', $4) \
+         ON CONFLICT (experiment_id, client_token) DO NOTHING RETURNING id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(experiment_id)
+    .bind(name)
+    .bind(client_token)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(id) = inserted else {
+        // Only a token can conflict (NULLs are distinct): the run is the one with this token.
+        let existing: Uuid = sqlx::query_scalar(
             "SELECT id FROM runs WHERE experiment_id = $1 AND client_token = $2",
         )
         .bind(experiment_id)
-        .bind(token)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(id) = existing {
-            return Ok((id, false));
-        }
-    }
-    let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO runs (id, experiment_id, name, status, client_token) VALUES ($1, $2, $3, 'running', $4)")
-        .bind(id)
-        .bind(experiment_id)
-        .bind(name)
         .bind(client_token)
-        .execute(&mut *conn)
+        .fetch_one(&mut *conn)
         .await?;
+        return Ok((existing, false));
+    };
     for (table, map) in [("run_params", params), ("run_tags", tags)] {
         let keys: Vec<&String> = map.keys().collect();
         let values: Vec<&String> = map.values().collect();

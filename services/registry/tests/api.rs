@@ -602,3 +602,265 @@ async fn health_and_readiness() {
     // After shutdown, nothing listens any more.
     assert!(reqwest::get(format!("{base}/healthz")).await.is_err());
 }
+
+#[tokio::test]
+async fn concurrent_runs_with_one_client_token_are_one_run() {
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
+    let http = reqwest::Client::new();
+    // The experiment exists first, so the calls race on the run alone.
+    new_run(&reg, "race").await;
+
+    for round in 0..5 {
+        let token = format!("job-{round}");
+        let calls: Vec<_> = (0..8)
+            .map(|k| {
+                let req = http.post(reg.url("/api/v1/runs")).json(&json!({
+                    "experiment": "race",
+                    "name": format!("attempt {k}"),
+                    "params": {"attempt": k.to_string()},
+                    "client_token": token,
+                }));
+                tokio::spawn(async move {
+                    let resp = req.send().await.unwrap();
+                    let status = resp.status();
+                    let body: Value = resp.json().await.unwrap();
+                    (status, body)
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        let mut created = 0;
+        for call in calls {
+            let (status, body) = call.await.unwrap();
+            assert!(
+                status == StatusCode::CREATED || status == StatusCode::OK,
+                "round {round}: {status} {body}"
+            );
+            if status == StatusCode::CREATED {
+                created += 1;
+            }
+            let run: Run = serde_json::from_value(body).unwrap();
+            ids.push(run);
+        }
+        assert_eq!(
+            created, 1,
+            "round {round}: exactly one call creates the run"
+        );
+        let first = &ids[0];
+        for run in &ids {
+            assert_eq!(run.id, first.id, "round {round}: one run per token");
+            // Every caller sees the winner's run, whole: its name and its params.
+            assert_eq!(run, first, "round {round}");
+            assert_eq!(run.params.len(), 1);
+        }
+    }
+
+    reg.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn nul_and_control_characters_are_refused_naming_the_field() {
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
+    let mut events = env.events("model.>").await;
+
+    let run = |body: Value| reg.send(Method::POST, "/api/v1/runs", Some(body));
+    let refused = |r: &(StatusCode, Value), field: &str| {
+        assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+        let msg = r.1["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(field), "{field} is not named: {msg}");
+    };
+
+    // Runs: every string the client gives.
+    refused(&run(json!({"experiment": "e\u{0}"})).await, "experiment");
+    refused(
+        &run(json!({"experiment": "e", "name": "a\u{0}b"})).await,
+        "name",
+    );
+    refused(
+        &run(json!({"experiment": "e", "client_token": "t\u{0}"})).await,
+        "client_token",
+    );
+    refused(
+        &run(json!({"experiment": "e", "params": {"lr": "0.1\u{0}"}})).await,
+        "params",
+    );
+    refused(
+        &run(json!({"experiment": "e", "params": {"l\u{0}r": "0.1"}})).await,
+        "params key",
+    );
+    refused(
+        &run(json!({"experiment": "e", "params": {"l\nr": "0.1"}})).await,
+        "params key",
+    );
+    refused(
+        &run(json!({"experiment": "e", "tags": {"owner": "\u{0}"}})).await,
+        "tags",
+    );
+    refused(
+        &run(json!({"experiment": "e", "tags": {"\u{0}": "x"}})).await,
+        "tags key",
+    );
+    // A value may hold other control characters: it is free text.
+    let (status, ok) = run(json!({"experiment": "e", "params": {"note": "a\tb\nc"}})).await;
+    assert_eq!(status, StatusCode::CREATED, "{ok}");
+    let ok: Run = serde_json::from_value(ok).unwrap();
+    assert_eq!(ok.params["note"], "a\tb\nc");
+
+    // Metrics.
+    let r = reg
+        .send(
+            Method::POST,
+            &format!("/api/v1/runs/{}/metrics", ok.id),
+            Some(json!({"metrics": [{"key": "lo\u{0}ss", "value": 1.0}]})),
+        )
+        .await;
+    refused(&r, "metric key");
+    assert!(
+        reg.client()
+            .get_run(ok.id)
+            .await
+            .unwrap()
+            .metrics
+            .is_empty()
+    );
+
+    // Versions.
+    let version = |model: &str, body: Value| {
+        let path = format!("/api/v1/models/{model}/versions");
+        let reg = &reg;
+        async move { reg.send(Method::POST, &path, Some(body)).await }
+    };
+    let good = || json!({"run_id": ok.id, "artifact_uri": "file:///m/bundle.json"});
+    let with = |k: &str, v: Value| {
+        let mut b = good();
+        b[k] = v;
+        b
+    };
+    refused(
+        &version("m", with("artifact_uri", json!("file:///m\u{0}"))).await,
+        "artifact_uri",
+    );
+    refused(
+        &version("m", with("metrics", json!({"acc\u{0}": 0.9}))).await,
+        "metric key",
+    );
+    refused(
+        &version("m", with("description", json!("nice\u{0}"))).await,
+        "description",
+    );
+    refused(&version("m%00", good()).await, "model name");
+
+    // Lookups by a name no one could have stored.
+    for (path, field) in [
+        ("/api/v1/experiments/e%00", "experiment name"),
+        ("/api/v1/models/m%00", "model name"),
+        ("/api/v1/models/m%00/versions", "model name"),
+        ("/api/v1/models/m%00/versions/1", "model name"),
+        ("/api/v1/models/m%00/aliases/production", "model name"),
+        (
+            "/api/v1/models/m%00/aliases/production/history",
+            "model name",
+        ),
+    ] {
+        refused(&reg.send(Method::GET, path, None).await, field);
+    }
+    refused(
+        &reg.send(Method::GET, "/api/v1/models/m/aliases/p%00", None)
+            .await,
+        "alias",
+    );
+    refused(
+        &reg.send(Method::GET, "/api/v1/models/m/aliases/p%00/history", None)
+            .await,
+        "alias",
+    );
+    refused(
+        &reg.send(Method::DELETE, "/api/v1/models/m/aliases/p%00", None)
+            .await,
+        "alias",
+    );
+    events.assert_quiet(QUIET).await;
+
+    // None of it stored anything: the version registers as the first.
+    let (status, v) = version("m", good()).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["version"], 1);
+
+    reg.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn bodies_and_metrics_are_bounded_so_every_event_fits_nats() {
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
+    let mut events = env.events("model.>").await;
+    let run = new_run(&reg, "big").await;
+    let http = reqwest::Client::new();
+    let post = |body: String| {
+        let req = http
+            .post(reg.url("/api/v1/models/big/versions"))
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            let text = resp.text().await.unwrap();
+            let body: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {text}"));
+            (status, body)
+        }
+    };
+
+    // Over 512 KiB: refused before it is read, with a JSON error.
+    let uri = format!("file:///{}", "x".repeat(600 * 1024));
+    let body = json!({"run_id": run.id, "artifact_uri": uri}).to_string();
+    let r = post(body).await;
+    assert_error(&r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+
+    // Under the body limit, but 40,000 metrics whose values grow when serialised
+    // (`1e15` becomes `1000000000000000.0`): the event would pass the outbox's limit.
+    let metrics: serde_json::Map<String, Value> = (0..40_000)
+        .map(|k| (format!("{k:x}"), json!(1e15)))
+        .collect();
+    let body = format!(
+        r#"{{"run_id":"{}","artifact_uri":"file:///m","metrics":{}}}"#,
+        run.id,
+        Value::Object(metrics)
+            .to_string()
+            .replace("1000000000000000.0", "1e15")
+    );
+    assert!(body.len() < 512 * 1024, "{} bytes", body.len());
+    let r = post(body).await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    assert!(
+        r.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("metrics")
+    );
+    let long_key =
+        json!({"run_id": run.id, "artifact_uri": "file:///m", "metrics": {"k".repeat(257): 1.0}});
+    let r = post(long_key.to_string()).await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    events.assert_quiet(QUIET).await;
+
+    // The most a version may carry: 1,000 metrics with 256-byte keys and long values, and a
+    // long artifact URI. It is registered and announced.
+    let metrics: BTreeMap<String, f64> = (0..1000).map(|k| (format!("{k:0>256}"), 1e15)).collect();
+    let uri = format!("file:///{}", "u".repeat(200 * 1024));
+    let body = json!({"run_id": run.id, "artifact_uri": uri, "metrics": metrics}).to_string();
+    let (status, v) = post(body).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let (subject, bytes) = events.next().await;
+    assert_eq!(subject, "model.registered");
+    let e = registered(&bytes);
+    assert_eq!(e.data.metrics.len(), 1000);
+    assert_eq!(e.data.artifact_uri, uri);
+
+    reg.stop().await;
+    env.cleanup().await;
+}
