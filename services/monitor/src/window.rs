@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::reference::Reference;
+use crate::reference::{Reference, ReferenceError};
 
 /// When windows close and what raises an alert.
 #[derive(Args, Clone, Debug, PartialEq)]
@@ -144,8 +144,9 @@ pub async fn close_ready_windows(s: &AppState) -> anyhow::Result<Vec<Uuid>> {
         }
         let reference = match s.references.get(&model, version).await {
             Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(model.name = %model, model.version = version, error = format!("{e:#}"), "no reference yet");
+            Err(ReferenceError::RecentlyFailed) => continue,
+            Err(ReferenceError::Load(e)) => {
+                tracing::warn!(model.name = %model, model.version = version, error = format!("{e:#}"), "no reference for this model version; its windows wait");
                 continue;
             }
         };
