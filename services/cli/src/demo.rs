@@ -327,12 +327,15 @@ async fn stop_services(services: &mut [Service]) -> anyhow::Result<()> {
     }
 }
 
-fn service<'a>(services: &'a [Service], name: &str) -> &'a str {
+fn find<'a>(services: &'a [Service], name: &str) -> &'a Service {
     services
         .iter()
         .find(|s| s.name == name)
-        .map(|s| s.url.as_str())
-        .unwrap_or_default()
+        .unwrap_or_else(|| panic!("{name} is one of SERVICES"))
+}
+
+fn service<'a>(services: &'a [Service], name: &str) -> &'a str {
+    &find(services, name).url
 }
 
 async fn drive(a: &DemoArgs, services: &mut [Service], deadline: Instant) -> anyhow::Result<()> {
@@ -383,7 +386,7 @@ async fn drive(a: &DemoArgs, services: &mut [Service], deadline: Instant) -> any
             Ok(Some(Seen::Alert(al))) => println!("{}", crate::format_alert(&al)),
             _ => bail!(
                 "no model was promoted in time; trainer log:\n{}",
-                tail(&services[1].log, 20)
+                tail(&find(services, "trainer").log, 20)
             ),
         }
     };
@@ -491,7 +494,7 @@ async fn drive(a: &DemoArgs, services: &mut [Service], deadline: Instant) -> any
     if received.is_empty() {
         bail!(
             "the monitor raised no alert for drifted traffic; monitor log:\n{}",
-            tail(&services[5].log, 20)
+            tail(&find(services, "monitor").log, 20)
         );
     }
     let kinds: Vec<String> = received.iter().map(|a| a.kind.to_string()).collect();

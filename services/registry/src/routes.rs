@@ -213,7 +213,9 @@ async fn log_metrics(
         check_key(&format!("metric key {:?}", m.key), &m.key)?;
     }
     let mut tx = s.infra.pool.begin().await?;
-    store::get_run(&mut tx, id).await?;
+    if !store::run_exists(&mut tx, id).await? {
+        return Err(Error::NotFound(format!("run {id} does not exist")));
+    }
     let rows: Vec<_> = req
         .metrics
         .iter()
@@ -227,11 +229,7 @@ async fn log_metrics(
 
 async fn list_models(State(s): State<AppState>) -> Result<impl IntoResponse> {
     let mut conn = s.infra.pool.acquire().await?;
-    let names = store::list_models(&mut conn).await?;
-    let mut models = Vec::with_capacity(names.len());
-    for name in names {
-        models.push(store::get_model(&mut conn, &name).await?);
-    }
+    let models = store::list_models(&mut conn).await?;
     Ok(Json(json!({ "models": models })))
 }
 
@@ -310,15 +308,12 @@ async fn create_version(
         tx.commit().await?;
         return Ok((StatusCode::OK, Json(existing)));
     }
-    match store::get_run(&mut tx, req.run_id).await {
-        Err(Error::NotFound(_)) => {
-            return Err(Error::Invalid(format!(
-                "run {} does not exist; create it first",
-                req.run_id
-            )));
-        }
-        other => other?,
-    };
+    if !store::run_exists(&mut tx, req.run_id).await? {
+        return Err(Error::Invalid(format!(
+            "run {} does not exist; create it first",
+            req.run_id
+        )));
+    }
     let version = store::insert_version(
         &mut tx,
         &name,

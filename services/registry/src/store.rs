@@ -370,36 +370,46 @@ pub async fn alias_history(
         .collect())
 }
 
-pub async fn get_model(conn: &mut PgConnection, name: &str) -> Result<RegisteredModel> {
-    let row = sqlx::query(
-        "SELECT name, description, created_at, \
-         (SELECT MAX(version) FROM model_versions WHERE model_name = m.name) AS latest \
-         FROM registered_models m WHERE name = $1",
-    )
-    .bind(name)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| Error::NotFound(format!("model {name:?} does not exist")))?;
-    let aliases = sqlx::query("SELECT alias, version FROM model_aliases WHERE model_name = $1")
-        .bind(name)
-        .fetch_all(conn)
-        .await?
-        .into_iter()
-        .map(|r| (r.get("alias"), r.get("version")))
-        .collect();
-    Ok(RegisteredModel {
-        name: row.get("name"),
-        description: row.get("description"),
-        created_at: row.get("created_at"),
-        latest_version: row.get("latest"),
-        aliases,
-    })
+/// A model with its latest version and aliases, in one query for one model or for all.
+const MODEL_SELECT: &str = "SELECT m.name, m.description, m.created_at, \
+     (SELECT MAX(version) FROM model_versions WHERE model_name = m.name) AS latest, \
+     COALESCE((SELECT jsonb_object_agg(alias, version) FROM model_aliases \
+               WHERE model_name = m.name), '{}') AS aliases \
+     FROM registered_models m";
+
+fn model_from_row(r: &sqlx::postgres::PgRow) -> RegisteredModel {
+    let aliases: serde_json::Value = r.get("aliases");
+    RegisteredModel {
+        name: r.get("name"),
+        description: r.get("description"),
+        created_at: r.get("created_at"),
+        latest_version: r.get("latest"),
+        aliases: serde_json::from_value(aliases).unwrap_or_default(),
+    }
 }
 
-pub async fn list_models(conn: &mut PgConnection) -> Result<Vec<String>> {
+pub async fn get_model(conn: &mut PgConnection, name: &str) -> Result<RegisteredModel> {
+    let row = sqlx::query(&format!("{MODEL_SELECT} WHERE m.name = $1"))
+        .bind(name)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("model {name:?} does not exist")))?;
+    Ok(model_from_row(&row))
+}
+
+pub async fn list_models(conn: &mut PgConnection) -> Result<Vec<RegisteredModel>> {
+    let rows = sqlx::query(&format!("{MODEL_SELECT} ORDER BY m.name LIMIT 1000"))
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.iter().map(model_from_row).collect())
+}
+
+/// Whether a run exists, without loading it.
+pub async fn run_exists(conn: &mut PgConnection, id: Uuid) -> Result<bool> {
     Ok(
-        sqlx::query_scalar("SELECT name FROM registered_models ORDER BY name LIMIT 1000")
-            .fetch_all(conn)
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM runs WHERE id = $1)")
+            .bind(id)
+            .fetch_one(conn)
             .await?,
     )
 }

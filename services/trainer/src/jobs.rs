@@ -85,7 +85,7 @@ pub async fn on_data_ready(state: &AppState, event_id: Uuid, data: DataReady) ->
         Ok(()) => Outcome::Done,
         Err(JobError::Permanent(msg)) => {
             tracing::error!(job.id = %job.id, dataset.name = %data.name, error = %msg, "training job failed");
-            if let Err(e) = finish(state, job.id, "failed", Some(&msg)).await {
+            if let Err(e) = set_status(state, job.id, "failed", Some(&msg)).await {
                 tracing::warn!(error = %e, "cannot mark the job failed");
                 return Outcome::Retry(Duration::from_secs(5));
             }
@@ -124,7 +124,7 @@ async fn find_or_create_job(
     .await
 }
 
-async fn finish(
+async fn set_status(
     state: &AppState,
     job: Uuid,
     status: &str,
@@ -142,7 +142,7 @@ async fn finish(
 }
 
 async fn run_job(state: &AppState, job: Uuid, data: &DataReady) -> Result<(), JobError> {
-    finish(state, job, "running", None).await?;
+    set_status(state, job, "running", None).await?;
     let bytes = state.store.get(&data.uri).await.map_err(|e| match e {
         StoreError::NotFound(_) | StoreError::ForeignUri(_) | StoreError::InvalidKey(_) => {
             JobError::Permanent(format!("dataset file: {e}"))
