@@ -188,6 +188,24 @@ pub async fn claim_event(
     Ok(done.rows_affected() == 1)
 }
 
+/// [`claim_event`] for a batch: records every id of `event_ids` not applied yet and returns
+/// those (the caller applies only their effects, in the same transaction).
+pub async fn claim_events(
+    conn: &mut PgConnection,
+    consumer: &str,
+    event_ids: &[Uuid],
+) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+    let fresh: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO processed_events (consumer, event_id) SELECT $1, UNNEST($2::uuid[]) \
+         ON CONFLICT DO NOTHING RETURNING event_id",
+    )
+    .bind(consumer)
+    .bind(event_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(fresh.into_iter().collect())
+}
+
 /// Whether a database error is a unique-constraint violation (SQLSTATE 23505).
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))

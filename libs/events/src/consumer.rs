@@ -12,8 +12,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -85,21 +85,34 @@ impl ConsumerSpec {
     }
 }
 
-/// Creates the consumer (idempotently) and runs `handler` on each event until `cancel` fires.
-///
-/// On cancellation the runner stops fetching, lets the event in hand finish and acks it, and
-/// returns; events fetched but not started are left for redelivery.
-pub async fn run<E, H, Fut>(
-    bus: Bus,
-    spec: ConsumerSpec,
-    cancel: CancellationToken,
-    handler: H,
-) -> Result<(), BusError>
-where
-    E: Event,
-    H: Fn(Envelope<E>) -> Fut + Send + Sync,
-    Fut: Future<Output = Outcome> + Send,
-{
+/// What a batch handler decided about the events it was given (see [`run_batch`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchOutcome {
+    /// Every event's effect is applied (or was already), except the events at the listed
+    /// positions, which can never be processed: those are set aside with their reason.
+    Done { rejected: Vec<(usize, String)> },
+    /// A transient failure: deliver the whole batch again after the delay. Since the batch's
+    /// effects are written in one transaction, none of them was applied.
+    Retry(Duration),
+}
+
+impl BatchOutcome {
+    /// Everything applied, nothing rejected.
+    pub fn done() -> Self {
+        Self::Done {
+            rejected: Vec::new(),
+        }
+    }
+}
+
+/// Fetch failures in a row after which the consumer is looked up (and created) again: after a
+/// NATS restart an ephemeral consumer is gone, and fetching from it fails forever.
+const RECREATE_AFTER_FAILURES: u32 = 3;
+
+async fn create_consumer(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
     let stream = bus.ensure_stream().await?;
     let config = pull::Config {
         durable_name: spec.durable.clone(),
@@ -112,6 +125,8 @@ where
         } else {
             -1
         },
+        // Enough for the largest batch, so a batch handler always gets a whole batch.
+        max_ack_pending: (spec.batch.max(1) as i64 * 4).max(1000),
         deliver_policy: if spec.durable.is_some() {
             DeliverPolicy::All
         } else {
@@ -128,48 +143,271 @@ where
         consumer: spec.label.clone(),
         source: e,
     };
-    let consumer = match &spec.durable {
+    match &spec.durable {
         Some(name) => stream.get_or_create_consumer(name, config).await,
         None => stream.create_consumer(config).await,
     }
-    .map_err(|e| consumer_err(Box::new(e)))?;
-    tracing::info!(consumer = %spec.label, subject = %spec.subject, "consumer started");
+    .map_err(|e| consumer_err(Box::new(e)))
+}
 
+/// Pulls messages until `cancel` fires and hands them to `on_messages`: one at a time as they
+/// arrive when `batched` is false; when it is true, whatever is waiting (up to `spec.batch`) at
+/// once, after waiting for the first, so a quiet subject is handled without delay and a busy
+/// one in large batches. Survives NATS restarts: after [`RECREATE_AFTER_FAILURES`] failed
+/// fetches in a row the consumer is created again (an ephemeral one then sees only events from
+/// then on, and `on_recreated` runs so its owner can catch up by other means).
+async fn pull_loop<F, Fut>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    cancel: &CancellationToken,
+    batched: bool,
+    on_recreated: &(dyn Fn() + Send + Sync),
+    mut on_messages: F,
+) -> Result<(), BusError>
+where
+    F: FnMut(Vec<async_nats::jetstream::Message>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut consumer = create_consumer(bus, spec).await?;
+    tracing::info!(consumer = %spec.label, subject = %spec.subject, "consumer started");
+    let mut failures = 0u32;
+    let max = spec.batch.max(1);
     while !cancel.is_cancelled() {
-        let batch = consumer
+        if failures >= RECREATE_AFTER_FAILURES {
+            match create_consumer(bus, spec).await {
+                Ok(c) => {
+                    tracing::warn!(consumer = %spec.label, "consumer created again after failed fetches");
+                    consumer = c;
+                    failures = 0;
+                    on_recreated();
+                }
+                Err(e) => {
+                    tracing::warn!(consumer = %spec.label, error = %e, "cannot create the consumer again; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            }
+        }
+        // Batched: wait for the first message only; the rest is fetched without waiting below.
+        let wait_for = if batched { 1 } else { max };
+        let fetch = consumer
             .batch()
-            .max_messages(spec.batch.max(1))
+            .max_messages(wait_for)
             .expires(Duration::from_secs(2))
             .messages();
         let mut batch = tokio::select! {
             _ = cancel.cancelled() => break,
-            b = batch => match b {
+            b = fetch => match b {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::warn!(consumer = %spec.label, error = %e, "fetch failed; retrying");
+                    failures += 1;
+                    tracing::warn!(consumer = %spec.label, error = %e, failures, "fetch failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             },
         };
+        let mut received = Vec::new();
+        let mut broken = false;
         loop {
             let next = tokio::select! {
                 _ = cancel.cancelled() => None,
                 m = batch.next() => m,
             };
-            let Some(msg) = next else { break };
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
+            match next {
+                None => break,
+                Some(Ok(m)) if batched => received.push(m),
+                Some(Ok(m)) => {
+                    failures = 0;
+                    on_messages(vec![m]).await;
+                }
+                Some(Err(e)) => {
                     tracing::warn!(consumer = %spec.label, error = %e, "receive failed");
+                    broken = true;
                     break;
                 }
-            };
-            process(&bus, &spec, &handler, msg).await;
+            }
+        }
+        if batched && !received.is_empty() && received.len() < max && !cancel.is_cancelled() {
+            // Whatever else is waiting, without waiting for more.
+            if let Ok(mut more) = consumer
+                .fetch()
+                .max_messages(max - received.len())
+                .messages()
+                .await
+            {
+                while let Some(Ok(m)) = more.next().await {
+                    received.push(m);
+                }
+            }
+        }
+        // A fetch that ends in an error with nothing received is a failure; one that expired
+        // empty is a healthy, idle consumer.
+        if broken && received.is_empty() {
+            failures += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        } else if !received.is_empty() {
+            failures = 0;
+        }
+        if !received.is_empty() {
+            on_messages(received).await;
         }
     }
     tracing::info!(consumer = %spec.label, "consumer stopped");
     Ok(())
+}
+
+/// Creates the consumer (idempotently) and runs `handler` on each event until `cancel` fires.
+///
+/// On cancellation the runner stops fetching, lets the event in hand finish and acks it, and
+/// returns; events fetched but not started are left for redelivery.
+pub async fn run<E, H, Fut>(
+    bus: Bus,
+    spec: ConsumerSpec,
+    cancel: CancellationToken,
+    handler: H,
+) -> Result<(), BusError>
+where
+    E: Event,
+    H: Fn(Envelope<E>) -> Fut + Send + Sync,
+    Fut: Future<Output = Outcome> + Send,
+{
+    run_notified(bus, spec, cancel, || {}, handler).await
+}
+
+/// [`run`], calling `on_recreated` whenever the consumer had to be created again (after a NATS
+/// restart, say): an ephemeral consumer missed whatever was published meanwhile.
+pub async fn run_notified<E, H, Fut>(
+    bus: Bus,
+    spec: ConsumerSpec,
+    cancel: CancellationToken,
+    on_recreated: impl Fn() + Send + Sync,
+    handler: H,
+) -> Result<(), BusError>
+where
+    E: Event,
+    H: Fn(Envelope<E>) -> Fut + Send + Sync,
+    Fut: Future<Output = Outcome> + Send,
+{
+    let (b, s, c, h) = (&bus, &spec, &cancel, &handler);
+    pull_loop(b, s, c, false, &on_recreated, |messages| async move {
+        for msg in messages {
+            process(b, s, h, msg).await;
+        }
+    })
+    .await
+}
+
+/// Like [`run`], but hands `handler` every event of a fetch (up to `spec.batch`) at once, so it
+/// can apply them in one transaction: the way to keep up with a high-rate subject such as
+/// `predictions.logged`. Events that cannot be parsed are set aside before the handler sees
+/// them; the handler's [`BatchOutcome`] then acks, retries or sets aside the rest.
+pub async fn run_batch<E, H, Fut>(
+    bus: Bus,
+    spec: ConsumerSpec,
+    cancel: CancellationToken,
+    handler: H,
+) -> Result<(), BusError>
+where
+    E: Event,
+    H: Fn(Vec<Envelope<E>>) -> Fut + Send + Sync,
+    Fut: Future<Output = BatchOutcome> + Send,
+{
+    let (b, s, c, h) = (&bus, &spec, &cancel, &handler);
+    pull_loop(b, s, c, true, &|| {}, |messages| async move {
+        process_batch(b, s, h, messages).await;
+    })
+    .await
+}
+
+async fn process_batch<E, H, Fut>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    handler: &H,
+    messages: Vec<async_nats::jetstream::Message>,
+) where
+    E: Event,
+    H: Fn(Vec<Envelope<E>>) -> Fut + Send + Sync,
+    Fut: Future<Output = BatchOutcome> + Send,
+{
+    let mut events = Vec::with_capacity(messages.len());
+    let mut kept = Vec::with_capacity(messages.len());
+    for msg in messages {
+        let (delivered, sequence) = delivery(&msg);
+        match Envelope::<E>::from_bytes(&msg.payload) {
+            Ok(env) => {
+                events.push(env);
+                kept.push(msg);
+            }
+            Err(e) => {
+                set_aside(bus, spec, &msg, &e.to_string(), delivered, sequence).await;
+                ack_or_warn(spec, msg.ack_with(AckKind::Term).await);
+            }
+        }
+    }
+    if events.is_empty() {
+        return;
+    }
+    let span = tracing::info_span!("event_batch", consumer = %spec.label, events = events.len(), event.type = E::TYPE);
+    let work = handler(events).instrument(span);
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(spec.ack_wait / 3);
+    tick.tick().await;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut work => break outcome,
+            _ = tick.tick() => {
+                for msg in &kept {
+                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                        tracing::warn!(consumer = %spec.label, error = %e, "progress ack failed");
+                    }
+                }
+            }
+        }
+    };
+    match outcome {
+        BatchOutcome::Done { rejected } => {
+            let rejected: std::collections::HashMap<usize, String> = rejected.into_iter().collect();
+            for (i, msg) in kept.into_iter().enumerate() {
+                match rejected.get(&i) {
+                    Some(reason) => {
+                        let (delivered, sequence) = delivery(&msg);
+                        set_aside(bus, spec, &msg, reason, delivered, sequence).await;
+                        ack_or_warn(spec, msg.ack_with(AckKind::Term).await);
+                    }
+                    None => ack_or_warn(spec, msg.ack().await),
+                }
+            }
+        }
+        BatchOutcome::Retry(base) => {
+            for msg in kept {
+                let (delivered, sequence) = delivery(&msg);
+                if spec.max_deliver > 0 && delivered >= spec.max_deliver {
+                    let reason = format!("gave up after {delivered} deliveries");
+                    set_aside(bus, spec, &msg, &reason, delivered, sequence).await;
+                    ack_or_warn(spec, msg.ack_with(AckKind::Term).await);
+                } else {
+                    let delay = backoff(base, delivered);
+                    tracing::warn!(consumer = %spec.label, delivered, delay_ms = delay.as_millis() as u64, "event will be retried");
+                    ack_or_warn(spec, msg.ack_with(AckKind::Nak(Some(delay))).await);
+                }
+            }
+        }
+    }
+}
+
+fn delivery(msg: &async_nats::jetstream::Message) -> (i64, u64) {
+    msg.info()
+        .map(|i| (i.delivered, i.stream_sequence))
+        .unwrap_or((1, 0))
+}
+
+fn ack_or_warn(spec: &ConsumerSpec, result: Result<(), async_nats::Error>) {
+    if let Err(e) = result {
+        tracing::warn!(consumer = %spec.label, error = %e, "ack failed; the event may be redelivered");
+    }
 }
 
 async fn process<E, H, Fut>(
@@ -182,10 +420,7 @@ async fn process<E, H, Fut>(
     H: Fn(Envelope<E>) -> Fut + Send + Sync,
     Fut: Future<Output = Outcome> + Send,
 {
-    let (delivered, sequence) = msg
-        .info()
-        .map(|i| (i.delivered, i.stream_sequence))
-        .unwrap_or((1, 0));
+    let (delivered, sequence) = delivery(&msg);
     let outcome = match Envelope::<E>::from_bytes(&msg.payload) {
         Err(e) => Outcome::Reject(e.to_string()),
         Ok(env) => {
@@ -225,9 +460,7 @@ async fn process<E, H, Fut>(
             msg.ack_with(AckKind::Term).await
         }
     };
-    if let Err(e) = result {
-        tracing::warn!(consumer = %spec.label, error = %e, "ack failed; the event may be redelivered");
-    }
+    ack_or_warn(spec, result);
 }
 
 async fn set_aside(

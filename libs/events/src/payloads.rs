@@ -112,6 +112,34 @@ impl Event for PredictionsLogged {
     }
 }
 
+/// [`LoggedPrediction`] as consumers that store predictions read it: the features and
+/// probabilities stay the JSON text they arrived as, so they are bound to Postgres as text
+/// (cast to `jsonb` there) without being parsed into values and serialised again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RawLoggedPrediction {
+    pub inference_id: String,
+    pub features: Box<serde_json::value::RawValue>,
+    pub class: String,
+    pub confidence: f32,
+    pub probabilities: Box<serde_json::value::RawValue>,
+    pub predicted_at: DateTime<Utc>,
+}
+
+/// [`PredictionsLogged`] read with [`RawLoggedPrediction`]s: the same event type.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RawPredictionsLogged {
+    pub model_name: String,
+    pub model_version: i32,
+    pub predictions: Vec<RawLoggedPrediction>,
+}
+
+impl Event for RawPredictionsLogged {
+    const TYPE: &'static str = PredictionsLogged::TYPE;
+    fn subject(&self) -> String {
+        subjects::PREDICTIONS_LOGGED.to_owned()
+    }
+}
+
 /// Ground truth joined to one prediction.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JoinedLabel {

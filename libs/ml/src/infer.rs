@@ -65,6 +65,39 @@ impl LoadedModel {
         row_from_json(obj, &self.schema)
     }
 
+    /// Refuses a row holding a category the model never saw in training (which [`predict`]
+    /// would otherwise encode as "none of the known ones"), naming the column and the
+    /// categories it knows: for models whose owners want unseen values rejected.
+    ///
+    /// [`predict`]: Self::predict
+    pub fn check_known_categories(&self, row: &FeatureRow) -> Result<(), MlError> {
+        for (transform, value) in self.preprocessor.columns.iter().zip(row) {
+            if let (
+                crate::ColumnTransform::Categorical {
+                    name, categories, ..
+                },
+                Some(crate::Value::Cat(v)),
+            ) = (transform, value)
+                && categories.binary_search(v).is_err()
+            {
+                let mut known = categories
+                    .iter()
+                    .take(20)
+                    .map(|c| format!("{c:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if categories.len() > 20 {
+                    known.push_str(", ...");
+                }
+                return Err(MlError::InvalidValue {
+                    column: name.clone(),
+                    message: format!("{v:?} is a category this model never saw; it knows {known}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Predicts every row, one [`Prediction`] per row in order. Missing values are imputed and
     /// unseen categories ignored, so every row gets an answer.
     ///

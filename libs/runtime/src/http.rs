@@ -119,25 +119,56 @@ pub struct Path<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
 
+/// A service's own readiness conditions, beyond its connections: each returns why it is not
+/// ready, or `None`.
+pub type ReadyCheck = std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// What `/readyz` checks.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Readiness {
     pub pool: PgPool,
     pub nats: async_nats::Client,
+    /// Whether an unreachable Postgres makes the service unready. The predictor answers
+    /// without it (its log is JetStream), so it only reports it.
+    pub needs_postgres: bool,
+    pub checks: Vec<ReadyCheck>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("needs_postgres", &self.needs_postgres)
+            .field("checks", &self.checks.len())
+            .finish()
+    }
 }
 
 impl Readiness {
-    /// `Ok` when Postgres answers a query and NATS is connected.
+    /// Ready when Postgres answers and NATS is connected.
+    pub fn new(pool: PgPool, nats: async_nats::Client) -> Self {
+        Self {
+            pool,
+            nats,
+            needs_postgres: true,
+            checks: Vec::new(),
+        }
+    }
+
+    /// `Ok` when Postgres answers a query (if needed), NATS is connected and every check
+    /// passes.
     pub async fn check(&self) -> Result<(), Vec<String>> {
         let mut failures = Vec::new();
-        let pg = tokio::time::timeout(
-            Duration::from_secs(2),
-            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool),
-        )
-        .await;
-        if !matches!(pg, Ok(Ok(1))) {
-            failures.push("postgres: not reachable".to_owned());
+        if self.needs_postgres {
+            let pg = tokio::time::timeout(
+                Duration::from_secs(2),
+                sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool),
+            )
+            .await;
+            if !matches!(pg, Ok(Ok(1))) {
+                failures.push("postgres: not reachable".to_owned());
+            }
         }
+        failures.extend(self.checks.iter().filter_map(|c| c()));
         if self.nats.connection_state() != async_nats::connection::State::Connected {
             failures.push("nats: not connected".to_owned());
         }

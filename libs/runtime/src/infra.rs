@@ -39,9 +39,6 @@ impl Infra {
     }
 
     pub fn readiness(&self) -> Readiness {
-        Readiness {
-            pool: self.pool.clone(),
-            nats: self.bus.client().clone(),
-        }
+        Readiness::new(self.pool.clone(), self.bus.client().clone())
     }
 }

@@ -114,6 +114,26 @@ impl Tasks {
         });
     }
 
+    /// Runs a batch consumer ([`consumer::run_batch`]) as a task: its handler gets every event
+    /// of a fetch at once.
+    pub fn spawn_batch_consumer<E, H, Fut>(
+        &mut self,
+        name: &'static str,
+        bus: Bus,
+        spec: ConsumerSpec,
+        handler: H,
+    ) where
+        E: Event,
+        H: Fn(Vec<Envelope<E>>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = consumer::BatchOutcome> + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        self.spawn(name, async move {
+            consumer::run_batch(bus, spec, cancel, handler).await?;
+            Ok(())
+        });
+    }
+
     /// Waits for every task. Returns the first failure, naming the task.
     pub async fn join(mut self) -> anyhow::Result<()> {
         let mut first_error = None;

@@ -24,6 +24,9 @@ pub struct TestEnv {
     pub artifacts: PathBuf,
     /// A NATS connection for the test's own subscriptions and server queries.
     pub nats: async_nats::Client,
+    /// The NATS the services under test are pointed at by [`TestEnv::args`]: the shared one,
+    /// unless a test that restarts NATS points them at a [`crate::ThrowawayNats`].
+    pub services_nats_url: String,
 }
 
 impl TestEnv {
@@ -44,6 +47,7 @@ impl TestEnv {
             dir,
             artifacts,
             nats,
+            services_nats_url: NATS_URL.to_owned(),
         }
     }
 
@@ -71,7 +75,7 @@ impl TestEnv {
             "--database-url",
             &self.db,
             "--nats-url",
-            NATS_URL,
+            &self.services_nats_url,
             "--nats-prefix",
             &self.prefix,
         ]

@@ -100,3 +100,49 @@ pub async fn wait_consumer_caught_up(bus: &Bus, name: &str) {
     })
     .await
 }
+
+/// Every event stored so far on `relative` (a subject filter relative to the bus's namespace),
+/// in stream order: what a consumer starting now from the beginning would read.
+pub async fn stored_events<T: Event>(bus: &Bus, relative: &str) -> Vec<Envelope<T>> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    let stream = bus
+        .jetstream()
+        .get_stream(bus.namespace().stream_name())
+        .await
+        .expect("the stream exists");
+    let consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: bus.namespace().subject(relative),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .expect("an ephemeral consumer");
+    let mut out = Vec::new();
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .expect("a fetch");
+        let mut got = 0;
+        while let Some(msg) = batch.next().await {
+            let msg = msg.expect("a message");
+            got += 1;
+            out.push(Envelope::<T>::from_bytes(&msg.payload).unwrap_or_else(|e| {
+                panic!(
+                    "{} is not a {}: {e}",
+                    String::from_utf8_lossy(&msg.payload),
+                    T::TYPE
+                )
+            }));
+        }
+        if got == 0 {
+            return out;
+        }
+    }
+}

@@ -12,6 +12,7 @@
 mod env;
 mod events;
 mod http;
+mod nats;
 mod penguins;
 mod service;
 
@@ -19,8 +20,9 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use env::TestEnv;
-pub use events::{Events, next_event, wait_consumer_caught_up};
+pub use events::{Events, next_event, stored_events, wait_consumer_caught_up};
 pub use http::{assert_error, error_message, send};
+pub use nats::ThrowawayNats;
 pub use penguins::{PENGUINS_CSV, SPECIES, bundle, penguin_rows, penguins_csv, register_model};
 pub use service::{STOP_LIMIT, Service};
 

@@ -9,9 +9,9 @@ use axum::routing::post;
 use chrono::{DateTime, Utc};
 use petrel_api::labeler::{LabelsRequest, LabelsResponse};
 use petrel_events::Envelope;
-use petrel_events::consumer::Outcome;
+use petrel_events::consumer::BatchOutcome;
 use petrel_events::outbox;
-use petrel_events::payloads::{JoinedLabel, LabelsJoined, PredictionsLogged};
+use petrel_events::payloads::{JoinedLabel, LabelsJoined, RawPredictionsLogged};
 use petrel_runtime::http::{ApiError, Json};
 use sqlx::{PgConnection, Row};
 
@@ -198,48 +198,64 @@ async fn join_pending(
     Ok(count)
 }
 
-/// Consumer handler: remembers the predictions and joins labels that were waiting for them.
-pub async fn on_predictions(s: &AppState, env: Envelope<PredictionsLogged>) -> Outcome {
-    match store_predictions(s, &env).await {
+/// Consumer handler: remembers the predictions of a whole batch of events and joins the labels
+/// that were waiting for them, in one transaction.
+pub async fn on_predictions(
+    s: &AppState,
+    batch: Vec<Envelope<RawPredictionsLogged>>,
+) -> BatchOutcome {
+    match store_predictions(s, &batch).await {
         Ok(joined) => {
             if joined > 0 {
                 s.infra.relay.poke();
-                tracing::info!(event.id = %env.id, joined, "labels joined to new predictions");
+                tracing::info!(
+                    events = batch.len(),
+                    joined,
+                    "labels joined to new predictions"
+                );
             }
-            Outcome::Done
+            BatchOutcome::done()
         }
         Err(e) => {
-            tracing::warn!(event.id = %env.id, error = %e, "cannot store predictions; retrying");
-            Outcome::Retry(Duration::from_secs(2))
+            tracing::warn!(events = batch.len(), error = %e, "cannot store predictions; retrying");
+            BatchOutcome::Retry(Duration::from_secs(2))
         }
     }
 }
 
 async fn store_predictions(
     s: &AppState,
-    env: &Envelope<PredictionsLogged>,
+    batch: &[Envelope<RawPredictionsLogged>],
 ) -> Result<usize, sqlx::Error> {
     let mut tx = s.infra.pool.begin().await?;
-    if !petrel_db::claim_event(&mut tx, "labeler", env.id).await? {
+    let event_ids: Vec<uuid::Uuid> = batch.iter().map(|e| e.id).collect();
+    let fresh = petrel_db::claim_events(&mut tx, "labeler", &event_ids).await?;
+    if fresh.is_empty() {
         return Ok(0);
     }
     lock(&mut tx).await?;
-    let d = &env.data;
-    let ids: Vec<&str> = d
-        .predictions
-        .iter()
-        .map(|p| p.inference_id.as_str())
-        .collect();
-    let classes: Vec<&str> = d.predictions.iter().map(|p| p.class.as_str()).collect();
-    let times: Vec<DateTime<Utc>> = d.predictions.iter().map(|p| p.predicted_at).collect();
+    let mut ids = Vec::new();
+    let mut models = Vec::new();
+    let mut versions = Vec::new();
+    let mut classes = Vec::new();
+    let mut times: Vec<DateTime<Utc>> = Vec::new();
+    for env in batch.iter().filter(|e| fresh.contains(&e.id)) {
+        for p in &env.data.predictions {
+            ids.push(p.inference_id.as_str());
+            models.push(env.data.model_name.as_str());
+            versions.push(env.data.model_version);
+            classes.push(p.class.as_str());
+            times.push(p.predicted_at);
+        }
+    }
     sqlx::query(
         "INSERT INTO predictions (inference_id, model_name, model_version, predicted_class, predicted_at) \
-         SELECT i, $1, $2, c, t FROM UNNEST($3::text[], $4::text[], $5::timestamptz[]) AS u(i, c, t) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[]) \
          ON CONFLICT (inference_id) DO NOTHING",
     )
-    .bind(&d.model_name)
-    .bind(d.model_version)
     .bind(&ids)
+    .bind(&models)
+    .bind(&versions)
     .bind(&classes)
     .bind(&times)
     .execute(&mut *tx)

@@ -88,10 +88,11 @@ impl App {
         tasks.spawn_http(self.listener, join::router(self.state.clone()));
         tasks.spawn_outbox(self.state.infra.relay.clone());
         let state = self.state.clone();
-        let spec = ConsumerSpec::durable("labeler", subjects::PREDICTIONS_LOGGED);
-        tasks.spawn_consumer("consumer", state.infra.bus.clone(), spec, move |env| {
+        let mut spec = ConsumerSpec::durable("labeler", subjects::PREDICTIONS_LOGGED);
+        spec.batch = 64;
+        tasks.spawn_batch_consumer("consumer", state.infra.bus.clone(), spec, move |batch| {
             let state = state.clone();
-            async move { join::on_predictions(&state, env).await }
+            async move { join::on_predictions(&state, batch).await }
         });
         tasks.join().await
     }

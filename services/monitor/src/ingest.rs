@@ -3,13 +3,23 @@
 use std::time::Duration;
 
 use petrel_events::Envelope;
-use petrel_events::consumer::Outcome;
-use petrel_events::payloads::{LabelsJoined, PredictionsLogged};
+use petrel_events::consumer::{BatchOutcome, Outcome};
+use petrel_events::payloads::{LabelsJoined, RawPredictionsLogged};
 
 use crate::AppState;
 
-pub async fn on_predictions(s: &AppState, env: Envelope<PredictionsLogged>) -> Outcome {
-    retry_on_error("predictions", env.id, store_predictions(s, &env).await)
+/// Stores the observations of a whole batch of `predictions.logged` events in one transaction.
+pub async fn on_predictions(
+    s: &AppState,
+    batch: Vec<Envelope<RawPredictionsLogged>>,
+) -> BatchOutcome {
+    match store_predictions(s, &batch).await {
+        Ok(()) => BatchOutcome::done(),
+        Err(e) => {
+            tracing::warn!(events = batch.len(), error = %e, "cannot store predictions; retrying");
+            BatchOutcome::Retry(Duration::from_secs(2))
+        }
+    }
 }
 
 pub async fn on_labels(s: &AppState, env: Envelope<LabelsJoined>) -> Outcome {
@@ -28,34 +38,41 @@ fn retry_on_error(what: &str, id: uuid::Uuid, r: Result<(), sqlx::Error>) -> Out
 
 async fn store_predictions(
     s: &AppState,
-    env: &Envelope<PredictionsLogged>,
+    batch: &[Envelope<RawPredictionsLogged>],
 ) -> Result<(), sqlx::Error> {
     let mut tx = s.infra.pool.begin().await?;
-    if !petrel_db::claim_event(&mut tx, "monitor-predictions", env.id).await? {
+    let event_ids: Vec<uuid::Uuid> = batch.iter().map(|e| e.id).collect();
+    let fresh = petrel_db::claim_events(&mut tx, "monitor-predictions", &event_ids).await?;
+    if fresh.is_empty() {
         return Ok(());
     }
-    let d = &env.data;
-    let ids: Vec<&str> = d
-        .predictions
-        .iter()
-        .map(|p| p.inference_id.as_str())
-        .collect();
-    let features: Vec<serde_json::Value> = d
-        .predictions
-        .iter()
-        .map(|p| serde_json::Value::Object(p.features.clone()))
-        .collect();
-    let classes: Vec<&str> = d.predictions.iter().map(|p| p.class.as_str()).collect();
-    let confidences: Vec<f32> = d.predictions.iter().map(|p| p.confidence).collect();
-    let times: Vec<_> = d.predictions.iter().map(|p| p.predicted_at).collect();
+    let mut ids = Vec::new();
+    let mut models = Vec::new();
+    let mut versions = Vec::new();
+    let mut features = Vec::new();
+    let mut classes = Vec::new();
+    let mut confidences = Vec::new();
+    let mut times = Vec::new();
+    for env in batch.iter().filter(|e| fresh.contains(&e.id)) {
+        for p in &env.data.predictions {
+            ids.push(p.inference_id.as_str());
+            models.push(env.data.model_name.as_str());
+            versions.push(env.data.model_version);
+            // The features as the JSON text they travel as; Postgres parses them into jsonb.
+            features.push(p.features.get());
+            classes.push(p.class.as_str());
+            confidences.push(p.confidence);
+            times.push(p.predicted_at);
+        }
+    }
     sqlx::query(
         "INSERT INTO observations (inference_id, model_name, model_version, features, class, confidence, predicted_at) \
-         SELECT i, $1, $2, f, c, p, t FROM UNNEST($3::text[], $4::jsonb[], $5::text[], $6::real[], $7::timestamptz[]) \
-         AS u(i, f, c, p, t) ON CONFLICT (inference_id) DO NOTHING",
+         SELECT i, m, v, f::jsonb, c, p, t FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], \
+         $6::real[], $7::timestamptz[]) AS u(i, m, v, f, c, p, t) ON CONFLICT (inference_id) DO NOTHING",
     )
-    .bind(&d.model_name)
-    .bind(d.model_version)
     .bind(&ids)
+    .bind(&models)
+    .bind(&versions)
     .bind(&features)
     .bind(&classes)
     .bind(&confidences)

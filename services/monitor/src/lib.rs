@@ -112,10 +112,11 @@ impl App {
         tasks.spawn_outbox(self.state.infra.relay.clone());
         let bus = self.state.infra.bus.clone();
         let state = self.state.clone();
-        let spec = ConsumerSpec::durable("monitor-predictions", subjects::PREDICTIONS_LOGGED);
-        tasks.spawn_consumer("predictions", bus.clone(), spec, move |env| {
+        let mut spec = ConsumerSpec::durable("monitor-predictions", subjects::PREDICTIONS_LOGGED);
+        spec.batch = 64;
+        tasks.spawn_batch_consumer("predictions", bus.clone(), spec, move |batch| {
             let state = state.clone();
-            async move { ingest::on_predictions(&state, env).await }
+            async move { ingest::on_predictions(&state, batch).await }
         });
         let state = self.state.clone();
         let spec = ConsumerSpec::durable("monitor-labels", subjects::LABELS_JOINED);

@@ -1,13 +1,17 @@
 //! Petrel predictor: serves the model behind an alias (`production` by default) over HTTP.
 //!
 //! The served model is swapped atomically when the alias moves (`model.promoted`), so requests
-//! never wait on a reload and never see a half-loaded model. Every prediction is written to
-//! Postgres before its response leaves (group commit: concurrent requests share a transaction),
-//! and each commit announces its rows in one `predictions.logged` event through the outbox.
+//! never wait on a reload and never see a half-loaded model. Every prediction is durable before
+//! its response leaves: JetStream is the prediction log ([`log`]), concurrent requests share one
+//! `predictions.logged` message, and the response waits for JetStream's acknowledgement.
+//! Postgres is written downstream, in bulk ([`store`]), and only read for idempotent replays of
+//! caller-chosen inference ids ([`replay`]).
 
-mod log;
+pub mod log;
 mod model;
-mod routes;
+pub mod replay;
+pub mod routes;
+mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +27,7 @@ use petrel_store::ArtifactStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use model::{Served, ServedSlot};
+pub use model::{ModelRef, Served, ServedSlot};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -65,6 +69,49 @@ pub struct Config {
     /// missed (seconds).
     #[arg(long, env = "PETREL_PREDICTOR_RECONCILE_SECS", default_value_t = 30)]
     pub reconcile_secs: u64,
+    /// Requests scored at once; past it requests get 503 with `Retry-After` (load shedding).
+    #[arg(long, env = "PETREL_PREDICTOR_MAX_CONCURRENCY", default_value_t = 4096)]
+    pub max_concurrency: usize,
+    /// Longest a scoring request may take, logging included, before it gets a 503 (ms).
+    #[arg(
+        long,
+        env = "PETREL_PREDICTOR_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub request_timeout_ms: u64,
+    /// Largest request body (bytes); larger ones get 413.
+    #[arg(long, env = "PETREL_PREDICTOR_BODY_LIMIT", default_value_t = 16 << 20)]
+    pub body_limit: usize,
+    /// What to do with a category the model never saw in training: `encode` it as unknown
+    /// (none of the known categories) or `reject` the row with a 422.
+    #[arg(long, env = "PETREL_PREDICTOR_UNSEEN_CATEGORIES", value_enum, default_value_t = UnseenCategories::Encode)]
+    pub unseen_categories: UnseenCategories,
+    /// Pinned versions (`name/3`, `name@alias` in a request's `model`) kept loaded at most.
+    #[arg(long, env = "PETREL_PREDICTOR_PINNED_VERSIONS", default_value_t = 4)]
+    pub pinned_versions: usize,
+    /// Answers to caller-chosen inference ids kept in memory for idempotent replays (older ones
+    /// are read back from Postgres).
+    #[arg(
+        long,
+        env = "PETREL_PREDICTOR_REPLAY_CAPACITY",
+        default_value_t = 100_000
+    )]
+    pub replay_capacity: usize,
+    /// `predictions.logged` messages published and not yet acknowledged at once.
+    #[arg(long, env = "PETREL_PREDICTOR_LOG_IN_FLIGHT", default_value_t = 32)]
+    pub log_in_flight: usize,
+    /// Bytes of predictions waiting for NATS at most; past it requests get 503 with
+    /// `Retry-After` instead of queueing without bound.
+    #[arg(long, env = "PETREL_PREDICTOR_LOG_BUFFER", default_value_t = 64 << 20)]
+    pub log_buffer: usize,
+    /// How long a `predictions.logged` message may wait for JetStream's acknowledgement,
+    /// retries included, before its requests get 503 (ms).
+    #[arg(
+        long,
+        env = "PETREL_PREDICTOR_LOG_DEADLINE_MS",
+        default_value_t = 5_000
+    )]
+    pub log_deadline_ms: u64,
     #[command(flatten)]
     pub postgres: PostgresArgs,
     #[command(flatten)]
@@ -73,6 +120,13 @@ pub struct Config {
     pub store: StoreArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// The unseen-category policy.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnseenCategories {
+    Encode,
+    Reject,
 }
 
 impl ServiceConfig for Config {
@@ -85,8 +139,31 @@ impl ServiceConfig for Config {
 pub struct AppState {
     pub infra: Infra,
     pub slot: ServedSlot,
+    pub loader: model::Loader,
     pub logger: log::Logger,
+    pub replay: replay::Replay,
     pub max_rows: usize,
+    pub reject_unseen: bool,
+    pub admission: routes::Admission,
+    pub body_limit: usize,
+}
+
+impl AppState {
+    /// Ready when NATS is connected, the log has room and a model is served. Postgres is only
+    /// reported: predictions are answered without it.
+    pub fn readiness(&self) -> petrel_runtime::http::Readiness {
+        let mut r = self.infra.readiness();
+        r.needs_postgres = false;
+        let logger = self.logger.clone();
+        r.checks.push(Arc::new(move || logger.unready()));
+        let slot = self.slot.clone();
+        r.checks.push(Arc::new(move || {
+            slot.current()
+                .is_none()
+                .then(|| "model: none is served yet".to_owned())
+        }));
+        r
+    }
 }
 
 #[derive(Debug)]
@@ -94,7 +171,7 @@ pub struct App {
     port: u16,
     listener: TcpListener,
     state: AppState,
-    writer: log::Writer,
+    shipper: log::Shipper,
     loader: model::Loader,
     reconcile: Duration,
     cancel: CancellationToken,
@@ -103,6 +180,16 @@ pub struct App {
 impl App {
     pub async fn build(config: Config, cancel: CancellationToken) -> anyhow::Result<Self> {
         anyhow::ensure!(config.max_rows > 0, "--max-rows must be at least 1");
+        anyhow::ensure!(
+            config.max_concurrency > 0,
+            "--max-concurrency must be at least 1"
+        );
+        anyhow::ensure!(
+            config.log_buffer >= log::MAX_MESSAGE_BYTES && config.log_buffer <= u32::MAX as usize,
+            "--log-buffer must be between {} and {} bytes",
+            log::MAX_MESSAGE_BYTES,
+            u32::MAX
+        );
         let infra = Infra::connect(
             "predictor",
             "predictor",
@@ -119,7 +206,8 @@ impl App {
             slot.clone(),
             &config.model_name,
             &config.model_alias,
-        );
+        )
+        .with_pinned_capacity(config.pinned_versions);
         // Serve at once if a model is ready; otherwise the reconcile loop keeps trying.
         if let Err(e) = loader.reconcile().await {
             tracing::warn!(
@@ -127,20 +215,35 @@ impl App {
                 "no model loaded at start; will retry"
             );
         }
-        let (logger, writer) = log::channel(infra.clone());
+        let (logger, shipper) = log::channel(
+            infra.bus.clone(),
+            log::LogConfig {
+                max_in_flight: config.log_in_flight.max(1),
+                max_queued_bytes: config.log_buffer,
+                publish_deadline: Duration::from_millis(config.log_deadline_ms.max(1)),
+            },
+        );
         let (listener, port) = petrel_runtime::http::bind(&config.listen).await?;
         tracing::info!(port, "predictor listening");
         let state = AppState {
             infra,
             slot,
+            loader: loader.clone(),
             logger,
+            replay: replay::Replay::new(config.replay_capacity),
             max_rows: config.max_rows,
+            reject_unseen: config.unseen_categories == UnseenCategories::Reject,
+            admission: routes::Admission {
+                permits: Arc::new(tokio::sync::Semaphore::new(config.max_concurrency)),
+                timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
+            },
+            body_limit: config.body_limit,
         };
         Ok(Self {
             port,
             listener,
             state,
-            writer,
+            shipper,
             loader,
             reconcile: Duration::from_secs(config.reconcile_secs.max(1)),
             cancel,
@@ -154,7 +257,7 @@ impl App {
     pub async fn run(self) -> anyhow::Result<()> {
         let mut tasks = Tasks::new(self.cancel.clone());
         // The prediction log stops once HTTP has ended (drained, or given up after the drain
-        // period), so requests in flight still commit their predictions. It does not wait for
+        // period), so requests in flight still get their rows logged. It does not wait for
         // every sender to be dropped: connection tasks that outlive a timed-out drain keep the
         // router, and with it a sender, alive.
         let http_done = CancellationToken::new();
@@ -166,23 +269,19 @@ impl App {
             petrel_runtime::http::serve(listener, router, cancel, HTTP_DRAIN).await?;
             Ok(())
         });
-        let writer = self.writer;
-        let writer_done = CancellationToken::new();
-        let done = writer_done.clone();
+        let shipper = self.shipper;
         tasks.spawn("prediction-log", async move {
-            writer.run(http_done).await;
-            done.cancel();
+            shipper.run(http_done).await;
             Ok(())
         });
         let state = self.state;
-        let relay = state.infra.relay.clone();
-        let cancel = self.cancel.clone();
-        tasks.spawn("outbox", async move {
-            relay.clone().run(cancel).await;
-            // Publish what the log's last commits enqueued.
-            writer_done.cancelled().await;
-            relay.drain().await?;
-            Ok(())
+        // This service's copy of the log, written downstream in bulk.
+        let pool = state.infra.pool.clone();
+        let mut spec = ConsumerSpec::durable("predictor-log", subjects::PREDICTIONS_LOGGED);
+        spec.batch = 64;
+        tasks.spawn_batch_consumer("log-store", state.infra.bus.clone(), spec, move |batch| {
+            let pool = pool.clone();
+            async move { store::on_logged(&pool, batch).await }
         });
         let loader = self.loader.clone();
         let cancel = self.cancel.clone();
@@ -197,17 +296,36 @@ impl App {
         // also ends by itself once nothing can send to it.
         drop(state);
         let spec = ConsumerSpec::ephemeral("predictor-reloads", subjects::MODEL_PROMOTED);
-        tasks.spawn_consumer("reloads", bus, spec, move |env| {
-            let loader = loader.clone();
-            async move {
-                match loader.on_promoted(&env.data).await {
-                    Ok(()) => Outcome::Done,
-                    Err(e) => {
-                        tracing::warn!(error = format!("{e:#}"), "reload failed; retrying");
-                        Outcome::Retry(Duration::from_secs(2))
+        let cancel = self.cancel.clone();
+        let catch_up = loader.clone();
+        tasks.spawn("reloads", async move {
+            // Recreated after a NATS restart (an ephemeral consumer does not survive one); what
+            // was promoted meanwhile is caught up by asking the registry at once.
+            let on_recreated = move || {
+                let loader = catch_up.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = loader.reconcile().await {
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            "reconcile after reconnect failed"
+                        );
+                    }
+                });
+            };
+            petrel_events::consumer::run_notified(bus, spec, cancel, on_recreated, move |env| {
+                let loader = loader.clone();
+                async move {
+                    match loader.on_promoted(&env.data).await {
+                        Ok(()) => Outcome::Done,
+                        Err(e) => {
+                            tracing::warn!(error = format!("{e:#}"), "reload failed; retrying");
+                            Outcome::Retry(Duration::from_secs(2))
+                        }
                     }
                 }
-            }
+            })
+            .await?;
+            Ok(())
         });
         tasks.join().await
     }

@@ -395,7 +395,8 @@ async fn switches_to_a_new_version_without_failing_a_request() {
     let predictor = start_predictor(&env, &registry).await;
     let http = reqwest::Client::new();
     wait_for_version(&http, &predictor, 1).await;
-    let mut logged = env.subscribe("predictions.logged").await;
+    // Every answered row, with the version that answered it.
+    let answered = Arc::new(std::sync::Mutex::new(Vec::<(String, i32)>::new()));
 
     // Clients hammer the predictor while v2 is registered and loaded.
     let stop = Arc::new(AtomicBool::new(false));
@@ -403,11 +404,12 @@ async fn switches_to_a_new_version_without_failing_a_request() {
     let body = rows_request(&[(None, rows[10].1.clone()), (None, rows[200].1.clone())]);
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let (http, url, body, stop) = (
+        let (http, url, body, stop, answered) = (
             http.clone(),
             predictor.url("/v1/predict"),
             body.clone(),
             stop.clone(),
+            answered.clone(),
         );
         clients.push(tokio::spawn(async move {
             let mut answers: Vec<Result<i32, String>> = Vec::new();
@@ -432,6 +434,11 @@ async fn switches_to_a_new_version_without_failing_a_request() {
                     r.predictions.iter().map(|p| p.model_version).collect();
                 assert_eq!(versions.len(), 1, "one request, one version: {r:?}");
                 answers.push(Ok(r.predictions[0].model_version));
+                answered.lock().unwrap().extend(
+                    r.predictions
+                        .iter()
+                        .map(|p| (p.inference_id.clone(), p.model_version)),
+                );
             }
             answers
         }));
@@ -474,11 +481,27 @@ async fn switches_to_a_new_version_without_failing_a_request() {
         BTreeSet::from([1, 2]),
         "requests saw both versions"
     );
-    // Logged predictions name the version that answered them, v2 included.
-    let mut saw_v2_event = false;
-    while !saw_v2_event {
-        let e = next_event::<PredictionsLogged>(&mut logged).await;
-        saw_v2_event = e.data.model_version == 2;
+    // Every answered row is logged once, under the version that answered it.
+    let bus = env.bus().await;
+    let events = stored_events::<PredictionsLogged>(&bus, "predictions.logged").await;
+    let logged: std::collections::HashMap<&str, i32> = events
+        .iter()
+        .flat_map(|e| {
+            e.data
+                .predictions
+                .iter()
+                .map(|p| (p.inference_id.as_str(), e.data.model_version))
+        })
+        .collect();
+    let answered = answered.lock().unwrap().clone();
+    assert!(answered.len() > 10);
+    assert_eq!(
+        logged.len(),
+        answered.len(),
+        "answered and logged rows differ"
+    );
+    for (id, version) in &answered {
+        assert_eq!(logged.get(id.as_str()), Some(version), "row {id}");
     }
 
     predictor.stop().await;
@@ -545,7 +568,10 @@ async fn large_requests_are_announced_in_events_nats_accepts() {
     assert_eq!(ids.len(), 1001);
     assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 1001);
     assert!(max_bytes < max_payload, "an event of {max_bytes} bytes");
-    assert!(max_rows <= 256, "an event of {max_rows} rows");
+    assert!(
+        max_rows < 1001,
+        "the large request was split, into {max_rows}-row events"
+    );
 
     // A single row too large for any event is refused up front.
     let mut huge = normal.clone();
@@ -612,6 +638,356 @@ async fn concurrent_requests_sharing_an_inference_id_announce_it_once() {
     assert_eq!(ids.len(), 3 * 1000 + 3 + 1);
     assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), ids.len());
 
+    predictor.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}
+
+/// A free port on loopback, for a service started as a separate process.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_200_survives_a_sigkill_the_instant_after_it() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    register_model(&env, &registry, "models/penguins/k/bundle.json").await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = predictor_args(&env, &registry, &[]);
+    let at = args.iter().position(|a| a == "--listen").unwrap();
+    args[at + 1] = listen.clone();
+    let log = std::fs::File::create(env.dir.join("predictor.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_petrel-predictor"))
+        .args(&args[1..])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://{listen}");
+    eventually("the predictor process to serve", || {
+        let (http, url) = (http.clone(), format!("{base}/v1/model"));
+        async move {
+            let r = http.get(url).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        }
+    })
+    .await;
+
+    // Sixteen clients send as fast as they can; the process is killed the instant the 300th
+    // answer is in, with requests still in flight.
+    let rows = penguin_rows();
+    let answered = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let (http, url, answered) = (http.clone(), format!("{base}/v1/predict"), answered.clone());
+        let body = rows_request(&[(None, rows[c].1.clone()), (None, rows[c + 100].1.clone())]);
+        clients.push(tokio::spawn(async move {
+            loop {
+                let Ok(resp) = http.post(&url).json(&body).send().await else {
+                    return;
+                };
+                if resp.status() != 200 {
+                    return;
+                }
+                let Ok(r) = resp.json::<PredictResponse>().await else {
+                    return;
+                };
+                answered
+                    .lock()
+                    .unwrap()
+                    .extend(r.predictions.into_iter().map(|p| p.inference_id));
+            }
+        }));
+    }
+    eventually("300 answered rows", || {
+        let n = answered.lock().unwrap().len();
+        async move { (n >= 300).then_some(()) }
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL
+    let answered: Vec<String> = answered.lock().unwrap().clone();
+    child.wait().unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    // Every row that got a 200 is in the log, once.
+    let bus = env.bus().await;
+    let events = stored_events::<PredictionsLogged>(&bus, "predictions.logged").await;
+    let mut logged: Vec<&str> = events
+        .iter()
+        .flat_map(|e| e.data.predictions.iter().map(|p| p.inference_id.as_str()))
+        .collect();
+    let total = logged.len();
+    logged.sort_unstable();
+    logged.dedup();
+    assert_eq!(logged.len(), total, "a row was logged twice");
+    let missing: Vec<&String> = answered
+        .iter()
+        .filter(|id| logged.binary_search(&id.as_str()).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} answered rows were lost: {:?}",
+        missing.len(),
+        answered.len(),
+        &missing[..missing.len().min(5)]
+    );
+
+    // A new predictor stores the log downstream, and finds every answered row there.
+    let predictor = start_predictor(&env, &registry).await;
+    let last = answered.last().unwrap().clone();
+    eventually("the log to be stored downstream", || {
+        let (http, url) = (
+            http.clone(),
+            predictor.url(&format!("/v1/predictions/{last}")),
+        );
+        async move {
+            let r = http.get(url).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        }
+    })
+    .await;
+    let (status, body) =
+        send(http.get(predictor.url(&format!("/v1/predictions/{}", answered[0])))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["inference_id"], answered[0].as_str());
+    assert_eq!(body["model_version"], 1);
+    assert!(body["features"].is_object(), "{body}");
+    let (status, body) = send(http.get(predictor.url("/v1/predictions/never-seen"))).await;
+    assert_eq!(status, 404, "{body}");
+    error_message(&body, "not_found");
+    predictor.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_nats_outage_answers_503_with_retry_after_and_recovers() {
+    let mut env = TestEnv::new().await;
+    let mut nats = ThrowawayNats::start().await;
+    env.services_nats_url = nats.url();
+    let registry = start_registry(&env).await;
+    register_model(&env, &registry, "models/penguins/n1/bundle.json").await;
+    let predictor = start_predictor(&env, &registry).await;
+    let http = reqwest::Client::new();
+    wait_for_version(&http, &predictor, 1).await;
+    let row = penguin_rows()[0].1.clone();
+    let (status, body) = predict(&http, &predictor, &rows_request(&[(None, row.clone())])).await;
+    assert_eq!(status, 200, "{body}");
+
+    nats.stop();
+    // While NATS is down nothing can be made durable: 503 with Retry-After, never a 200.
+    let resp = eventually("a 503 while NATS is down", || {
+        let (http, url) = (http.clone(), predictor.url("/v1/predict"));
+        let body = rows_request(&[(None, row.clone())]);
+        async move {
+            let r = http.post(url).json(&body).send().await.ok()?;
+            (r.status() == 503).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        error_message(&body, "unavailable").contains("NATS"),
+        "{body}"
+    );
+    let (status, body) = send(http.get(predictor.url("/readyz"))).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_string().contains("nats"), "{body}");
+
+    nats.restart().await;
+    eventually("predictions to be answered again", || {
+        let (http, url) = (http.clone(), predictor.url("/v1/predict"));
+        let body = rows_request(&[(None, row.clone())]);
+        async move {
+            let r = http.post(url).json(&body).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        }
+    })
+    .await;
+    // The reload subscription came back too: a promotion after the restart switches the
+    // served version long before the 30 s reconcile would.
+    register_model(&env, &registry, "models/penguins/n2/bundle.json").await;
+    wait_for_version(&http, &predictor, 2).await;
+    predictor.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn retried_ids_get_the_logged_answer_even_after_a_restart_and_a_new_version() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    register_model(&env, &registry, "models/penguins/r1/bundle.json").await;
+    let predictor = start_predictor(&env, &registry).await;
+    let http = reqwest::Client::new();
+    wait_for_version(&http, &predictor, 1).await;
+    let rows = penguin_rows();
+    let first = rows_request(&[(Some("keep-1"), rows[0].1.clone())]);
+    let (status, body) = predict(&http, &predictor, &first).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: PredictResponse = serde_json::from_value(body).unwrap();
+
+    // v2 is served now; the retry of keep-1 (even with other features) answers as logged.
+    register_model(&env, &registry, "models/penguins/r2/bundle.json").await;
+    wait_for_version(&http, &predictor, 2).await;
+    let retry = rows_request(&[
+        (Some("keep-1"), rows[300].1.clone()),
+        (Some("new-1"), rows[1].1.clone()),
+    ]);
+    let (status, body) = predict(&http, &predictor, &retry).await;
+    assert_eq!(status, 200, "{body}");
+    let again: PredictResponse = serde_json::from_value(body).unwrap();
+    assert_eq!(
+        again.predictions[0], answer.predictions[0],
+        "the logged answer"
+    );
+    assert_eq!(again.predictions[1].model_version, 2);
+
+    // A new process has an empty memory: the answer comes from the log's copy in Postgres.
+    predictor.stop().await;
+    let predictor = start_predictor(&env, &registry).await;
+    wait_for_version(&http, &predictor, 2).await;
+    let (status, body) = predict(&http, &predictor, &retry).await;
+    assert_eq!(status, 200, "{body}");
+    let third: PredictResponse = serde_json::from_value(body).unwrap();
+    assert_eq!(third.predictions, again.predictions);
+
+    // keep-1 was logged once, by v1; new-1 once, by v2.
+    let bus = env.bus().await;
+    let events = stored_events::<PredictionsLogged>(&bus, "predictions.logged").await;
+    let logged: Vec<(String, i32)> = events
+        .iter()
+        .flat_map(|e| {
+            e.data
+                .predictions
+                .iter()
+                .map(|p| (p.inference_id.clone(), e.data.model_version))
+        })
+        .collect();
+    assert_eq!(logged, [("keep-1".to_owned(), 1), ("new-1".to_owned(), 2)]);
+    predictor.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn callers_can_pin_a_version_or_an_alias() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    register_model(&env, &registry, "models/penguins/p1/bundle.json").await;
+    register_model(&env, &registry, "models/penguins/p2/bundle.json").await;
+    let predictor = start_predictor(&env, &registry).await;
+    let http = reqwest::Client::new();
+    wait_for_version(&http, &predictor, 2).await;
+    let row = penguin_rows()[0].1.clone();
+    let pinned = |model: &str| json!({ "model": model, "rows": [{ "features": row }] });
+
+    let (status, body) = predict(&http, &predictor, &pinned("penguins/1")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["predictions"][0]["model_version"], 1);
+    let (status, body) = predict(&http, &predictor, &pinned("penguins@production")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["predictions"][0]["model_version"], 2);
+    let (status, body) = predict(&http, &predictor, &pinned("penguins/9")).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(error_message(&body, "not_found").contains("no version 9"));
+    let (status, body) = predict(&http, &predictor, &pinned("penguins@nope")).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = predict(&http, &predictor, &pinned("penguins")).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(error_message(&body, "invalid").contains("NAME/VERSION"));
+
+    // The pinned version's rows are logged as that version's.
+    let bus = env.bus().await;
+    let events = stored_events::<PredictionsLogged>(&bus, "predictions.logged").await;
+    let versions: Vec<i32> = events.iter().map(|e| e.data.model_version).collect();
+    assert_eq!(versions, [1, 2]);
+    predictor.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn unseen_categories_follow_the_configured_policy() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    register_model(&env, &registry, "models/penguins/u/bundle.json").await;
+    let lenient = start_predictor(&env, &registry).await;
+    let strict = start_predictor_with(&env, &registry, &["--unseen-categories", "reject"]).await;
+    let http = reqwest::Client::new();
+    wait_for_version(&http, &lenient, 1).await;
+    wait_for_version(&http, &strict, 1).await;
+    let mut row = penguin_rows()[0].1.clone();
+    row.insert("island".into(), json!("Atlantis"));
+    let body = rows_request(&[(None, row)]);
+    let (status, answer) = predict(&http, &lenient, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = predict(&http, &strict, &body).await;
+    assert_eq!(status, 422, "{answer}");
+    let message = error_message(&answer, "invalid");
+    assert!(
+        message.contains("rows[0]") && message.contains("island"),
+        "{message}"
+    );
+    assert!(
+        message.contains("Atlantis") && message.contains("Biscoe"),
+        "{message}"
+    );
+    strict.stop().await;
+    lenient.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn past_the_concurrency_limit_requests_are_shed_with_retry_after() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    register_model(&env, &registry, "models/penguins/c/bundle.json").await;
+    let predictor = start_predictor_with(&env, &registry, &["--max-concurrency", "1"]).await;
+    let http = reqwest::Client::new();
+    wait_for_version(&http, &predictor, 1).await;
+    let row = penguin_rows()[0].1.clone();
+    let rows: Vec<_> = (0..1000).map(|_| json!({ "features": row })).collect();
+    let body = json!({ "rows": rows });
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let (http, url, body) = (http.clone(), predictor.url("/v1/predict"), body.clone());
+            tokio::spawn(async move {
+                let r = http.post(url).json(&body).send().await.unwrap();
+                let retry = r.headers().get("retry-after").cloned();
+                (r.status().as_u16(), retry)
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in calls {
+        let (status, retry) = c.await.unwrap();
+        if status == 503 {
+            assert_eq!(retry.unwrap(), "1");
+        }
+        statuses.push(status);
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.contains(&503),
+        "32 concurrent requests, one allowed: {statuses:?}"
+    );
     predictor.stop().await;
     registry.stop().await;
     env.cleanup().await;

@@ -18,18 +18,27 @@ pub async fn start_registry(env: &TestEnv) -> Service {
 
 /// Starts a predictor in the test's world, reading `registry`.
 pub async fn start_predictor(env: &TestEnv, registry: &Service) -> Service {
-    let args = env.args(
-        "petrel-predictor",
-        &[
-            "--database-max-connections",
-            "4",
-            "--registry-url",
-            &registry.base,
-            // Long, so that a quick switch to a new version proves `model.promoted` triggered it.
-            "--reconcile-secs",
-            "30",
-        ],
-    );
+    start_predictor_with(env, registry, &[]).await
+}
+
+/// The predictor's command line in the test's world, with `extra` options last (they override).
+pub fn predictor_args(env: &TestEnv, registry: &Service, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--database-max-connections",
+        "4",
+        "--registry-url",
+        &registry.base,
+        // Long, so that a quick switch to a new version proves `model.promoted` triggered it.
+        "--reconcile-secs",
+        "30",
+    ];
+    args.extend_from_slice(extra);
+    env.args("petrel-predictor", &args)
+}
+
+/// Starts a predictor with `extra` options.
+pub async fn start_predictor_with(env: &TestEnv, registry: &Service, extra: &[&str]) -> Service {
+    let args = predictor_args(env, registry, extra);
     let cancel = CancellationToken::new();
     let app =
         petrel_predictor::App::build(petrel_predictor::Config::parse_from(args), cancel.clone())
