@@ -150,6 +150,9 @@ async fn create_consumer(
     .map_err(|e| consumer_err(Box::new(e)))
 }
 
+/// Attempts, a second apart, at creating a consumer when its task starts.
+const FIRST_CREATE_ATTEMPTS: u32 = 30;
+
 /// Pulls messages until `cancel` fires and hands them to `on_messages`: one at a time as they
 /// arrive when `batched` is false; when it is true, whatever is waiting (up to `spec.batch`) at
 /// once, after waiting for the first, so a quiet subject is handled without delay and a busy
@@ -168,13 +171,37 @@ where
     F: FnMut(Vec<async_nats::jetstream::Message>) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut consumer = create_consumer(bus, spec).await?;
+    // While NATS is unreachable or restarting, creating the consumer is retried; only a
+    // server that refuses it for half a minute (a misconfigured stream) fails the task.
+    let mut attempts = 0u32;
+    let mut consumer = loop {
+        attempts += 1;
+        let created = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            c = create_consumer(bus, spec) => c,
+        };
+        match created {
+            Ok(c) => break c,
+            Err(e) if attempts >= FIRST_CREATE_ATTEMPTS => return Err(e),
+            Err(e) => {
+                tracing::warn!(consumer = %spec.label, error = %e, "cannot create the consumer yet; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
     tracing::info!(consumer = %spec.label, subject = %spec.subject, "consumer started");
     let mut failures = 0u32;
     let max = spec.batch.max(1);
     while !cancel.is_cancelled() {
         if failures >= RECREATE_AFTER_FAILURES {
-            match create_consumer(bus, spec).await {
+            let created = tokio::select! {
+                _ = cancel.cancelled() => break,
+                c = create_consumer(bus, spec) => c,
+            };
+            match created {
                 Ok(c) => {
                     tracing::warn!(consumer = %spec.label, "consumer created again after failed fetches");
                     consumer = c;
@@ -232,14 +259,24 @@ where
         }
         if batched && !received.is_empty() && received.len() < max && !cancel.is_cancelled() {
             // Whatever else is waiting, without waiting for more.
-            if let Ok(mut more) = consumer
+            let more = consumer
                 .fetch()
                 .max_messages(max - received.len())
-                .messages()
-                .await
-            {
-                while let Some(Ok(m)) = more.next().await {
-                    received.push(m);
+                .messages();
+            let more = tokio::select! {
+                _ = cancel.cancelled() => None,
+                m = more => m.ok(),
+            };
+            if let Some(mut more) = more {
+                loop {
+                    let next = tokio::select! {
+                        _ = cancel.cancelled() => None,
+                        m = more.next() => m,
+                    };
+                    match next {
+                        Some(Ok(m)) => received.push(m),
+                        _ => break,
+                    }
                 }
             }
         }

@@ -114,6 +114,13 @@ impl LoadedModel {
     /// probabilities are not finite, with [`MlError::OutOfRange`] naming its position, so that a
     /// NaN never leaves as a prediction. The check costs a pass over a few dozen floats per row.
     pub fn try_predict(&self, rows: &[FeatureRow]) -> Result<Vec<Prediction>, MlError> {
+        let refs: Vec<&FeatureRow> = rows.iter().collect();
+        self.try_predict_refs(&refs)
+    }
+
+    /// [`try_predict`](Self::try_predict) over borrowed rows, for callers that hold them in
+    /// other structures.
+    pub fn try_predict_refs(&self, rows: &[&FeatureRow]) -> Result<Vec<Prediction>, MlError> {
         let mut out = Vec::with_capacity(rows.len());
         let mut bad = None;
         self.predict_each(
@@ -137,9 +144,9 @@ impl LoadedModel {
     /// [`try_predict`](Self::try_predict): for each row, encodes it, computes its probabilities,
     /// asks `accept(index, inputs, probabilities)` whether to go on (stopping at the first `false`)
     /// and hands the prediction to `emit`.
-    fn predict_each(
+    fn predict_each<R: std::borrow::Borrow<FeatureRow>>(
         &self,
-        rows: &[FeatureRow],
+        rows: &[R],
         mut accept: impl FnMut(usize, &[f32], &[f32]) -> bool,
         mut emit: impl FnMut(Prediction),
     ) {
@@ -150,7 +157,7 @@ impl LoadedModel {
         let mut probs = vec![0.0f32; classes];
         for (i, row) in rows.iter().enumerate() {
             x.fill(0.0);
-            self.preprocessor.transform_row_into(row, &mut x);
+            self.preprocessor.transform_row_into(row.borrow(), &mut x);
             self.weights.probabilities_into(&x, &mut hidden, &mut probs);
             if !accept(i, &x, &probs) {
                 return;

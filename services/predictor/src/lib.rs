@@ -7,6 +7,7 @@
 //! Postgres is written downstream, in bulk ([`store`]), and only read for idempotent replays of
 //! caller-chosen inference ids ([`replay`]).
 
+pub mod backend;
 pub mod log;
 mod model;
 pub mod replay;
@@ -138,6 +139,8 @@ impl ServiceConfig for Config {
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub infra: Infra,
+    /// Where predictions are computed.
+    pub backend: Arc<dyn backend::Backend>,
     pub slot: ServedSlot,
     pub loader: model::Loader,
     pub logger: log::Logger,
@@ -227,6 +230,7 @@ impl App {
         tracing::info!(port, "predictor listening");
         let state = AppState {
             infra,
+            backend: Arc::new(backend::Local),
             slot,
             loader: loader.clone(),
             logger,

@@ -14,13 +14,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use petrel_api::predictor::ServedModel;
-use petrel_ml::{FeatureRow, MlError};
+use petrel_ml::FeatureRow;
 use petrel_runtime::http::{ApiError, Json, Path};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+use crate::backend::{BackendError, BackendRow};
 use crate::log::{LogError, MAX_MESSAGE_BYTES, MAX_ROW_BYTES, Part};
 use crate::model::{ModelRef, PinError, Served};
 use crate::replay::{Answer, Claim, Ticket};
@@ -200,6 +201,8 @@ pub enum ScoreError {
     Api(ApiError),
     /// The log could not take the rows: 503 with `Retry-After`.
     Log(LogError),
+    /// The backend is shedding load: 503 with `Retry-After`.
+    Throttled(String),
 }
 
 impl From<ApiError> for ScoreError {
@@ -213,6 +216,7 @@ impl IntoResponse for ScoreError {
         match self {
             Self::Api(e) => e.into_response(),
             Self::Log(e) => retry_later(e.to_string(), 1),
+            Self::Throttled(m) => retry_later(m, 1),
         }
     }
 }
@@ -324,31 +328,42 @@ pub async fn score(
         }
     }
     let fresh: Vec<usize> = (0..n).filter(|&i| replayed[i].is_none()).collect();
-    let rows: Vec<FeatureRow> = Vec::with_capacity(fresh.len());
-    let mut rows = rows;
-    let mut inputs: Vec<Option<Input<'_>>> = inputs.into_iter().map(Some).collect();
-    for &i in &fresh {
-        if let Some(input) = inputs[i].as_mut() {
-            rows.push(std::mem::take(&mut input.row));
+    // Ids first: a remote backend is sent them with the rows.
+    let ids: Vec<String> = fresh
+        .iter()
+        .map(|&i| {
+            inputs[i]
+                .inference_id
+                .clone()
+                .unwrap_or_else(|| Uuid::now_v7().to_string())
+        })
+        .collect();
+    let predictions = {
+        let rows: Vec<BackendRow<'_>> = fresh
+            .iter()
+            .zip(&ids)
+            .map(|(&i, id)| BackendRow {
+                inference_id: id,
+                features: inputs[i].features,
+                row: &inputs[i].row,
+            })
+            .collect();
+        if rows.is_empty() {
+            Vec::new()
+        } else {
+            s.backend
+                .predict(served, &rows)
+                .await
+                .map_err(|e| backend_error(e, &fresh))?
         }
-    }
-    // A NaN probability must never be logged or answered.
-    let predictions = served.model.try_predict(&rows).map_err(|e| match e {
-        MlError::OutOfRange { row } => ApiError::invalid(format!(
-            "rows[{}]: {e}",
-            fresh.get(row).copied().unwrap_or(row)
-        )),
-        other => ApiError::internal(other),
-    })?;
+    };
+    let mut inputs: Vec<Option<Input<'_>>> = inputs.into_iter().map(Some).collect();
     let now = Utc::now();
     let mut out: Vec<Option<Scored>> = (0..n).map(|_| None).collect();
     let mut parts = Vec::new();
     let mut part = Part::default();
-    for (&i, p) in fresh.iter().zip(predictions) {
+    for ((&i, p), id) in fresh.iter().zip(predictions).zip(ids) {
         let input = inputs[i].take().expect("each row is scored once");
-        let id = input
-            .inference_id
-            .unwrap_or_else(|| Uuid::now_v7().to_string());
         if part.rows.len() + MAX_ROW_BYTES + 1024 > PART_BYTES && part.count > 0 {
             parts.push(std::mem::take(&mut part));
         }
@@ -402,6 +417,31 @@ pub async fn score(
         .into_iter()
         .map(|s| s.expect("every row is answered"))
         .collect())
+}
+
+/// What a backend's failure means to the client; `fresh` maps the backend's row positions back
+/// to the request's.
+fn backend_error(e: BackendError, fresh: &[usize]) -> ScoreError {
+    match e {
+        BackendError::OutOfRange { row } => ScoreError::Api(ApiError::invalid(format!(
+            "rows[{}]: {e}",
+            fresh.get(row).copied().unwrap_or(row)
+        ))),
+        BackendError::Model(_) | BackendError::Unavailable(_) => {
+            tracing::warn!(error = %e, "the backend failed");
+            ScoreError::Api(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                e.to_string(),
+            ))
+        }
+        BackendError::Throttled => ScoreError::Throttled(e.to_string()),
+        BackendError::Timeout(_) => ScoreError::Api(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "gateway_timeout",
+            e.to_string(),
+        )),
+    }
 }
 
 /// One row of a `predictions.logged` event, serialised once, with the features as received.
