@@ -7,6 +7,7 @@
 
 mod log;
 mod model;
+pub mod protocol;
 mod routes;
 
 use std::sync::Arc;
