@@ -5,6 +5,7 @@
 //! Postgres before its response leaves (group commit: concurrent requests share a transaction),
 //! and each commit announces its rows in one `predictions.logged` event through the outbox.
 
+pub mod container;
 mod log;
 mod model;
 pub mod protocol;

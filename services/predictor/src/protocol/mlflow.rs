@@ -435,12 +435,13 @@ pub fn predictions(scored: &[ScoredRow]) -> Value {
 /// The codes are MLflow's own (`databricks_pb2`): `BAD_REQUEST` for a body that cannot be read
 /// (400, and 415 for a content type), `INVALID_PARAMETER_VALUE` for rows that do not fit the
 /// model (422 here: Petrel keeps its status for invalid rows; MLflow answers 400),
-/// `REQUEST_LIMIT_EXCEEDED` (413), `TEMPORARILY_UNAVAILABLE` (503) and `INTERNAL_ERROR` (500).
+/// `REQUEST_LIMIT_EXCEEDED` (413), `RESOURCE_DOES_NOT_EXIST` (404), `TEMPORARILY_UNAVAILABLE` (503) and `INTERNAL_ERROR` (500).
 pub fn error_body(e: &ProtocolError) -> Value {
     let code = match e {
         ProtocolError::UnsupportedMediaType(_) | ProtocolError::Malformed(_) => "BAD_REQUEST",
         ProtocolError::Invalid(_) => "INVALID_PARAMETER_VALUE",
         ProtocolError::TooLarge(_) => "REQUEST_LIMIT_EXCEEDED",
+        ProtocolError::NotFound(_) => "RESOURCE_DOES_NOT_EXIST",
         ProtocolError::Unavailable(_) => "TEMPORARILY_UNAVAILABLE",
         ProtocolError::Internal(_) => "INTERNAL_ERROR",
     };

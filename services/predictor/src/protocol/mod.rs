@@ -53,6 +53,9 @@ pub enum ProtocolError {
     /// The body is larger than the server accepts (413).
     #[error("{0}")]
     TooLarge(String),
+    /// The request names a model or version this server does not serve (404).
+    #[error("{0}")]
+    NotFound(String),
     /// No model is loaded yet (503).
     #[error("{0}")]
     Unavailable(String),
@@ -70,6 +73,7 @@ impl ProtocolError {
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -84,6 +88,7 @@ impl ProtocolError {
             | Self::Malformed(m)
             | Self::Invalid(m)
             | Self::TooLarge(m)
+            | Self::NotFound(m)
             | Self::Unavailable(m) => m,
         }
     }
