@@ -15,6 +15,7 @@ mod dataset;
 mod error;
 mod infer;
 mod model;
+mod package;
 mod preprocess;
 mod schema;
 mod split;
@@ -25,6 +26,7 @@ pub use dataset::{FeatureRow, ParseReport, RowError, Table, Value, parse_csv, ro
 pub use error::MlError;
 pub use infer::{LoadedModel, Prediction};
 pub use model::{DenseLayer, Mlp, MlpWeights};
+pub use package::{BUNDLE_FILE, MANIFEST_FILE, PackageManifest};
 pub use preprocess::{ColumnTransform, Preprocessor};
 pub use schema::{Column, ColumnKind, Schema};
 pub use split::stratified_split;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod package;
 mod traffic;
 
 use std::path::PathBuf;
@@ -43,6 +44,16 @@ enum Command {
     /// Measure the predictor and the model code (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Work with registered models.
+    #[command(subcommand)]
+    Models(Models),
+}
+
+#[derive(Subcommand, Debug)]
+enum Models {
+    /// Write one version (NAME@ALIAS or NAME/VERSION) as a gzip tarball that
+    /// `petrel-predictor serve` runs (SageMaker's model.tar.gz).
+    Package(package::PackageArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -98,6 +109,7 @@ async fn main() {
         Command::Alerts(a) => alerts(a).await,
         Command::Reports(a) => reports(a).await,
         Command::Bench(b) => bench::run(b).await,
+        Command::Models(Models::Package(a)) => package::run(a).await,
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

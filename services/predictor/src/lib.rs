@@ -8,8 +8,10 @@
 //! caller-chosen inference ids ([`replay`]).
 
 pub mod backend;
+pub mod container;
 pub mod log;
 mod model;
+pub mod protocol;
 pub mod replay;
 pub mod routes;
 mod store;
