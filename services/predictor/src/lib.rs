@@ -14,6 +14,7 @@ mod model;
 pub mod protocol;
 pub mod replay;
 pub mod routes;
+mod serving;
 mod store;
 
 use std::sync::Arc;

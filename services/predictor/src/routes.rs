@@ -51,7 +51,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/model", get(model))
         .route("/v1/predictions/{inference_id}", get(prediction))
         .with_state(state.clone())
-        .merge(scoring);
+        .merge(scoring)
+        .merge(crate::serving::router(
+            state.clone(),
+            state.admission.clone(),
+        ));
     petrel_runtime::http::finish(
         api.merge(petrel_runtime::http::health_routes(state.readiness())),
         state.body_limit,
@@ -70,7 +74,7 @@ pub fn retry_later(message: impl Into<String>, after_secs: u64) -> Response {
 
 /// Sheds load past the concurrency limit and bounds each request's time, both with a 503 and
 /// `Retry-After`, before anything is queued.
-async fn admit(State(a): State<Admission>, req: Request, next: Next) -> Response {
+pub async fn admit(State(a): State<Admission>, req: Request, next: Next) -> Response {
     let Ok(_permit) = a.permits.clone().try_acquire_owned() else {
         return retry_later(
             "the predictor is at its concurrency limit; retry in a moment",

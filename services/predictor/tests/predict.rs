@@ -992,3 +992,109 @@ async fn past_the_concurrency_limit_requests_are_shed_with_retry_after() {
     registry.stop().await;
     env.cleanup().await;
 }
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn mlflow_and_v2_clients_are_served_and_logged_like_native_ones() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    register_model(&env, &registry, "models/penguins/m1/bundle.json").await;
+    register_model(&env, &registry, "models/penguins/m2/bundle.json").await;
+    let predictor = start_predictor(&env, &registry).await;
+    let http = reqwest::Client::new();
+    wait_for_version(&http, &predictor, 2).await;
+
+    let (status, body) = send(http.get(predictor.url("/ping"))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = send(http.get(predictor.url("/version"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["backend"], "local");
+
+    // A body made by pandas' to_json(orient="split"), as an MLflow client sends it.
+    let split = fixture("split.json");
+    let (status, body) = send(
+        http.post(predictor.url("/invocations"))
+            .header("content-type", "application/json")
+            .body(split),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mlflow_rows = body["predictions"].as_array().unwrap().len();
+    assert!(mlflow_rows > 0);
+    assert!(body["predictions"][0]["class"].is_string(), "{body}");
+
+    // CSV with a header row.
+    let (status, body) = send(
+        http.post(predictor.url("/invocations"))
+            .header("content-type", "text/csv")
+            .body(fixture("frame.csv")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let csv_rows = body["predictions"].as_array().unwrap().len();
+
+    // Another content type: 415 in MLflow's error shape.
+    let (status, body) = send(
+        http.post(predictor.url("/invocations"))
+            .header("content-type", "text/plain")
+            .body("x"),
+    )
+    .await;
+    assert_eq!(status, 415, "{body}");
+    assert!(body["error_code"].is_string(), "{body}");
+
+    // V2: the served version, and version 1 pinned by path.
+    let v2 = fixture("v2-columns.json");
+    let (status, body) = send(
+        http.post(predictor.url("/v2/models/penguins/infer"))
+            .header("content-type", "application/json")
+            .body(v2.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model_version"], "2");
+    let v2_rows = body["outputs"][0]["shape"][0].as_u64().unwrap() as usize;
+    let (status, body) = send(
+        http.post(predictor.url("/v2/models/penguins/versions/1/infer"))
+            .header("content-type", "application/json")
+            .body(v2.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model_version"], "1");
+    let (status, body) = send(
+        http.post(predictor.url("/v2/models/penguins/versions/7/infer"))
+            .header("content-type", "application/json")
+            .body(v2),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    let (status, body) = send(http.get(predictor.url("/v2/models/penguins"))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = send(http.get(predictor.url("/v2/models/other"))).await;
+    assert_eq!(status, 404);
+
+    // Every answered row was logged, under the version that answered it.
+    let bus = env.bus().await;
+    let events = stored_events::<PredictionsLogged>(&bus, "predictions.logged").await;
+    let per_version = |v: i32| -> usize {
+        events
+            .iter()
+            .filter(|e| e.data.model_version == v)
+            .map(|e| e.data.predictions.len())
+            .sum()
+    };
+    assert_eq!(per_version(2), mlflow_rows + csv_rows + v2_rows);
+    assert_eq!(per_version(1), v2_rows);
+    predictor.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}
