@@ -17,6 +17,30 @@ pub enum Bench {
     Predict(PredictBench),
     /// In-process inference and training speed of the model code (no services needed).
     Model(ModelBench),
+    /// The HTTP ceiling `scripts/bench-serve.sh` compares with: a bare axum handler that reads
+    /// and parses the JSON body and answers a small fixed JSON, nothing else.
+    Ceiling(CeilingBench),
+    /// Writes the fixed request bodies the serving benchmark sends (`predict-N.json`, N rows of
+    /// penguins each, with no inference ids so every row is scored and logged afresh).
+    Bodies(BodiesBench),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CeilingBench {
+    #[arg(long, default_value = "127.0.0.1:18090")]
+    listen: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BodiesBench {
+    #[arg(long, default_value = "data/penguins.csv")]
+    data: PathBuf,
+    /// Where to write the bodies.
+    #[arg(long)]
+    out: PathBuf,
+    /// Row counts to write a body for.
+    #[arg(long, value_delimiter = ',', default_value = "1,1000")]
+    rows: Vec<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -56,7 +80,57 @@ pub async fn run(b: Bench) -> anyhow::Result<()> {
     match b {
         Bench::Predict(p) => predict(p).await,
         Bench::Model(m) => tokio::task::spawn_blocking(move || model(m)).await?,
+        Bench::Ceiling(c) => ceiling(c).await,
+        Bench::Bodies(b) => bodies(b),
     }
+}
+
+async fn ceiling(c: CeilingBench) -> anyhow::Result<()> {
+    use axum::routing::post;
+    async fn handler(body: axum::body::Bytes) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        // Parse it, as every real handler must, so the ceiling pays for reading JSON too.
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v) => {
+                let rows = v["rows"].as_array().map_or(0, Vec::len);
+                axum::Json(serde_json::json!({ "rows": rows })).into_response()
+            }
+            Err(_) => axum::http::StatusCode::BAD_REQUEST.into_response(),
+        }
+    }
+    let app = axum::Router::new()
+        .route("/v1/predict", post(handler))
+        .layer(axum::extract::DefaultBodyLimit::max(16 << 20));
+    let listener = tokio::net::TcpListener::bind(&c.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", c.listen))?;
+    eprintln!("ceiling listening on {}", c.listen);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+fn bodies(b: BodiesBench) -> anyhow::Result<()> {
+    let samples = load_samples(&b.data, "species")?;
+    anyhow::ensure!(!samples.is_empty(), "{} holds no rows", b.data.display());
+    std::fs::create_dir_all(&b.out)
+        .with_context(|| format!("cannot create {}", b.out.display()))?;
+    for n in b.rows {
+        let rows: Vec<PredictRow> = (0..n)
+            .map(|i| PredictRow {
+                inference_id: None,
+                features: samples[i % samples.len()].features.clone(),
+            })
+            .collect();
+        let path = b.out.join(format!("predict-{n}.json"));
+        let body = serde_json::to_vec(&PredictRequest { rows })?;
+        std::fs::write(&path, body).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
