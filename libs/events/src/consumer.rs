@@ -237,6 +237,7 @@ where
             },
         };
         let mut received = Vec::new();
+        let mut got_any = false;
         let mut broken = false;
         loop {
             let next = tokio::select! {
@@ -245,8 +246,12 @@ where
             };
             match next {
                 None => break,
-                Some(Ok(m)) if batched => received.push(m),
+                Some(Ok(m)) if batched => {
+                    got_any = true;
+                    received.push(m);
+                }
                 Some(Ok(m)) => {
+                    got_any = true;
                     failures = 0;
                     on_messages(vec![m]).await;
                 }
@@ -278,6 +283,18 @@ where
                         _ => break,
                     }
                 }
+            }
+        }
+        // An idle ephemeral consumer may be gone without a fetch failing (a NATS restart
+        // drops it): look it up, and create it again at once if it is missing.
+        if spec.durable.is_none() && !got_any && !broken && !cancel.is_cancelled() {
+            let info = tokio::select! {
+                _ = cancel.cancelled() => break,
+                i = tokio::time::timeout(Duration::from_secs(2), consumer.info()) => i,
+            };
+            if !matches!(info, Ok(Ok(_))) {
+                failures = RECREATE_AFTER_FAILURES;
+                continue;
             }
         }
         // A fetch that ends in an error with nothing received is a failure; one that expired

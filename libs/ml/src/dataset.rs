@@ -651,3 +651,233 @@ mod tests {
         }
     }
 }
+
+/// [`row_from_json`] on a row's JSON text, without building a map of values first: the
+/// predictor's hot path. Ordinary rows (column names without escapes are not required; values
+/// that are numbers, strings or null) are read in one pass straight into a [`FeatureRow`];
+/// anything else (a wrong type, an unknown column, a bad number, a NUL) is handed to
+/// [`row_from_json`], so errors and edge cases are exactly its own.
+pub fn row_from_json_str(text: &str, schema: &Schema) -> Result<FeatureRow, MlError> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(text);
+    if let Ok(Some(row)) = FastRow(schema).deserialize(&mut de)
+        && de.end().is_ok()
+    {
+        return Ok(row);
+    }
+    let obj: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|_| MlError::NotAnObject)?;
+    row_from_json(&obj, schema)
+}
+
+/// The one-pass reader behind [`row_from_json_str`]: `Ok(None)` means "not an ordinary row,
+/// take the slow path".
+struct FastRow<'s>(&'s Schema);
+
+impl<'de> serde::de::DeserializeSeed<'de> for FastRow<'_> {
+    type Value = Option<FeatureRow>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FastRow<'_> {
+    type Value = Option<FeatureRow>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object of column name to value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let schema = self.0;
+        let mut row: FeatureRow = vec![None; schema.features.len()];
+        let mut ok = true;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let column = schema.feature_index(&key);
+            let Some(i) = column else {
+                // The target is ignored, but must still be storable: a NUL or anything nested
+                // takes the slow path, which checks it.
+                let value = map.next_value::<Scalar<'de>>()?;
+                let storable = *key == schema.target
+                    && match value {
+                        Scalar::Str(s) => !s.contains('\0'),
+                        Scalar::Other => false,
+                        _ => true,
+                    };
+                if !storable {
+                    ok = false;
+                }
+                continue;
+            };
+            let kind = schema.features[i].kind;
+            match map.next_value::<Scalar<'de>>()? {
+                Scalar::Null => row[i] = None,
+                Scalar::Int(text) => match kind {
+                    ColumnKind::Numeric => match text.parse::<f64>() {
+                        Ok(v) if v.is_finite() => row[i] = Some(Value::Num(v)),
+                        _ => ok = false,
+                    },
+                    ColumnKind::Categorical => row[i] = Some(Value::Cat(text)),
+                },
+                Scalar::Float(v) => match kind {
+                    ColumnKind::Numeric if v.is_finite() => row[i] = Some(Value::Num(v)),
+                    // Whole numbers read as the CSV reads them; other floats take the slow path
+                    // for the exact text.
+                    ColumnKind::Categorical
+                        if v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0 =>
+                    {
+                        row[i] = Some(Value::Cat(format!("{}", v as i64)))
+                    }
+                    _ => ok = false,
+                },
+                Scalar::Str(s) => {
+                    if s.contains('\0') {
+                        ok = false;
+                    } else if is_missing_token(&s) {
+                        row[i] = None;
+                    } else {
+                        match kind {
+                            ColumnKind::Numeric => match parse_number(&s) {
+                                Ok(v) => row[i] = Some(Value::Num(v)),
+                                Err(_) => ok = false,
+                            },
+                            ColumnKind::Categorical => {
+                                row[i] = Some(Value::Cat(s.trim().to_string()))
+                            }
+                        }
+                    }
+                }
+                Scalar::Other => ok = false,
+            }
+        }
+        Ok(ok.then_some(row))
+    }
+}
+
+/// One JSON value as the fast path sees it.
+enum Scalar<'a> {
+    Null,
+    /// An integer literal, as text (so a categorical column keeps its exact digits).
+    Int(String),
+    Float(f64),
+    Str(std::borrow::Cow<'a, str>),
+    /// A boolean, an array or an object: the slow path reports it.
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Scalar::Int(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Int(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Scalar::Float(v))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(std::borrow::Cow::Owned(v.to_owned())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Scalar::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+    use crate::Column;
+
+    fn schema() -> Schema {
+        Schema {
+            features: vec![
+                Column::numeric("x"),
+                Column::categorical("c"),
+                Column::numeric("y"),
+            ],
+            target: "t".into(),
+        }
+    }
+
+    /// Every row answers exactly as the map-based reader does: the fast path and its fallback
+    /// must never disagree, on good rows or bad ones.
+    #[test]
+    fn agrees_with_row_from_json_on_every_kind_of_row() {
+        let s = schema();
+        let rows = [
+            r#"{"x": 1.5, "c": "a", "y": 2}"#,
+            r#"{"x": "3.25", "c": " b ", "t": "ignored"}"#,
+            r#"{"x": null, "c": null}"#,
+            r#"{}"#,
+            r#"{"c": 2007, "x": -0.0}"#,
+            r#"{"c": 2007.0, "y": "NA"}"#,
+            r#"{"c": 1.5}"#,
+            r#"{"c": 12345678901234567890}"#,
+            r#"{"x": "abc"}"#,
+            r#"{"x": true}"#,
+            r#"{"x": [1]}"#,
+            r#"{"x": {"a": 1}}"#,
+            r#"{"zzz": 1, "x": "bad"}"#,
+            r#"{"c": "nul\u0000here"}"#,
+            r#"{"x": 1, "x": 2}"#,
+            r#"{"c": "caf\u00e9", "x\u0041": 1}"#,
+            r#"{"x": "1e400"}"#,
+            r#"{"y": 1e300, "x": "NaN"}"#,
+            r#"{"t": "Ade\u0000lie", "x": 1}"#,
+            r#"{"t": {"name": ["\u0000"]}, "x": 1}"#,
+            r#"{"t": "Adelie", "x": 1}"#,
+        ];
+        for text in rows {
+            let slow = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|m| row_from_json(&m, &s).map_err(|e| e.to_string()));
+            let fast = row_from_json_str(text, &s).map_err(|e| e.to_string());
+            assert_eq!(fast, slow, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_refused_in_words() {
+        let err = row_from_json_str("[1, 2]", &schema()).unwrap_err();
+        assert!(
+            err.to_string().contains("object of column name to value"),
+            "{err}"
+        );
+    }
+}

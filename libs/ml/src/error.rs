@@ -31,6 +31,9 @@ pub enum MlError {
     /// A row names a column the schema does not have, which is usually a typo.
     #[error("unknown column '{0}'")]
     UnknownColumn(String),
+    /// A row's features are not a JSON object (an array, a number, broken JSON).
+    #[error("the features must be an object of column name to value")]
+    NotAnObject,
     /// Training cannot start or did not converge (bad configuration, too little data, ...).
     #[error("training error: {0}")]
     Training(String),

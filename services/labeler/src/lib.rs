@@ -3,6 +3,8 @@
 
 mod join;
 
+use std::time::Duration;
+
 use clap::Parser;
 use petrel_events::consumer::ConsumerSpec;
 use petrel_events::payloads::subjects;
@@ -90,6 +92,8 @@ impl App {
         let state = self.state.clone();
         let mut spec = ConsumerSpec::durable("labeler", subjects::PREDICTIONS_LOGGED);
         spec.batch = 64;
+        // Bulk inserts take milliseconds; a batch held by a crashed replica comes back soon.
+        spec.ack_wait = Duration::from_secs(10);
         tasks.spawn_batch_consumer("consumer", state.infra.bus.clone(), spec, move |batch| {
             let state = state.clone();
             async move { join::on_predictions(&state, batch).await }

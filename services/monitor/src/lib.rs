@@ -8,6 +8,8 @@ mod reference;
 mod routes;
 mod window;
 
+use std::time::Duration;
+
 use clap::Parser;
 use petrel_api::registry::RegistryClient;
 use petrel_events::consumer::ConsumerSpec;
@@ -114,6 +116,8 @@ impl App {
         let state = self.state.clone();
         let mut spec = ConsumerSpec::durable("monitor-predictions", subjects::PREDICTIONS_LOGGED);
         spec.batch = 64;
+        // Bulk inserts take milliseconds; a batch held by a crashed replica comes back soon.
+        spec.ack_wait = Duration::from_secs(10);
         tasks.spawn_batch_consumer("predictions", bus.clone(), spec, move |batch| {
             let state = state.clone();
             async move { ingest::on_predictions(&state, batch).await }

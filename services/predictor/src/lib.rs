@@ -286,6 +286,8 @@ impl App {
         let pool = state.infra.pool.clone();
         let mut spec = ConsumerSpec::durable("predictor-log", subjects::PREDICTIONS_LOGGED);
         spec.batch = 64;
+        // Bulk inserts take milliseconds; a batch held by a crashed replica comes back soon.
+        spec.ack_wait = Duration::from_secs(10);
         tasks.spawn_batch_consumer("log-store", state.infra.bus.clone(), spec, move |batch| {
             let pool = pool.clone();
             async move { store::on_logged(&pool, batch).await }

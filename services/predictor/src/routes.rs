@@ -267,16 +267,15 @@ pub fn validate(
             "rows[{i}].features is {size} bytes of JSON; the limit is {MAX_ROW_BYTES} bytes"
         )));
     }
-    let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(features.get())
-        .map_err(|_| {
-            ApiError::invalid(format!(
-                "rows[{i}].features must be an object of column name to value"
-            ))
-        })?;
-    let row = served
-        .model
-        .row_from_json(&obj)
-        .map_err(|e| ApiError::invalid(format!("rows[{i}]: {e}")))?;
+    let row =
+        petrel_ml::row_from_json_str(features.get(), served.model.schema()).map_err(
+            |e| match e {
+                petrel_ml::MlError::NotAnObject => ApiError::invalid(format!(
+                    "rows[{i}].features must be an object of column name to value"
+                )),
+                e => ApiError::invalid(format!("rows[{i}]: {e}")),
+            },
+        )?;
     if s.reject_unseen {
         served
             .model
@@ -514,7 +513,29 @@ mod mime_guess_lite {
     }
 }
 
-async fn predict(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn predict(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the body is larger than the limit of {} bytes; send fewer rows per request",
+                    s.body_limit
+                ),
+            )
+            .into_response();
+        }
+        Err(r) => {
+            return ApiError::bad_request(format!("cannot read the body: {}", r.body_text()))
+                .into_response();
+        }
+    };
     match predict_native(&s, &headers, &body).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),

@@ -273,6 +273,15 @@ async fn refuses_bad_input_with_json_errors_and_logs_nothing() {
     let (status, body) = send(http.post(predictor.url("/v1/predict")).body("{}")).await;
     assert_eq!(status, 415, "{body}");
     error_message(&body, "unsupported_media_type");
+    // Past the body limit (16 MiB): a JSON 413 that says what to do.
+    let (status, body) = send(
+        http.post(predictor.url("/v1/predict"))
+            .header("content-type", "application/json")
+            .body(vec![b' '; (16 << 20) + 1]),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert!(error_message(&body, "payload_too_large").contains("fewer rows"));
 
     // Missing values are fine: they are imputed.
     let mut sparse = good.clone();
