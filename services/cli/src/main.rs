@@ -15,7 +15,7 @@ use petrel_api::ingest::{IngestRequest, IngestResponse};
 use petrel_api::monitor::ReportList;
 use petrel_events::Envelope;
 use petrel_events::payloads::Alert;
-use petrel_ml::Schema;
+use petrel_ml::{DatasetPurpose, Schema};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -68,6 +68,10 @@ struct IngestArgs {
     /// Defaults to the penguins schema.
     #[arg(long)]
     schema: Option<PathBuf>,
+    /// What the dataset is for: training (the trainer trains on it), scoring (the predictor
+    /// serving a model of the same name scores it in bulk) or reference.
+    #[arg(long, default_value = "training", value_parser = parse_purpose)]
+    purpose: DatasetPurpose,
     #[arg(
         long,
         env = "PETREL_INGEST_URL",
@@ -117,6 +121,10 @@ async fn main() {
     }
 }
 
+fn parse_purpose(s: &str) -> Result<DatasetPurpose, String> {
+    DatasetPurpose::parse(s).ok_or_else(|| format!("{s:?} is not training, scoring or reference"))
+}
+
 async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     let csv = std::fs::read_to_string(&a.file)
         .with_context(|| format!("cannot read {}", a.file.display()))?;
@@ -135,6 +143,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
                 schema,
                 csv: Some(csv),
                 path: None,
+                purpose: a.purpose,
             },
         )
         .await?;

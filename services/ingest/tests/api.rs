@@ -23,6 +23,7 @@ fn by_csv(name: &str, csv: &str) -> Value {
         schema: Schema::penguins(),
         csv: Some(csv.to_owned()),
         path: None,
+        purpose: Default::default(),
     })
     .unwrap()
 }
@@ -33,6 +34,7 @@ fn by_path(name: &str, path: &str) -> Value {
         schema: Schema::penguins(),
         csv: None,
         path: Some(path.to_owned()),
+        purpose: Default::default(),
     })
     .unwrap()
 }
