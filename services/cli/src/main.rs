@@ -1,5 +1,6 @@
 //! `petrel`: the command-line tool for Petrel.
 
+mod batch;
 mod bench;
 mod demo;
 mod package;
@@ -37,6 +38,9 @@ enum Command {
     Ingest(IngestArgs),
     /// Send rows sampled from a CSV to the predictor, then their true labels to the labeler.
     Traffic(traffic::TrafficArgs),
+    /// Score a CSV in bulk with the predictor, with a progress bar; prints the output URI and
+    /// the registry run.
+    Batch(batch::BatchArgs),
     /// Print alerts as they arrive (subscribes to `alerts.>`).
     Alerts(AlertsArgs),
     /// Print the monitor's latest window reports.
@@ -110,6 +114,7 @@ async fn main() {
         Command::Demo(a) => demo::run(a).await,
         Command::Ingest(a) => ingest(a).await,
         Command::Traffic(a) => traffic::run_cli(a).await,
+        Command::Batch(a) => batch::run(a).await,
         Command::Alerts(a) => alerts(a).await,
         Command::Reports(a) => reports(a).await,
         Command::Bench(b) => bench::run(b).await,
