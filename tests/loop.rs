@@ -183,6 +183,7 @@ async fn csv_to_alert() {
                 schema: petrel_ml::Schema::penguins(),
                 csv: Some(penguins_csv()),
                 path: None,
+                purpose: Default::default(),
             },
         )
         .await

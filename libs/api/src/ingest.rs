@@ -1,7 +1,7 @@
 //! Ingest API: `POST /v1/datasets`.
 
 use chrono::{DateTime, Utc};
-use petrel_ml::{RowError, Schema};
+use petrel_ml::{DatasetPurpose, RowError, Schema};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -15,6 +15,10 @@ pub struct IngestRequest {
     pub csv: Option<String>,
     #[serde(default)]
     pub path: Option<String>,
+    /// What the dataset is for: `training` (the default), `scoring` (scored in bulk by the
+    /// predictor serving a model of the same name) or `reference`.
+    #[serde(default)]
+    pub purpose: DatasetPurpose,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,6 +32,9 @@ pub struct Dataset {
     pub rejected_rows: u64,
     pub schema: Schema,
     pub created_at: DateTime<Utc>,
+    /// What the dataset is for, as given when it was ingested.
+    #[serde(default)]
+    pub purpose: DatasetPurpose,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

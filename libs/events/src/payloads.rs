@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+pub use petrel_ml::DatasetPurpose;
 use petrel_ml::Schema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -23,7 +24,8 @@ pub mod subjects {
     pub const DEAD_LETTERS: &str = "deadletter.>";
 }
 
-/// A validated dataset is stored and ready for training.
+/// A validated dataset is stored and ready for use: training, bulk scoring or reference, as
+/// its `purpose` says.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataReady {
     pub dataset_id: Uuid,
@@ -39,6 +41,10 @@ pub struct DataReady {
     /// Rows reported as invalid (left out of training).
     pub rejected_rows: u64,
     pub schema: Schema,
+    /// What the dataset is for; absent in events from before the field, which were all
+    /// training data.
+    #[serde(default)]
+    pub purpose: DatasetPurpose,
 }
 
 impl Event for DataReady {
@@ -232,5 +238,30 @@ impl Event for DeadLetter {
     const TYPE: &'static str = "petrel.deadletter.v1";
     fn subject(&self) -> String {
         format!("deadletter.{}", self.consumer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_ready_without_a_purpose_is_training_data() {
+        let ready = DataReady {
+            dataset_id: Uuid::nil(),
+            name: "penguins".into(),
+            version: 1,
+            uri: "file:///d.csv".into(),
+            content_hash: "sha256:00".into(),
+            row_count: 1,
+            rejected_rows: 0,
+            schema: Schema::penguins(),
+            purpose: DatasetPurpose::Scoring,
+        };
+        let mut json = serde_json::to_value(&ready).unwrap();
+        assert_eq!(json["purpose"], "scoring");
+        json.as_object_mut().unwrap().remove("purpose");
+        let old: DataReady = serde_json::from_value(json).unwrap();
+        assert_eq!(old.purpose, DatasetPurpose::Training);
     }
 }

@@ -11,6 +11,7 @@
 //! one model across request tasks. A test checks that both forward passes agree.
 
 mod bundle;
+mod csv_json;
 mod dataset;
 mod error;
 mod infer;
@@ -22,6 +23,7 @@ mod split;
 mod train;
 
 pub use bundle::{BUNDLE_FORMAT_VERSION, ModelBundle};
+pub use csv_json::{JsonRows, csv_cell_to_json, csv_to_json_rows};
 pub use dataset::{
     FeatureRow, ParseReport, RowError, Table, Value, parse_csv, row_from_json, row_from_json_str,
 };
@@ -30,6 +32,6 @@ pub use infer::{LoadedModel, Prediction};
 pub use model::{DenseLayer, Mlp, MlpWeights};
 pub use package::{BUNDLE_FILE, MANIFEST_FILE, PackageManifest};
 pub use preprocess::{ColumnTransform, Preprocessor};
-pub use schema::{Column, ColumnKind, Schema};
+pub use schema::{Column, ColumnKind, DatasetPurpose, Schema};
 pub use split::stratified_split;
 pub use train::{Metrics, ReferenceProfile, TrainConfig, train_classifier};

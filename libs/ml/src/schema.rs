@@ -241,3 +241,44 @@ mod tests {
         assert_eq!(back, Column::numeric("x"));
     }
 }
+
+/// What a dataset is for. Ingest records it and announces it on `data.ready`, so each consumer
+/// takes only its own: the trainer trains on `training` data, the predictor scores `scoring`
+/// data in bulk, and `reference` data is kept for comparison (drift baselines) and used by
+/// neither. It lives here, beside [`Schema`], because both the HTTP types and the event payloads
+/// carry it.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetPurpose {
+    /// Labelled data to train on: the default, so events and requests from before the field
+    /// existed mean what they always meant.
+    #[default]
+    Training,
+    /// Rows to score in bulk with the served model (labels, if present, are ignored).
+    Scoring,
+    /// Data kept as a baseline, trained on and scored by nobody.
+    Reference,
+}
+
+impl DatasetPurpose {
+    /// The name used in JSON and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Training => "training",
+            Self::Scoring => "scoring",
+            Self::Reference => "reference",
+        }
+    }
+
+    /// The inverse of [`DatasetPurpose::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "training" => Some(Self::Training),
+            "scoring" => Some(Self::Scoring),
+            "reference" => Some(Self::Reference),
+            _ => None,
+        }
+    }
+}

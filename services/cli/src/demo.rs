@@ -371,6 +371,7 @@ async fn drive(a: &DemoArgs, services: &mut [Service], deadline: Instant) -> any
                 schema: Schema::penguins(),
                 csv: Some(csv),
                 path: None,
+                purpose: Default::default(),
             },
         )
         .await?;

@@ -1,5 +1,6 @@
 //! `petrel`: the command-line tool for Petrel.
 
+mod batch;
 mod bench;
 mod demo;
 mod package;
@@ -15,7 +16,7 @@ use petrel_api::ingest::{IngestRequest, IngestResponse};
 use petrel_api::monitor::ReportList;
 use petrel_events::Envelope;
 use petrel_events::payloads::Alert;
-use petrel_ml::Schema;
+use petrel_ml::{DatasetPurpose, Schema};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,6 +38,9 @@ enum Command {
     Ingest(IngestArgs),
     /// Send rows sampled from a CSV to the predictor, then their true labels to the labeler.
     Traffic(traffic::TrafficArgs),
+    /// Score a CSV in bulk with the predictor, with a progress bar; prints the output URI and
+    /// the registry run.
+    Batch(batch::BatchArgs),
     /// Print alerts as they arrive (subscribes to `alerts.>`).
     Alerts(AlertsArgs),
     /// Print the monitor's latest window reports.
@@ -68,6 +72,10 @@ struct IngestArgs {
     /// Defaults to the penguins schema.
     #[arg(long)]
     schema: Option<PathBuf>,
+    /// What the dataset is for: training (the trainer trains on it), scoring (the predictor
+    /// serving a model of the same name scores it in bulk) or reference.
+    #[arg(long, default_value = "training", value_parser = parse_purpose)]
+    purpose: DatasetPurpose,
     #[arg(
         long,
         env = "PETREL_INGEST_URL",
@@ -106,6 +114,7 @@ async fn main() {
         Command::Demo(a) => demo::run(a).await,
         Command::Ingest(a) => ingest(a).await,
         Command::Traffic(a) => traffic::run_cli(a).await,
+        Command::Batch(a) => batch::run(a).await,
         Command::Alerts(a) => alerts(a).await,
         Command::Reports(a) => reports(a).await,
         Command::Bench(b) => bench::run(b).await,
@@ -115,6 +124,10 @@ async fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn parse_purpose(s: &str) -> Result<DatasetPurpose, String> {
+    DatasetPurpose::parse(s).ok_or_else(|| format!("{s:?} is not training, scoring or reference"))
 }
 
 async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
@@ -135,6 +148,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
                 schema,
                 csv: Some(csv),
                 path: None,
+                purpose: a.purpose,
             },
         )
         .await?;

@@ -80,38 +80,32 @@ pub struct Sample {
     pub label: String,
 }
 
-/// Reads the CSV: numbers become JSON numbers, `NA` and empty cells become null.
+/// Reads the CSV with the shared conversion ([`petrel_ml::csv_to_json_rows`]): numbers become
+/// JSON numbers, missing-value tokens null. Rows without a label, or unreadable, are skipped.
 pub fn load_samples(file: &PathBuf, target: &str) -> anyhow::Result<Vec<Sample>> {
-    let mut reader =
-        csv::Reader::from_path(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let headers = reader.headers()?.clone();
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let rows = petrel_ml::csv_to_json_rows(&bytes)
+        .with_context(|| format!("cannot read {}", file.display()))?;
     anyhow::ensure!(
-        headers.iter().any(|h| h == target),
+        rows.columns.iter().any(|h| h == target),
         "{} has no column {target:?}",
         file.display()
     );
     let mut out = Vec::new();
-    for record in reader.records() {
-        let record = record?;
-        let mut features = Map::new();
-        let mut label = None;
-        for (h, v) in headers.iter().zip(record.iter()) {
-            if h == target {
-                label = Some(v.to_owned());
-                continue;
-            }
-            let value = if v.is_empty() || v.eq_ignore_ascii_case("na") {
-                Value::Null
-            } else if let Ok(x) = v.parse::<f64>() {
-                serde_json::Number::from_f64(x)
-                    .map(Value::Number)
-                    .unwrap_or(Value::Null)
-            } else {
-                Value::String(v.to_owned())
-            };
-            features.insert(h.to_owned(), value);
-        }
-        if let Some(label) = label.filter(|l| !l.is_empty() && !l.eq_ignore_ascii_case("na")) {
+    for mut features in rows.rows.into_iter().flatten() {
+        // A label is text, as the labeler takes it, even when it looks like a number.
+        let label = match features.remove(target) {
+            Some(Value::String(s)) => Some(s),
+            Some(Value::Number(n)) => n.as_f64().map(|x| {
+                if x.fract() == 0.0 && x.abs() < 1e15 {
+                    format!("{}", x as i64)
+                } else {
+                    x.to_string()
+                }
+            }),
+            _ => None,
+        };
+        if let Some(label) = label {
             out.push(Sample { features, label });
         }
     }

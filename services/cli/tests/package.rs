@@ -1,5 +1,6 @@
-//! `petrel models package` against a real registry and artifact store, and the package it
-//! writes served by `petrel-predictor serve`'s library, as SageMaker would run it.
+//! The `petrel` binary against real services: `petrel models package` with a real registry and
+//! artifact store, and the package it writes served by `petrel-predictor serve`'s library, as
+//! SageMaker would run it; `petrel batch` scoring a local file with a real predictor.
 
 use clap::Parser;
 use petrel_predictor::container::{ContainerApp, ContainerConfig};
@@ -128,6 +129,73 @@ async fn a_packaged_alias_unpacks_into_a_serving_container() {
     assert_eq!(answer["predictions"][0]["class"], "Gentoo");
 
     container.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn petrel_batch_scores_a_local_file_and_reports_the_run() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    let args = env.args(
+        "petrel-predictor",
+        &[
+            "--database-max-connections",
+            "4",
+            "--registry-url",
+            &registry.base,
+        ],
+    );
+    let cancel = CancellationToken::new();
+    let app =
+        petrel_predictor::App::build(petrel_predictor::Config::parse_from(args), cancel.clone())
+            .await
+            .unwrap();
+    let predictor = Service::spawn("the predictor", app.port(), cancel, app.run());
+    register_model(&env, &registry, "models/penguins/v1/bundle.json").await;
+    petrel_testkit::eventually("a served model", || async {
+        let (status, _) = send(reqwest::Client::new().get(predictor.url("/v1/model"))).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    let input = env.dir.join("score-me.csv");
+    std::fs::write(&input, petrel_testkit::penguins_csv()).unwrap();
+    let common = [
+        "--predictor-url",
+        predictor.base.as_str(),
+        "--artifact-root",
+        env.artifact_root(),
+    ];
+    let mut argv = vec!["batch", "--input", input.to_str().unwrap()];
+    argv.extend_from_slice(&common);
+    let (ok, stdout, stderr) = petrel(&argv).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("100%"),
+        "a progress bar that ends full: {stderr}"
+    );
+    let output = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("output: "))
+        .expect("the output uri");
+    let path = output.strip_prefix("file://").unwrap();
+    let lines = std::fs::read_to_string(path).unwrap().lines().count();
+    assert_eq!(lines, 345, "a header and one line per penguin");
+    assert!(
+        stdout.contains("run:    ") && stdout.contains("344 scored"),
+        "{stdout}"
+    );
+
+    // A failure is a non-zero exit that says why.
+    let mut argv = vec!["batch", "--input", "file:///nowhere/at/all.csv"];
+    argv.extend_from_slice(&common);
+    let (ok, _, stderr) = petrel(&argv).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("failed") && stderr.contains("input file"),
+        "{stderr}"
+    );
+    predictor.stop().await;
     registry.stop().await;
     env.cleanup().await;
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use petrel_api::ingest::{Dataset, IngestRequest, IngestResponse};
 use petrel_events::outbox;
 use petrel_events::payloads::DataReady;
-use petrel_ml::{MlError, parse_csv};
+use petrel_ml::{DatasetPurpose, MlError, parse_csv};
 use petrel_runtime::http::{ApiError, Json, Path};
 use serde_json::json;
 use sqlx::Row;
@@ -94,11 +94,11 @@ fn dataset_from_row(r: &sqlx::postgres::PgRow) -> Result<Dataset, ApiError> {
         rejected_rows: r.get::<i64, _>("rejected_rows") as u64,
         schema: serde_json::from_value(schema).map_err(ApiError::internal)?,
         created_at: r.get("created_at"),
+        purpose: DatasetPurpose::parse(r.get("purpose")).unwrap_or_default(),
     })
 }
 
-const COLUMNS: &str =
-    "id, name, version, uri, content_hash, row_count, rejected_rows, schema, errors, created_at";
+const COLUMNS: &str = "id, name, version, uri, content_hash, row_count, rejected_rows, schema, errors, created_at, purpose";
 
 async fn ingest(
     State(s): State<AppState>,
@@ -174,8 +174,8 @@ async fn ingest(
         .map_err(ApiError::internal)?;
     let id = Uuid::now_v7();
     let inserted = sqlx::query(&format!(
-        "INSERT INTO datasets (id, name, version, uri, content_hash, row_count, rejected_rows, schema, errors) \
-         SELECT $1, $2, COALESCE(MAX(version), 0) + 1, $3, $4, $5, $6, $7, $8 FROM datasets WHERE name = $2 \
+        "INSERT INTO datasets (id, name, version, uri, content_hash, row_count, rejected_rows, schema, errors, purpose) \
+         SELECT $1, $2, COALESCE(MAX(version), 0) + 1, $3, $4, $5, $6, $7, $8, $9 FROM datasets WHERE name = $2 \
          ON CONFLICT (name, content_hash) DO NOTHING RETURNING {COLUMNS}"
     ))
     .bind(id)
@@ -186,6 +186,7 @@ async fn ingest(
     .bind(rejected as i64)
     .bind(serde_json::to_value(&req.schema).map_err(ApiError::internal)?)
     .bind(serde_json::to_value(&errors).map_err(ApiError::internal)?)
+    .bind(req.purpose.as_str())
     .fetch_optional(&mut *tx)
     .await
     .map_err(ApiError::internal)?;
@@ -206,6 +207,7 @@ async fn ingest(
         row_count: dataset.row_count,
         rejected_rows: dataset.rejected_rows,
         schema: dataset.schema.clone(),
+        purpose: dataset.purpose,
     };
     outbox::enqueue(&mut tx, &s.infra.bus.envelope(event))
         .await
@@ -218,6 +220,7 @@ async fn ingest(
         dataset.version = dataset.version,
         rows = accepted,
         rejected,
+        dataset.purpose = dataset.purpose.as_str(),
         "dataset ingested"
     );
     Ok((

@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::{Service, TestEnv, assert_error, data_dir, penguins_csv, start_ingest};
 use petrel_api::ingest::{Dataset, IngestRequest, IngestResponse};
 use petrel_events::Envelope;
-use petrel_events::payloads::DataReady;
+use petrel_events::payloads::{DataReady, DatasetPurpose};
 use petrel_ml::Schema;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -23,6 +23,7 @@ fn by_csv(name: &str, csv: &str) -> Value {
         schema: Schema::penguins(),
         csv: Some(csv.to_owned()),
         path: None,
+        purpose: Default::default(),
     })
     .unwrap()
 }
@@ -33,6 +34,7 @@ fn by_path(name: &str, path: &str) -> Value {
         schema: Schema::penguins(),
         csv: None,
         path: Some(path.to_owned()),
+        purpose: Default::default(),
     })
     .unwrap()
 }
@@ -109,6 +111,8 @@ async fn ingesting_penguins_stores_the_file_and_announces_it_once() {
     assert_eq!(env.data.row_count, 344);
     assert_eq!(env.data.rejected_rows, 0);
     assert_eq!(env.data.schema, Schema::penguins());
+    assert_eq!(env.data.purpose, DatasetPurpose::Training, "the default");
+    assert_eq!(ds.purpose, DatasetPurpose::Training);
     events.assert_quiet(QUIET).await;
 
     // The same bytes again: 200, the same dataset, nothing new announced.
@@ -153,6 +157,38 @@ async fn ingesting_penguins_stores_the_file_and_announces_it_once() {
     assert_eq!(list["datasets"].as_array().unwrap().len(), 3);
 
     events.assert_quiet(QUIET).await;
+    svc.stop().await;
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_scoring_dataset_is_stored_and_announced_as_one() {
+    let world = TestEnv::new().await;
+    let svc = start_ingest(&world).await;
+    let mut events = world.events("data.>").await;
+    let mut body = by_csv("penguins", &penguins_with(20, &[]));
+    body["purpose"] = json!("scoring");
+    let created = ingest(&svc, body, StatusCode::CREATED).await;
+    assert_eq!(created.dataset.purpose, DatasetPurpose::Scoring);
+    let (_, bytes) = events.next().await;
+    let env = data_ready(&bytes);
+    assert_eq!(env.data.dataset_id, created.dataset.id);
+    assert_eq!(env.data.purpose, DatasetPurpose::Scoring);
+    // Kept with the dataset: reading it back says so too.
+    let (status, got) = svc
+        .send(
+            Method::GET,
+            &format!("/v1/datasets/{}", created.dataset.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["purpose"], "scoring");
+    // A purpose that is not one is refused.
+    let mut body = by_csv("penguins", &penguins_with(5, &[]));
+    body["purpose"] = json!("fun");
+    let (status, _) = svc.send(Method::POST, "/v1/datasets", Some(body)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     svc.stop().await;
     world.cleanup().await;
 }

@@ -8,6 +8,7 @@
 //! caller-chosen inference ids ([`replay`]).
 
 pub mod backend;
+pub mod batch;
 pub mod container;
 pub mod log;
 mod model;
@@ -116,6 +117,10 @@ pub struct Config {
         default_value_t = 5_000
     )]
     pub log_deadline_ms: u64,
+    /// How long a running batch job may go without a heartbeat before another runner takes it
+    /// for abandoned (its runner died) and resumes it (seconds).
+    #[arg(long, env = "PETREL_PREDICTOR_BATCH_LEASE_SECS", default_value_t = 60)]
+    pub batch_lease_secs: u64,
     #[command(flatten)]
     pub postgres: PostgresArgs,
     #[command(flatten)]
@@ -152,6 +157,11 @@ pub struct AppState {
     pub reject_unseen: bool,
     pub admission: routes::Admission,
     pub body_limit: usize,
+    /// Where batch jobs read their input and write their results.
+    pub store: Arc<dyn ArtifactStore>,
+    /// Where batch jobs record their runs.
+    pub registry: RegistryClient,
+    pub batch: batch::Batch,
 }
 
 impl AppState {
@@ -206,9 +216,10 @@ impl App {
         .await?;
         let store: Arc<dyn ArtifactStore> = petrel_store::open(&config.store.artifact_root)?;
         let slot = ServedSlot::default();
+        let registry = RegistryClient::new(&config.registry_url);
         let loader = model::Loader::new(
-            RegistryClient::new(&config.registry_url),
-            store,
+            registry.clone(),
+            store.clone(),
             slot.clone(),
             &config.model_name,
             &config.model_alias,
@@ -245,6 +256,13 @@ impl App {
                 timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
             },
             body_limit: config.body_limit,
+            store,
+            registry,
+            batch: batch::Batch {
+                model_name: config.model_name.clone(),
+                lease: Duration::from_secs(config.batch_lease_secs.max(1)),
+                wake: Arc::default(),
+            },
         };
         Ok(Self {
             port,
@@ -291,6 +309,30 @@ impl App {
         tasks.spawn_batch_consumer("log-store", state.infra.bus.clone(), spec, move |batch| {
             let pool = pool.clone();
             async move { store::on_logged(&pool, batch).await }
+        });
+        // Batch jobs: the consumer scores scoring datasets as they are announced, the worker
+        // takes jobs posted over HTTP and those left behind (retries, a crash, a shutdown).
+        let spec = ConsumerSpec {
+            // A job can take long: progress acks keep the event ours meanwhile, and one event
+            // per pull keeps the ones behind it free for other replicas.
+            ack_wait: Duration::from_secs(60),
+            batch: 1,
+            ..ConsumerSpec::durable(batch::CONSUMER, subjects::DATA_READY)
+        };
+        let (s, cancel) = (state.clone(), self.cancel.clone());
+        tasks.spawn_consumer(
+            "batch-consumer",
+            state.infra.bus.clone(),
+            spec,
+            move |env| {
+                let (s, cancel) = (s.clone(), cancel.clone());
+                async move { batch::on_data_ready(&s, env.id, env.data, &cancel).await }
+            },
+        );
+        let (s, cancel) = (state.clone(), self.cancel.clone());
+        tasks.spawn("batch-worker", async move {
+            batch::worker(s, cancel).await;
+            Ok(())
         });
         let loader = self.loader.clone();
         let cancel = self.cancel.clone();

@@ -55,7 +55,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::serving::router(
             state.clone(),
             state.admission.clone(),
-        ));
+        ))
+        .merge(crate::batch::router(state.clone()));
     petrel_runtime::http::finish(
         api.merge(petrel_runtime::http::health_routes(state.readiness())),
         state.body_limit,

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use petrel_api::ClientError;
 use petrel_api::registry::{CreateModelVersion, CreateRun, LogMetrics, MetricInput, RunStatus};
 use petrel_events::consumer::Outcome;
-use petrel_events::payloads::DataReady;
+use petrel_events::payloads::{DataReady, DatasetPurpose};
 use petrel_ml::{ModelBundle, parse_csv, train_classifier};
 use petrel_store::StoreError;
 use serde::Serialize;
@@ -70,6 +70,15 @@ impl From<ClientError> for JobError {
 /// a finished job is acknowledged again, an unfinished one resumes (training is deterministic
 /// and the registry calls are idempotent on the job id).
 pub async fn on_data_ready(state: &AppState, event_id: Uuid, data: DataReady) -> Outcome {
+    if !should_train(&data) {
+        tracing::info!(
+            event.id = %event_id,
+            dataset.name = %data.name,
+            dataset.purpose = data.purpose.as_str(),
+            "dataset is not for training; acknowledging"
+        );
+        return Outcome::Done;
+    }
     let job = match find_or_create_job(state, event_id, &data).await {
         Ok(job) => job,
         Err(e) => {
@@ -96,6 +105,11 @@ pub async fn on_data_ready(state: &AppState, event_id: Uuid, data: DataReady) ->
             Outcome::Retry(Duration::from_secs(5))
         }
     }
+}
+
+/// Only training data is trained on: scoring data is the predictor's, reference data nobody's.
+fn should_train(data: &DataReady) -> bool {
+    data.purpose == DatasetPurpose::Training
 }
 
 async fn find_or_create_job(
@@ -352,6 +366,28 @@ pub async fn list_jobs(state: &AppState, limit: i64) -> Result<Vec<Job>, sqlx::E
 
 #[cfg(test)]
 mod tests {
+    use petrel_events::payloads::{DataReady, DatasetPurpose};
+
+    #[test]
+    fn trains_only_on_training_data() {
+        let mut data = DataReady {
+            dataset_id: uuid::Uuid::nil(),
+            name: "penguins".into(),
+            version: 1,
+            uri: "file:///d.csv".into(),
+            content_hash: "sha256:00".into(),
+            row_count: 1,
+            rejected_rows: 0,
+            schema: petrel_ml::Schema::penguins(),
+            purpose: DatasetPurpose::Training,
+        };
+        assert!(super::should_train(&data));
+        for purpose in [DatasetPurpose::Scoring, DatasetPurpose::Reference] {
+            data.purpose = purpose;
+            assert!(!super::should_train(&data), "{purpose:?}");
+        }
+    }
+
     #[test]
     fn sanitizes_model_names_for_keys() {
         assert_eq!(super::sanitize("pen guins/v1"), "pen_guins_v1");

@@ -143,6 +143,7 @@ impl Stack {
             row_count: 344,
             rejected_rows: 0,
             schema: Schema::penguins(),
+            purpose: Default::default(),
         }
     }
 
