@@ -579,3 +579,427 @@ fn check_override_threshold(method: Method, threshold: f64) -> Result<(), DriftE
         check_threshold(threshold)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// splitmix64: a small, well-mixed seeded generator, so the statistical tests below are
+    /// deterministic without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next_u64(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        fn uniform(&mut self) -> f64 {
+            (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        }
+        fn normal(&mut self, mean: f64, sd: f64) -> f64 {
+            // Box-Muller; 1 - u keeps the logarithm finite.
+            let (u, v) = (1.0 - self.uniform(), self.uniform());
+            mean + sd * (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+        }
+        fn pick<'a>(&mut self, labels: &[&'a str], weights: &[f64]) -> &'a str {
+            let total: f64 = weights.iter().sum();
+            let mut u = self.uniform() * total;
+            for (l, w) in labels.iter().zip(weights) {
+                if u < *w {
+                    return l;
+                }
+                u -= w;
+            }
+            labels[labels.len() - 1]
+        }
+    }
+
+    fn numeric(name: &str, r: Vec<Option<f64>>, c: Vec<Option<f64>>) -> Column {
+        Column {
+            name: name.to_owned(),
+            data: ColumnData::Numeric {
+                reference: NumericSample::from_options(r),
+                current: NumericSample::from_options(c),
+            },
+        }
+    }
+
+    fn categorical(name: &str, r: &[Option<&str>], c: &[Option<&str>]) -> Column {
+        Column {
+            name: name.to_owned(),
+            data: ColumnData::Categorical {
+                reference: CategoricalSample::from_values(r.iter().copied()),
+                current: CategoricalSample::from_values(c.iter().copied()),
+            },
+        }
+    }
+
+    /// Penguin-like rows: island, four measurements, sex (with a few missing) and year.
+    /// `flipper_shift` moves flipper length by that many millimetres (sd 14).
+    fn penguins(rng: &mut Rng, n: usize, flipper_shift: f64) -> Vec<Column> {
+        let mut island = Vec::with_capacity(n);
+        let mut sex = Vec::with_capacity(n);
+        let (mut bill_l, mut bill_d, mut flip, mut mass, mut year) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..n {
+            island.push(Some(
+                rng.pick(&["Biscoe", "Dream", "Torgersen"], &[0.49, 0.36, 0.15]),
+            ));
+            sex.push(if rng.uniform() < 0.03 {
+                None
+            } else {
+                Some(rng.pick(&["female", "male"], &[0.5, 0.5]))
+            });
+            bill_l.push(Some((rng.normal(43.9, 5.5) * 10.0).round() / 10.0));
+            bill_d.push(Some((rng.normal(17.2, 2.0) * 10.0).round() / 10.0));
+            flip.push(Some(rng.normal(200.9 + flipper_shift, 14.1).round()));
+            mass.push(Some((rng.normal(4200.0, 800.0) / 25.0).round() * 25.0));
+            year.push(Some(2007.0 + (rng.uniform() * 3.0).floor()));
+        }
+        vec![
+            categorical("island", &island, &[]),
+            numeric("bill_length_mm", bill_l, vec![]),
+            numeric("bill_depth_mm", bill_d, vec![]),
+            numeric("flipper_length_mm", flip, vec![]),
+            numeric("body_mass_g", mass, vec![]),
+            categorical("sex", &sex, &[]),
+            numeric("year", year, vec![]),
+        ]
+    }
+
+    /// Pairs two one-sided column lists (as built by `penguins`) into reference/current.
+    fn pair(reference: Vec<Column>, current: Vec<Column>) -> Vec<Column> {
+        reference
+            .into_iter()
+            .zip(current)
+            .map(|(r, c)| {
+                let data = match (r.data, c.data) {
+                    (
+                        ColumnData::Numeric { reference, .. },
+                        ColumnData::Numeric {
+                            reference: current, ..
+                        },
+                    ) => ColumnData::Numeric { reference, current },
+                    (
+                        ColumnData::Categorical { reference, .. },
+                        ColumnData::Categorical {
+                            reference: current, ..
+                        },
+                    ) => ColumnData::Categorical { reference, current },
+                    _ => unreachable!(),
+                };
+                Column { name: r.name, data }
+            })
+            .collect()
+    }
+
+    fn drifted_columns(v: &DatasetVerdict) -> Vec<&str> {
+        v.columns
+            .iter()
+            .filter(|c| c.drifted)
+            .map(|c| c.column.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn the_old_false_alarm_case_flags_only_the_shifted_column() {
+        // 10,000 against 10,000 rows, only flipper length shifted (by half a standard
+        // deviation). The first version of the monitor flagged categorical columns here.
+        let mut rng = Rng(20_260_101);
+        let reference = penguins(&mut rng, 10_000, 0.0);
+        let current = penguins(&mut rng, 10_000, 7.0);
+        let columns = pair(reference, current);
+        for preset in [Preset::Evidently, Preset::Petrel] {
+            let v = detect(&columns, &DriftConfig::new(preset)).unwrap();
+            assert_eq!(
+                drifted_columns(&v),
+                ["flipper_length_mm"],
+                "{preset:?}: {v:#?}"
+            );
+            assert_eq!(v.n_columns, 7);
+        }
+        let v = detect(&columns, &DriftConfig::new(Preset::Evidently)).unwrap();
+        // 1 of 7 columns is below Evidently's 50% share.
+        assert!(!v.drifted);
+        let methods: Vec<Method> = v.columns.iter().map(|c| c.method).collect();
+        use Method::*;
+        assert_eq!(
+            methods,
+            [
+                JensenShannon,
+                WassersteinNorm,
+                WassersteinNorm,
+                WassersteinNorm,
+                WassersteinNorm,
+                JensenShannon,
+                JensenShannon
+            ]
+        );
+        let v = detect(&columns, &DriftConfig::new(Preset::Petrel)).unwrap();
+        assert!(v.drifted);
+        let methods: Vec<Method> = v.columns.iter().map(|c| c.method).collect();
+        assert_eq!(
+            methods,
+            [
+                ChiSquare,
+                KolmogorovSmirnov,
+                KolmogorovSmirnov,
+                KolmogorovSmirnov,
+                KolmogorovSmirnov,
+                ZTest,
+                ChiSquare
+            ]
+        );
+        // sex has missing values on both sides, so it also got a missing-share test.
+        assert!(v.columns[5].missing.as_ref().is_some_and(|m| !m.drifted));
+    }
+
+    #[test]
+    fn petrel_false_alarm_rate_is_at_most_the_fdr_level() {
+        // Under the null (both windows drawn from one distribution), the share of windows in
+        // which the petrel preset reports dataset drift must stay at or below its 5% level.
+        // Testing 7 columns at 5% each without correction alarms in about 30% of windows, so
+        // an implementation that skipped or botched the BH step would fail here.
+        let trials = 300;
+        let mut rng = Rng(7);
+        let config = DriftConfig::new(Preset::Petrel);
+        let (mut alarms, mut uncorrected) = (0, 0);
+        for _ in 0..trials {
+            let reference = penguins(&mut rng, 1000, 0.0);
+            let current = penguins(&mut rng, 200, 0.0);
+            let v = detect(&pair(reference, current), &config).unwrap();
+            alarms += usize::from(v.drifted);
+            let any_raw = v.columns.iter().any(|c| {
+                c.p_value.is_some_and(|p| p < 0.05)
+                    || c.missing.as_ref().is_some_and(|m| m.p_value < 0.05)
+            });
+            uncorrected += usize::from(any_raw);
+        }
+        let rate = alarms as f64 / trials as f64;
+        // Binomial standard error at 5% over 300 trials is 1.26%; allow three of them.
+        assert!(rate <= 0.05 + 3.0 * 0.0126, "false-alarm rate {rate}");
+        let raw_rate = uncorrected as f64 / trials as f64;
+        println!("null windows: petrel alarm rate {rate}, uncorrected rate {raw_rate}");
+        assert!(
+            raw_rate > 0.15,
+            "uncorrected rate {raw_rate} should be far above 5%"
+        );
+    }
+
+    #[test]
+    fn evidently_method_choice_follows_get_default_stattest() {
+        let many = |n: usize| -> Vec<Option<f64>> { (0..n).map(|i| Some(i as f64)).collect() };
+        let cycle = |n: usize, k: usize| -> Vec<Option<f64>> {
+            (0..n).map(|i| Some((i % k) as f64)).collect()
+        };
+        let cats = |n: usize, k: usize| -> Vec<Option<String>> {
+            (0..n).map(|i| Some(format!("c{}", i % k))).collect()
+        };
+        let choose = |col: Column| -> Method {
+            let v = detect(&[col], &DriftConfig::new(Preset::Evidently)).unwrap();
+            v.columns[0].method
+        };
+        let cat_col = |r: Vec<Option<String>>, c: Vec<Option<String>>| -> Column {
+            let r: Vec<Option<&str>> = r.iter().map(|s| s.as_deref()).collect();
+            let c: Vec<Option<&str>> = c.iter().map(|s| s.as_deref()).collect();
+            categorical("c", &r, &c)
+        };
+        use Method::*;
+        // Reference of exactly 1000 rows is still "small".
+        assert_eq!(
+            choose(numeric("x", many(1000), many(50))),
+            KolmogorovSmirnov
+        );
+        assert_eq!(choose(numeric("x", many(1001), many(50))), WassersteinNorm);
+        // Distinct values are counted over both sides: 5 -> chi-square, 6 -> KS.
+        assert_eq!(
+            choose(numeric("x", cycle(500, 5), cycle(50, 5))),
+            ChiSquareGoodnessOfFit
+        );
+        assert_eq!(
+            choose(numeric("x", cycle(500, 5), cycle(50, 6))),
+            KolmogorovSmirnov
+        );
+        assert_eq!(choose(numeric("x", cycle(500, 2), cycle(50, 2))), ZTest);
+        assert_eq!(
+            choose(numeric("x", cycle(500, 2), cycle(50, 3))),
+            ChiSquareGoodnessOfFit
+        );
+        assert_eq!(
+            choose(numeric("x", cycle(2000, 5), cycle(50, 5))),
+            JensenShannon
+        );
+        assert_eq!(
+            choose(numeric("x", cycle(2000, 6), cycle(50, 6))),
+            WassersteinNorm
+        );
+        assert_eq!(choose(cat_col(cats(500, 2), cats(50, 2))), ZTest);
+        assert_eq!(
+            choose(cat_col(cats(500, 2), cats(50, 3))),
+            ChiSquareGoodnessOfFit
+        );
+        assert_eq!(choose(cat_col(cats(2000, 2), cats(50, 2))), JensenShannon);
+        // Missing values do not count towards the reference size.
+        let mut r = many(1000);
+        r.extend([None; 10]);
+        assert_eq!(choose(numeric("x", r, many(50))), KolmogorovSmirnov);
+    }
+
+    #[test]
+    fn evidently_dataset_rule_is_share_at_least_half() {
+        let same: Vec<Option<f64>> = (0..100).map(|i| Some(f64::from(i))).collect();
+        let moved: Vec<Option<f64>> = (0..100).map(|i| Some(f64::from(i) + 500.0)).collect();
+        let cols = vec![
+            numeric("a", same.clone(), same.clone()),
+            numeric("b", same.clone(), moved),
+        ];
+        let v = detect(&cols, &DriftConfig::new(Preset::Evidently)).unwrap();
+        assert_eq!((v.n_drifted, v.share_drifted), (1, 0.5));
+        assert!(v.drifted, "1 of 2 columns meets the >= 0.5 share");
+        let mut config = DriftConfig::new(Preset::Evidently);
+        config.drift_share = 0.6;
+        assert!(!detect(&cols, &config).unwrap().drifted);
+        // KS at the threshold itself counts as drifted (p <= threshold).
+        assert!(Method::KolmogorovSmirnov.evidently_drifted(0.05, 0.05));
+        assert!(!Method::ChiSquareGoodnessOfFit.evidently_drifted(0.05, 0.05));
+        assert!(Method::WassersteinNorm.evidently_drifted(0.1, 0.1));
+    }
+
+    #[test]
+    fn a_change_in_missing_share_registers() {
+        let mut rng = Rng(99);
+        let draw = |rng: &mut Rng, n: usize, missing: f64| -> Vec<Option<f64>> {
+            (0..n)
+                .map(|_| (rng.uniform() >= missing).then(|| rng.normal(0.0, 1.0)))
+                .collect()
+        };
+        let r = draw(&mut rng, 2000, 0.02);
+        let c = draw(&mut rng, 500, 0.20);
+        let cols = [numeric("x", r, c)];
+        let v = detect(&cols, &DriftConfig::new(Preset::Petrel)).unwrap();
+        let col = &v.columns[0];
+        assert_eq!(col.method, Method::KolmogorovSmirnov);
+        let m = col.missing.as_ref().unwrap();
+        assert!(m.drifted && col.drifted && v.drifted, "{col:#?}");
+        // The values themselves did not move.
+        assert!(col.adjusted_p_value.unwrap() > 0.05);
+        // Evidently drops missing values and sees nothing.
+        let v = detect(&cols, &DriftConfig::new(Preset::Evidently)).unwrap();
+        assert!(!v.columns[0].drifted);
+    }
+
+    #[test]
+    fn an_all_missing_window_is_tested_on_its_missing_share() {
+        let r: Vec<Option<f64>> = (0..300).map(|i| Some(f64::from(i))).collect();
+        let cols = [numeric("x", r, vec![None; 40])];
+        let v = detect(&cols, &DriftConfig::new(Preset::Petrel)).unwrap();
+        assert_eq!(v.columns[0].method, Method::MissingShare);
+        assert!(v.columns[0].drifted);
+        assert!(matches!(
+            detect(&cols, &DriftConfig::new(Preset::Evidently)),
+            Err(DriftError::EmptyColumn {
+                side: "current",
+                ..
+            })
+        ));
+        let none = [numeric("x", vec![], vec![Some(1.0)])];
+        assert!(matches!(
+            detect(&none, &DriftConfig::new(Preset::Petrel)),
+            Err(DriftError::EmptyColumn {
+                side: "reference",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn an_unseen_category_registers() {
+        let mut rng = Rng(5);
+        let r: Vec<Option<&str>> = (0..2000)
+            .map(|_| Some(rng.pick(&["a", "b", "c"], &[0.5, 0.3, 0.2])))
+            .collect();
+        let c: Vec<Option<&str>> = (0..300)
+            .map(|_| Some(rng.pick(&["a", "b", "c", "new"], &[0.45, 0.27, 0.18, 0.1])))
+            .collect();
+        let cols = [categorical("cat", &r, &c)];
+        for preset in [Preset::Petrel, Preset::Evidently] {
+            let v = detect(&cols, &DriftConfig::new(preset)).unwrap();
+            assert!(v.columns[0].drifted, "{preset:?}");
+        }
+    }
+
+    #[test]
+    fn overrides_replace_method_and_threshold() {
+        let r: Vec<Option<f64>> = (0..500).map(|i| Some(f64::from(i % 97))).collect();
+        let c: Vec<Option<f64>> = (0..500).map(|i| Some(f64::from(i % 97) + 3.0)).collect();
+        let cols = [numeric("x", r, c)];
+        let mut config = DriftConfig::new(Preset::Petrel);
+        config.overrides.insert(
+            "x".into(),
+            ColumnOverride {
+                method: Some(Method::Psi),
+                threshold: Some(5.0),
+            },
+        );
+        let v = detect(&cols, &config).unwrap();
+        let col = &v.columns[0];
+        assert_eq!((col.method, col.threshold), (Method::Psi, 5.0));
+        assert!(col.distance.is_some() && col.p_value.is_none());
+        assert!(
+            !col.drifted,
+            "PSI {} is below the raised threshold",
+            col.score
+        );
+
+        config.overrides.insert(
+            "x".into(),
+            ColumnOverride {
+                method: Some(Method::AndersonDarling),
+                threshold: None,
+            },
+        );
+        let v = detect(&cols, &config).unwrap();
+        assert_eq!(v.columns[0].method, Method::AndersonDarling);
+        assert!(v.columns[0].drifted);
+
+        let cat = [categorical("c", &[Some("a")], &[Some("b")])];
+        let mut config = DriftConfig::new(Preset::Evidently);
+        config.overrides.insert(
+            "c".into(),
+            ColumnOverride {
+                method: Some(Method::KolmogorovSmirnov),
+                threshold: None,
+            },
+        );
+        assert!(matches!(
+            detect(&cat, &config),
+            Err(DriftError::MethodNotApplicable { .. })
+        ));
+        let mut config = DriftConfig::new(Preset::Petrel);
+        config.fdr = 1.5;
+        assert!(matches!(
+            detect(&cat, &config),
+            Err(DriftError::InvalidThreshold(_))
+        ));
+    }
+
+    #[test]
+    fn verdict_serialises_with_stable_names() {
+        let cols = [categorical(
+            "c",
+            &[Some("a"), Some("b"), Some("a")],
+            &[Some("a"), None],
+        )];
+        let v = detect(&cols, &DriftConfig::new(Preset::Petrel)).unwrap();
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["preset"], "petrel");
+        assert_eq!(json["columns"][0]["method"], "z_test");
+        assert_eq!(json["columns"][0]["kind"], "categorical");
+        assert_eq!(json["columns"][0]["histogram"]["kind"], "categorical");
+        let back: DatasetVerdict = serde_json::from_value(json).unwrap();
+        assert_eq!(back, v);
+    }
+}
