@@ -14,40 +14,74 @@ use crate::sample::{CategoryTable, NumericSample, neumaier_sum};
 /// (`scipy.stats.wasserstein_distance`): the area between the two empirical CDFs.
 #[must_use]
 pub fn wasserstein_sorted(u: &[f64], v: &[f64]) -> f64 {
-    let (n, m) = (u.len() as f64, v.len() as f64);
-    let (mut i, mut j) = (0usize, 0usize);
-    let mut sum = 0.0f64;
-    let mut comp = 0.0f64;
-    // At each distinct value x (followed by the next distinct value y) both CDFs are constant on
-    // [x, y), so the area is |F_u(x) - F_v(x)| (y - x).
-    let mut x = match (u.first(), v.first()) {
-        (Some(&a), Some(&b)) => a.min(b),
-        _ => return f64::NAN,
-    };
-    loop {
-        while i < u.len() && u[i] == x {
-            i += 1;
-        }
-        while j < v.len() && v[j] == x {
-            j += 1;
-        }
-        let y = match (u.get(i), v.get(j)) {
-            (Some(&a), Some(&b)) => a.min(b),
-            (Some(&a), None) => a,
-            (None, Some(&b)) => b,
-            (None, None) => break,
-        };
-        let term = (i as f64 / n - j as f64 / m).abs() * (y - x);
-        let t = sum + term;
-        if sum.abs() >= term.abs() {
-            comp += (sum - t) + term;
-        } else {
-            comp += (term - t) + sum;
-        }
-        sum = t;
-        x = y;
+    if u.is_empty() || v.is_empty() {
+        return f64::NAN;
     }
-    sum + comp
+    let (n, m) = (u.len() as f64, v.len() as f64);
+    // A plain merge, one element at a time. Between consecutive merged values `prev` and `x`
+    // both CDFs are constant, so the area there is |i/n - j/m| (x - prev) with i, j the counts
+    // consumed so far. Where copies of a value are still being consumed `x - prev` is 0, so
+    // the CDFs need not be complete at those steps, and the merge needs no look-ahead.
+    let (mut i, mut j) = (0usize, 0usize);
+    // Every term is non-negative, so there is no cancellation: terms are summed plainly in
+    // blocks (error about 1e-13 relative per block) and the blocks with compensation, which
+    // keeps the hot loop free of the compensated sum's dependency chain.
+    let mut acc = Neumaier::default();
+    let mut block = 0.0f64;
+    let mut in_block = 0u32;
+    let mut prev = u[0].min(v[0]);
+    while i < u.len() && j < v.len() {
+        let (a, b) = (u[i], v[j]);
+        let take_u = a <= b;
+        let x = if take_u { a } else { b };
+        block += (i as f64 / n - j as f64 / m).abs() * (x - prev);
+        i += usize::from(take_u);
+        j += usize::from(!take_u);
+        prev = x;
+        in_block += 1;
+        if in_block == 1024 {
+            acc.add(block);
+            block = 0.0;
+            in_block = 0;
+        }
+    }
+    acc.add(block);
+    // One side is exhausted: its CDF is 1 from here on.
+    for &x in &u[i..] {
+        acc.add((i as f64 / n - 1.0).abs() * (x - prev));
+        i += 1;
+        prev = x;
+    }
+    for &x in &v[j..] {
+        acc.add((1.0 - j as f64 / m).abs() * (x - prev));
+        j += 1;
+        prev = x;
+    }
+    acc.sum()
+}
+
+/// A running compensated (Neumaier) sum.
+#[derive(Default)]
+struct Neumaier {
+    sum: f64,
+    comp: f64,
+}
+
+impl Neumaier {
+    #[inline]
+    fn add(&mut self, v: f64) {
+        let t = self.sum + v;
+        if self.sum.abs() >= v.abs() {
+            self.comp += (self.sum - t) + v;
+        } else {
+            self.comp += (v - t) + self.sum;
+        }
+        self.sum = t;
+    }
+
+    fn sum(&self) -> f64 {
+        self.sum + self.comp
+    }
 }
 
 /// The smallest reference spread Evidently divides by, so a constant reference column does not

@@ -51,7 +51,9 @@ pub use preset::{
     Column, ColumnData, ColumnOverride, ColumnVerdict, DatasetVerdict, DriftConfig, Kind,
     MissingShare, Preset, detect,
 };
-pub use sample::{CategoricalSample, CategoryTable, NumericSample, union_unique};
+pub use sample::{
+    CategoricalSample, CategoryTable, NumericSample, union_unique, union_unique_up_to,
+};
 
 use serde::{Deserialize, Serialize};
 

@@ -34,7 +34,7 @@ use crate::distance::{binned_categorical, binned_numeric, jensen_shannon, kl_div
 use crate::fdr::benjamini_hochberg;
 use crate::histogram::Histogram;
 use crate::ks::ks_2samp;
-use crate::sample::{CategoricalSample, CategoryTable, NumericSample, union_unique};
+use crate::sample::{CategoricalSample, CategoryTable, NumericSample, union_unique_up_to};
 use crate::{DEFAULT_THRESHOLD, DriftError, Method, check_threshold};
 
 /// Evidently's boundary between "small" and "large" references (rows after dropping missing).
@@ -109,6 +109,12 @@ impl ColumnData {
         }
     }
 
+    /// Rows on both sides, missing values included.
+    fn rows(&self) -> u64 {
+        let ((a, b), (c, d)) = self.sizes();
+        a + b + c + d
+    }
+
     /// (non-missing, missing) counts of reference and current.
     fn sizes(&self) -> ((u64, u64), (u64, u64)) {
         match self {
@@ -123,10 +129,11 @@ impl ColumnData {
         }
     }
 
-    fn n_values(&self) -> usize {
+    /// Distinct values over both sides, counted up to `limit`.
+    fn n_values(&self, limit: usize) -> usize {
         match self {
             ColumnData::Numeric { reference, current } => {
-                union_unique(reference.values(), current.values())
+                union_unique_up_to(reference.values(), current.values(), limit)
             }
             ColumnData::Categorical { reference, current } => {
                 CategoryTable::new(reference, current).cells.len()
@@ -240,6 +247,9 @@ pub struct ColumnVerdict {
     /// no non-missing value, so only the missing share could be tested.
     pub method: Method,
     /// The test statistic (KS distance, chi-square sum, z, standardised A2) or the distance.
+    /// It is `+inf` for Evidently's goodness of fit with an unseen category; JSON has no
+    /// infinity, so non-finite values are written as the strings `"inf"`, `"-inf"`, `"nan"`.
+    #[serde(with = "lossless_f64")]
     pub statistic: f64,
     /// The raw p-value, for p-value methods.
     pub p_value: Option<f64>,
@@ -283,10 +293,46 @@ pub struct DatasetVerdict {
     pub drifted: bool,
 }
 
+/// Serde for an `f64` that may be infinite: a JSON number when finite, else a string, so a
+/// stored verdict reads back exactly.
+mod lossless_f64 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            s.serialize_f64(*x)
+        } else if x.is_nan() {
+            s.serialize_str("nan")
+        } else if *x > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Num(f64),
+            Text(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Num(x) => Ok(x),
+            Repr::Text(t) => match t.as_str() {
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                "nan" => Ok(f64::NAN),
+                other => Err(D::Error::custom(format!("not a number: {other}"))),
+            },
+        }
+    }
+}
+
 /// Evidently's `get_default_stattest` for a column.
 fn evidently_method(data: &ColumnData) -> Method {
     let n_ref = data.sizes().0.0 as usize;
-    let n_values = data.n_values();
+    let n_values = data.n_values(EVIDENTLY_MAX_DISCRETE + 1);
     let kind = data.kind();
     if n_ref <= EVIDENTLY_SMALL_REFERENCE {
         match kind {
@@ -304,7 +350,7 @@ fn evidently_method(data: &ColumnData) -> Method {
 
 /// The `petrel` preset's choice for a column.
 fn petrel_method(data: &ColumnData) -> Method {
-    let n_values = data.n_values();
+    let n_values = data.n_values(PETREL_MAX_DISCRETE + 1);
     match data.kind() {
         _ if n_values <= 2 => Method::ZTest,
         Kind::Numeric if n_values > PETREL_MAX_DISCRETE => Method::KolmogorovSmirnov,
@@ -400,109 +446,20 @@ pub fn detect(columns: &[Column], config: &DriftConfig) -> Result<DatasetVerdict
         /// Index into `pvalues` of the missing-share test.
         missing_index: Option<usize>,
     }
+    let evaluated = map_columns(columns, |col| evaluate(col, config))?;
     let mut pvalues: Vec<f64> = Vec::new();
-    let mut pending = Vec::with_capacity(columns.len());
-    for col in columns {
-        let over = config.overrides.get(&col.name).copied().unwrap_or_default();
-        let ((ref_values, ref_missing), (cur_values, cur_missing)) = col.data.sizes();
-        let kind = col.data.kind();
-        let histogram = col.data.histogram();
-        let one_side_empty = ref_values == 0 || cur_values == 0;
-        if config.preset == Preset::Evidently && one_side_empty {
-            return Err(DriftError::EmptyColumn {
-                column: col.name.clone(),
-                side: if ref_values == 0 {
-                    "reference"
-                } else {
-                    "current"
-                },
-            });
-        }
-        if ref_values + ref_missing == 0 || cur_values + cur_missing == 0 {
-            return Err(DriftError::EmptyColumn {
-                column: col.name.clone(),
-                side: if ref_values + ref_missing == 0 {
-                    "reference"
-                } else {
-                    "current"
-                },
-            });
-        }
-        let mut verdict = ColumnVerdict {
-            column: col.name.clone(),
-            kind,
-            method: Method::MissingShare,
-            statistic: 0.0,
-            p_value: None,
-            adjusted_p_value: None,
-            distance: None,
-            score: 1.0,
-            threshold: 0.0,
-            drifted: false,
-            missing: None,
-            reference_values: ref_values,
-            current_values: cur_values,
-            histogram,
+    let mut pending = Vec::with_capacity(evaluated.len());
+    for e in evaluated {
+        let mut index = |p: Option<f64>| {
+            p.map(|p| {
+                pvalues.push(p);
+                pvalues.len() - 1
+            })
         };
-        let mut test_index = None;
-        if !one_side_empty {
-            let method = over.method.unwrap_or(match config.preset {
-                Preset::Evidently => evidently_method(&col.data),
-                Preset::Petrel => petrel_method(&col.data),
-            });
-            let (statistic, score) = run_method(method, &col.name, &col.data)?;
-            let threshold = match (over.threshold, config.preset) {
-                (Some(t), _) => t,
-                (None, Preset::Petrel) if !method.is_distance() => config.fdr,
-                (None, _) => method.default_threshold(),
-            };
-            check_override_threshold(method, threshold)?;
-            verdict.method = method;
-            verdict.statistic = statistic;
-            verdict.threshold = threshold;
-            verdict.score = score;
-            if method.is_distance() {
-                verdict.distance = Some(score);
-                verdict.drifted = score >= threshold;
-            } else {
-                verdict.p_value = Some(score);
-                if config.preset == Preset::Evidently {
-                    verdict.drifted = method.evidently_drifted(score, threshold);
-                } else {
-                    test_index = Some(pvalues.len());
-                    pvalues.push(score);
-                }
-            }
-        }
-        let mut missing_index = None;
-        if config.preset == Preset::Petrel && ref_missing + cur_missing > 0 {
-            let z = two_proportion_z(
-                ref_missing,
-                ref_values + ref_missing,
-                cur_missing,
-                cur_values + cur_missing,
-            )?;
-            missing_index = Some(pvalues.len());
-            pvalues.push(z.p_value);
-            verdict.missing = Some(MissingShare {
-                reference_missing: ref_missing,
-                reference_rows: ref_values + ref_missing,
-                current_missing: cur_missing,
-                current_rows: cur_values + cur_missing,
-                statistic: z.statistic,
-                p_value: z.p_value,
-                adjusted_p_value: z.p_value,
-                drifted: false,
-            });
-            if one_side_empty {
-                verdict.statistic = z.statistic;
-                verdict.p_value = Some(z.p_value);
-                verdict.threshold = over.threshold.unwrap_or(config.fdr);
-                check_threshold(verdict.threshold)?;
-            }
-        }
+        let test_index = index(e.test_p);
+        let missing_index = index(e.missing_p);
         pending.push(Pending {
-            verdict,
+            verdict: e.verdict,
             test_index,
             missing_index,
         });
@@ -567,6 +524,162 @@ pub fn detect(columns: &[Column], config: &DriftConfig) -> Result<DatasetVerdict
         drifted,
     })
 }
+
+/// One column's verdict before the Benjamini-Hochberg step, with the raw p-values that take
+/// part in it.
+struct Evaluated {
+    verdict: ColumnVerdict,
+    test_p: Option<f64>,
+    missing_p: Option<f64>,
+}
+
+/// Everything [`detect`] does for one column that does not depend on the other columns.
+fn evaluate(col: &Column, config: &DriftConfig) -> Result<Evaluated, DriftError> {
+    let over = config.overrides.get(&col.name).copied().unwrap_or_default();
+    let ((ref_values, ref_missing), (cur_values, cur_missing)) = col.data.sizes();
+    let kind = col.data.kind();
+    let histogram = col.data.histogram();
+    let one_side_empty = ref_values == 0 || cur_values == 0;
+    if config.preset == Preset::Evidently && one_side_empty {
+        return Err(DriftError::EmptyColumn {
+            column: col.name.clone(),
+            side: if ref_values == 0 {
+                "reference"
+            } else {
+                "current"
+            },
+        });
+    }
+    if ref_values + ref_missing == 0 || cur_values + cur_missing == 0 {
+        return Err(DriftError::EmptyColumn {
+            column: col.name.clone(),
+            side: if ref_values + ref_missing == 0 {
+                "reference"
+            } else {
+                "current"
+            },
+        });
+    }
+    let mut verdict = ColumnVerdict {
+        column: col.name.clone(),
+        kind,
+        method: Method::MissingShare,
+        statistic: 0.0,
+        p_value: None,
+        adjusted_p_value: None,
+        distance: None,
+        score: 1.0,
+        threshold: 0.0,
+        drifted: false,
+        missing: None,
+        reference_values: ref_values,
+        current_values: cur_values,
+        histogram,
+    };
+    let mut test_p = None;
+    if !one_side_empty {
+        let method = over.method.unwrap_or(match config.preset {
+            Preset::Evidently => evidently_method(&col.data),
+            Preset::Petrel => petrel_method(&col.data),
+        });
+        let (statistic, score) = run_method(method, &col.name, &col.data)?;
+        let threshold = match (over.threshold, config.preset) {
+            (Some(t), _) => t,
+            (None, Preset::Petrel) if !method.is_distance() => config.fdr,
+            (None, _) => method.default_threshold(),
+        };
+        check_override_threshold(method, threshold)?;
+        verdict.method = method;
+        verdict.statistic = statistic;
+        verdict.threshold = threshold;
+        verdict.score = score;
+        if method.is_distance() {
+            verdict.distance = Some(score);
+            verdict.drifted = score >= threshold;
+        } else {
+            verdict.p_value = Some(score);
+            if config.preset == Preset::Evidently {
+                verdict.drifted = method.evidently_drifted(score, threshold);
+            } else {
+                test_p = Some(score);
+            }
+        }
+    }
+    let mut missing_p = None;
+    if config.preset == Preset::Petrel && ref_missing + cur_missing > 0 {
+        let z = two_proportion_z(
+            ref_missing,
+            ref_values + ref_missing,
+            cur_missing,
+            cur_values + cur_missing,
+        )?;
+        missing_p = Some(z.p_value);
+        verdict.missing = Some(MissingShare {
+            reference_missing: ref_missing,
+            reference_rows: ref_values + ref_missing,
+            current_missing: cur_missing,
+            current_rows: cur_values + cur_missing,
+            statistic: z.statistic,
+            p_value: z.p_value,
+            adjusted_p_value: z.p_value,
+            drifted: false,
+        });
+        if one_side_empty {
+            verdict.statistic = z.statistic;
+            verdict.p_value = Some(z.p_value);
+            verdict.threshold = over.threshold.unwrap_or(config.fdr);
+            check_threshold(verdict.threshold)?;
+        }
+    }
+    Ok(Evaluated {
+        verdict,
+        test_p,
+        missing_p,
+    })
+}
+
+/// Applies `f` to every column, spreading the columns over the available cores: columns are
+/// independent until the Benjamini-Hochberg step, and the large windows spend nearly all their
+/// time in per-column work. Results keep the input order; the first error (in column order)
+/// wins.
+fn map_columns<T: Send>(
+    columns: &[Column],
+    f: impl Fn(&Column) -> Result<T, DriftError> + Sync,
+) -> Result<Vec<T>, DriftError> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(columns.len());
+    // Small windows are not worth a thread.
+    let rows: u64 = columns.iter().map(|c| c.data.rows()).sum();
+    if workers <= 1 || rows < PARALLEL_MIN_ROWS {
+        return columns.iter().map(&f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut slots: Vec<Option<Result<T, DriftError>>> = Vec::new();
+    slots.resize_with(columns.len(), || None);
+    let results = std::sync::Mutex::new(slots);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(col) = columns.get(i) else { break };
+                    let r = f(col);
+                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every column was evaluated"))
+        .collect()
+}
+
+/// Below this many rows in all (both sides, all columns) [`detect`] stays on one thread.
+const PARALLEL_MIN_ROWS: u64 = 200_000;
 
 fn check_override_threshold(method: Method, threshold: f64) -> Result<(), DriftError> {
     if method.is_distance() {
@@ -987,6 +1100,44 @@ mod tests {
     }
 
     #[test]
+    fn large_windows_are_evaluated_in_parallel_in_order() {
+        // 5 columns of 30,000 + 30,000 rows pass PARALLEL_MIN_ROWS, so the threads run; the
+        // result must equal the column-by-column one, in input order.
+        let mut rng = Rng(3);
+        let cols: Vec<Column> = (0..5)
+            .map(|k| {
+                let draw = |rng: &mut Rng, shift: f64| -> Vec<Option<f64>> {
+                    (0..30_000).map(|_| Some(rng.normal(shift, 1.0))).collect()
+                };
+                let r = draw(&mut rng, 0.0);
+                let c = draw(&mut rng, f64::from(k) * 0.05);
+                numeric(&format!("x{k}"), r, c)
+            })
+            .collect();
+        let config = DriftConfig::new(Preset::Evidently);
+        let all = detect(&cols, &config).unwrap();
+        for (col, v) in cols.iter().zip(&all.columns) {
+            let alone = detect(std::slice::from_ref(col), &config).unwrap();
+            assert_eq!(&alone.columns[0], v);
+        }
+        // An error in one column still surfaces.
+        let mut bad = cols.clone();
+        bad.push(categorical("c", &[Some("a")], &[Some("b")]));
+        let mut config = DriftConfig::new(Preset::Evidently);
+        config.overrides.insert(
+            "c".into(),
+            ColumnOverride {
+                method: Some(Method::WassersteinNorm),
+                threshold: None,
+            },
+        );
+        assert!(matches!(
+            detect(&bad, &config),
+            Err(DriftError::MethodNotApplicable { .. })
+        ));
+    }
+
+    #[test]
     fn verdict_serialises_with_stable_names() {
         let cols = [categorical(
             "c",
@@ -999,6 +1150,26 @@ mod tests {
         assert_eq!(json["columns"][0]["method"], "z_test");
         assert_eq!(json["columns"][0]["kind"], "categorical");
         assert_eq!(json["columns"][0]["histogram"]["kind"], "categorical");
+        let back: DatasetVerdict = serde_json::from_value(json).unwrap();
+        assert_eq!(back, v);
+
+        // An unseen category under Evidently's goodness of fit: an infinite statistic.
+        let r: Vec<Option<&str>> = ["a", "b", "c"]
+            .iter()
+            .cycle()
+            .take(30)
+            .map(|s| Some(*s))
+            .collect();
+        let c = [Some("a"), Some("b"), Some("d")];
+        let v = detect(
+            &[categorical("c", &r, &c)],
+            &DriftConfig::new(Preset::Evidently),
+        )
+        .unwrap();
+        assert_eq!(v.columns[0].method, Method::ChiSquareGoodnessOfFit);
+        assert!(v.columns[0].statistic.is_infinite());
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["columns"][0]["statistic"], "inf");
         let back: DatasetVerdict = serde_json::from_value(json).unwrap();
         assert_eq!(back, v);
     }

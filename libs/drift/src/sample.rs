@@ -13,6 +13,9 @@
 use std::collections::BTreeMap;
 
 /// A numeric sample: its finite values sorted ascending, and how many values were missing.
+///
+/// Values are sorted as order-preserving `u64` keys (the sign bit folded in), which is exact
+/// for every finite `f64` and faster than a float comparator.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct NumericSample {
     sorted: Vec<f64>,
@@ -32,16 +35,19 @@ impl NumericSample {
 
     /// Builds a sample from values where `None` (or a non-finite number) is a missing value.
     pub fn from_options(values: impl IntoIterator<Item = Option<f64>>) -> Self {
-        let mut sorted = Vec::new();
+        let values = values.into_iter();
+        // Keys are built directly (see `sort_keys`); -0.0 + 0.0 is 0.0, so equal values are
+        // also bitwise equal afterwards.
+        let mut keys = Vec::with_capacity(values.size_hint().0);
         let mut missing = 0u64;
         for v in values {
             match v {
-                // `+ 0.0` folds -0.0 into 0.0, so equal values are also bitwise equal.
-                Some(x) if x.is_finite() => sorted.push(x + 0.0),
+                Some(x) if x.is_finite() => keys.push(to_key(x + 0.0)),
                 _ => missing += 1,
             }
         }
-        sort_f64(&mut sorted);
+        sort_keys(&mut keys);
+        let sorted = keys.into_iter().map(from_key).collect();
         Self { sorted, missing }
     }
 
@@ -107,8 +113,16 @@ impl NumericSample {
 /// Number of distinct values in the union of two sorted slices (pandas `concat(..).nunique()`).
 #[must_use]
 pub fn union_unique(a: &[f64], b: &[f64]) -> usize {
+    union_unique_up_to(a, b, usize::MAX)
+}
+
+/// [`union_unique`], but stops counting at `limit`: method choice only asks whether a column
+/// has more than a handful of distinct values, and a continuous column answers after a few
+/// steps instead of a full merge.
+#[must_use]
+pub fn union_unique_up_to(a: &[f64], b: &[f64], limit: usize) -> usize {
     let (mut i, mut j, mut count) = (0, 0, 0);
-    while i < a.len() || j < b.len() {
+    while (i < a.len() || j < b.len()) && count < limit {
         let x = match (a.get(i), b.get(j)) {
             (Some(&x), Some(&y)) => x.min(y),
             (Some(&x), None) => x,
@@ -133,22 +147,25 @@ fn count_runs(sorted: &[f64]) -> usize {
     1 + sorted.windows(2).filter(|w| w[0] != w[1]).count()
 }
 
-/// Sorts finite values. Finite `f64`s order like their bit patterns once the sign is folded
-/// in, so sorting `u64` keys is both exact and markedly faster than a comparator sort on the
-/// million-row windows of the benchmark.
-fn sort_f64(values: &mut [f64]) {
-    let mut keys: Vec<u64> = values
-        .iter()
-        .map(|&x| {
-            let b = x.to_bits();
-            if b >> 63 == 1 { !b } else { b | (1 << 63) }
-        })
-        .collect();
+/// Maps a finite `f64` to a `u64` with the same order: finite floats order like their bit
+/// patterns once the sign is folded in, so the keys sort exactly without comparing floats.
+#[inline]
+fn to_key(x: f64) -> u64 {
+    let b = x.to_bits();
+    if b >> 63 == 1 { !b } else { b | (1 << 63) }
+}
+
+#[inline]
+fn from_key(k: u64) -> f64 {
+    f64::from_bits(if k >> 63 == 1 { k & !(1 << 63) } else { !k })
+}
+
+/// Sorts keys. Sorting integer keys with the standard library's pattern-defeating quicksort
+/// is about twice as fast as sorting the floats with a comparator (measured on the
+/// million-row benchmark windows; an 8-pass LSD radix sort was slower still on this
+/// memory-bound machine).
+fn sort_keys(keys: &mut [u64]) {
     keys.sort_unstable();
-    for (v, k) in values.iter_mut().zip(keys) {
-        let b = if k >> 63 == 1 { k & !(1 << 63) } else { !k };
-        *v = f64::from_bits(b);
-    }
 }
 
 /// Compensated (Neumaier) summation: the statistics sum up to millions of terms of mixed size,
@@ -332,6 +349,28 @@ mod tests {
         // Negative numbers, subnormals and large values keep their order.
         let v = NumericSample::new(&[1e300, -1e-310, 5e-324, -1e300, 0.5]);
         assert_eq!(v.values(), &[-1e300, -1e-310, 5e-324, 0.5, 1e300]);
+    }
+
+    #[test]
+    fn key_sort_agrees_with_a_comparison_sort() {
+        let mut state = 12345u64;
+        let mut values: Vec<f64> = (0..10_000)
+            .map(|i| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+                match i % 4 {
+                    0 => (u - 0.5) * 1e6,
+                    1 => -u,
+                    2 => (u * 10.0).floor(),
+                    _ => u * 1e-300,
+                }
+            })
+            .collect();
+        let s = NumericSample::new(&values);
+        values.sort_by(f64::total_cmp);
+        assert_eq!(s.values(), values.as_slice());
     }
 
     #[test]
