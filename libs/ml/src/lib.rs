@@ -21,7 +21,9 @@ mod split;
 mod train;
 
 pub use bundle::{BUNDLE_FORMAT_VERSION, ModelBundle};
-pub use dataset::{FeatureRow, ParseReport, RowError, Table, Value, parse_csv, row_from_json};
+pub use dataset::{
+    FeatureRow, ParseReport, RowError, Table, Value, is_missing_token, parse_csv, row_from_json,
+};
 pub use error::MlError;
 pub use infer::{LoadedModel, Prediction};
 pub use model::{DenseLayer, Mlp, MlpWeights};

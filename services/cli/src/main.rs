@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod drift;
 mod traffic;
 
 use std::path::PathBuf;
@@ -43,6 +44,8 @@ enum Command {
     /// Measure the predictor and the model code (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Compare two CSV files column by column for drift (exit 0 either way, 2 on bad input).
+    Drift(drift::DriftArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -98,6 +101,7 @@ async fn main() {
         Command::Alerts(a) => alerts(a).await,
         Command::Reports(a) => reports(a).await,
         Command::Bench(b) => bench::run(b).await,
+        Command::Drift(a) => drift::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
