@@ -1,22 +1,59 @@
 //! Drift statistics for Petrel's monitor.
 //!
-//! The monitor compares the feature values a model sees in production against
-//! the values it was trained on. A model is only as good as the assumption that
-//! those two distributions match, so when they part ways the predictions stop
-//! being trustworthy long before any labels arrive to prove it. This crate turns
-//! that comparison into a hypothesis test per feature: numeric features use the
-//! two-sample Kolmogorov-Smirnov test ([`ks_two_sample`]) and categorical
-//! features use a chi-square goodness-of-fit test ([`chi_square`]). Both return
-//! the same [`TestResult`] so the monitor can store, serialise and alert on them
-//! uniformly.
+//! The monitor compares the feature values a model sees in production against the values it
+//! was trained on. A model is only as good as the assumption that those two distributions
+//! match, so when they part ways the predictions stop being trustworthy long before any labels
+//! arrive to prove it. This crate turns that comparison into numbers and verdicts:
+//!
+//! * statistics, each matching its reference implementation (scipy or Evidently) to about
+//!   `1e-9` relative, checked against goldens in `tests/goldens.json`:
+//!   [`ks_2samp`] (exact and asymptotic p-values), [`anderson_ksamp`], [`wasserstein_norm`],
+//!   [`psi`], [`kl_div`], [`jensen_shannon`], [`chi2_homogeneity`], [`chi2_goodness_of_fit`],
+//!   [`z_test`], [`two_proportion_z`] and [`benjamini_hochberg`];
+//! * per-column method choice and a dataset decision ([`detect`]) under two presets:
+//!   [`Preset::Evidently`] reproduces Evidently 0.7's `DataDriftPreset`, and [`Preset::Petrel`]
+//!   uses two-sample tests with Benjamini-Hochberg control across columns plus a test on the
+//!   share of missing values;
+//! * histograms per column so a UI can draw reference against current.
+//!
+//! Every numeric statistic works on a [`NumericSample`], which sorts its values once; nothing
+//! here is worse than `O(n log n)` in the number of rows.
 
 #![forbid(unsafe_code)]
 
-mod chi_square;
+mod anderson;
+mod categorical;
+mod distance;
+mod fdr;
+mod histogram;
+mod kolmogorov;
 mod ks;
+mod preset;
+mod sample;
 
-pub use chi_square::{chi_square, counts};
-pub use ks::{kolmogorov_sf, ks_statistic, ks_two_sample};
+pub use anderson::{AndersonOutcome, anderson_ksamp};
+pub use categorical::{
+    ChiSquareOutcome, ZOutcome, chi_square, chi2_goodness_of_fit, chi2_homogeneity, counts,
+    two_proportion_z, z_test,
+};
+pub use distance::{
+    BinnedShares, WASSERSTEIN_MIN_NORM, binned_categorical, binned_numeric, histogram_sorted,
+    jensen_shannon, kl_div, psi, sturges_edges, wasserstein_norm, wasserstein_sorted,
+};
+pub use fdr::benjamini_hochberg;
+pub use histogram::Histogram;
+pub use kolmogorov::{kstwo_sf, smirnov_sf};
+pub use ks::{
+    KS_MAX_EXACT_N, KsOutcome, kolmogorov_sf, ks_2samp, ks_2samp_sorted, ks_statistic,
+    ks_two_sample,
+};
+pub use preset::{
+    Column, ColumnData, ColumnOverride, ColumnVerdict, DatasetVerdict, DriftConfig, Kind,
+    MissingShare, Preset, detect,
+};
+pub use sample::{
+    CategoricalSample, CategoryTable, NumericSample, union_unique, union_unique_up_to,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,18 +65,106 @@ use serde::{Deserialize, Serialize};
 /// often want something stricter.
 pub const DEFAULT_THRESHOLD: f64 = 0.05;
 
-/// Which statistical test produced a [`TestResult`].
+/// Which statistic produced a result.
 ///
-/// The method is recorded with each result because the statistic means
-/// different things for each test (a distance in `[0, 1]` for KS, an unbounded
-/// sum for chi-square) and a stored result must be interpretable on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The method is recorded with each result because the statistic means different things for
+/// each (a distance in `[0, 1]` for KS, an unbounded sum for chi-square, a divergence for PSI)
+/// and a stored result must be interpretable on its own. The wire names are part of the
+/// monitor's stored JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
-    /// Two-sample Kolmogorov-Smirnov, for continuous numeric features.
+    /// Two-sample Kolmogorov-Smirnov ([`ks_2samp`]); p-value.
     KolmogorovSmirnov,
-    /// Chi-square goodness of fit, for categorical features.
+    /// Chi-square test of homogeneity ([`chi2_homogeneity`]); p-value.
     ChiSquare,
+    /// Evidently's chi-square goodness of fit ([`chi2_goodness_of_fit`]); p-value.
+    ChiSquareGoodnessOfFit,
+    /// Two-proportion Z-test for two-valued columns ([`z_test`]); p-value.
+    ZTest,
+    /// k-sample Anderson-Darling ([`anderson_ksamp`]); p-value.
+    AndersonDarling,
+    /// Wasserstein distance over the reference's standard deviation ([`wasserstein_norm`]).
+    WassersteinNorm,
+    /// Jensen-Shannon distance of binned shares ([`jensen_shannon`]).
+    JensenShannon,
+    /// Population stability index of binned shares ([`psi`]).
+    Psi,
+    /// Kullback-Leibler divergence of binned shares ([`kl_div`]).
+    KlDiv,
+    /// Two-proportion Z-test on the share of missing values (the `petrel` preset).
+    MissingShare,
+}
+
+impl Method {
+    /// Whether the score is a distance (drift when large) rather than a p-value (drift when
+    /// small).
+    #[must_use]
+    pub fn is_distance(self) -> bool {
+        matches!(
+            self,
+            Method::WassersteinNorm | Method::JensenShannon | Method::Psi | Method::KlDiv
+        )
+    }
+
+    /// Evidently's default threshold for the method: 0.05 for its p-value tests, 0.1 for the
+    /// distances and, as Evidently registers it, 0.1 for Anderson-Darling.
+    #[must_use]
+    pub fn default_threshold(self) -> f64 {
+        match self {
+            Method::AndersonDarling => 0.1,
+            m if m.is_distance() => 0.1,
+            _ => DEFAULT_THRESHOLD,
+        }
+    }
+
+    /// Evidently's verdict for a score: `p <= threshold` for KS, `p < threshold` for the other
+    /// p-value tests, `distance >= threshold` for the distances. The comparisons differ between
+    /// Evidently's stattests; they are kept so the `evidently` preset flags the same columns.
+    #[must_use]
+    pub fn evidently_drifted(self, score: f64, threshold: f64) -> bool {
+        match self {
+            Method::KolmogorovSmirnov => score <= threshold,
+            m if m.is_distance() => score >= threshold,
+            _ => score < threshold,
+        }
+    }
+
+    /// Parses a method name: the wire name (`kolmogorov_smirnov`) or Evidently's stattest name
+    /// (`ks`, `chisquare`, `z`, `anderson`, `wasserstein`, `jensenshannon`, `psi`, `kl_div`).
+    /// `chi_square` is the homogeneity test; Evidently's `chisquare` is goodness of fit.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Method> {
+        Some(match name {
+            "kolmogorov_smirnov" | "ks" => Method::KolmogorovSmirnov,
+            "chi_square" | "chi2_contingency" => Method::ChiSquare,
+            "chi_square_goodness_of_fit" | "chisquare" => Method::ChiSquareGoodnessOfFit,
+            "z_test" | "z" => Method::ZTest,
+            "anderson_darling" | "anderson" => Method::AndersonDarling,
+            "wasserstein_norm" | "wasserstein" => Method::WassersteinNorm,
+            "jensen_shannon" | "jensenshannon" => Method::JensenShannon,
+            "psi" => Method::Psi,
+            "kl_div" => Method::KlDiv,
+            _ => return None,
+        })
+    }
+
+    /// The wire name, as serialised.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::KolmogorovSmirnov => "kolmogorov_smirnov",
+            Method::ChiSquare => "chi_square",
+            Method::ChiSquareGoodnessOfFit => "chi_square_goodness_of_fit",
+            Method::ZTest => "z_test",
+            Method::AndersonDarling => "anderson_darling",
+            Method::WassersteinNorm => "wasserstein_norm",
+            Method::JensenShannon => "jensen_shannon",
+            Method::Psi => "psi",
+            Method::KlDiv => "kl_div",
+            Method::MissingShare => "missing_share",
+        }
+    }
 }
 
 /// The outcome of one drift test on one feature.
@@ -66,7 +191,7 @@ pub struct TestResult {
 impl TestResult {
     /// Builds a result and derives the verdict, so that `drifted` can never
     /// disagree with `p_value` and `threshold`.
-    fn new(method: Method, statistic: f64, p_value: f64, threshold: f64) -> Self {
+    pub(crate) fn new(method: Method, statistic: f64, p_value: f64, threshold: f64) -> Self {
         Self {
             method,
             statistic,
@@ -103,11 +228,45 @@ pub enum DriftError {
     /// valid input, but it is surfaced instead of panicking inside a service.
     #[error("could not build reference distribution: {0}")]
     Distribution(String),
+    /// A multi-sample test was given fewer than two samples.
+    #[error("at least two samples are needed")]
+    TooFewSamples,
+    /// The data leave the statistic undefined (for example, every value equal); the payload
+    /// says why.
+    #[error("the statistic is undefined: {0}")]
+    Degenerate(&'static str),
+    /// A p-value handed to [`benjamini_hochberg`] was NaN or outside `[0, 1]`.
+    #[error("p-values must lie in [0, 1], got {0}")]
+    InvalidPValue(f64),
+    /// A column's reference and current data are of different kinds (numeric against
+    /// categorical), so no test applies.
+    #[error("column '{0}' is numeric on one side and categorical on the other")]
+    KindMismatch(String),
+    /// A column had no usable value on one side; the `evidently` preset refuses it, as
+    /// Evidently does.
+    #[error("column '{column}' has no non-missing value in the {side} data")]
+    EmptyColumn {
+        /// The column.
+        column: String,
+        /// `"reference"` or `"current"`.
+        side: &'static str,
+    },
+    /// A method was asked for a column kind it does not apply to (for example KS on a
+    /// categorical column).
+    #[error("method {method} does not apply to {kind} column '{column}'")]
+    MethodNotApplicable {
+        /// The column.
+        column: String,
+        /// The method's wire name.
+        method: &'static str,
+        /// `"numeric"` or `"categorical"`.
+        kind: &'static str,
+    },
 }
 
 /// Rejects thresholds that would make the verdict meaningless; shared by both
 /// tests so they agree on what a valid significance level is.
-fn check_threshold(threshold: f64) -> Result<(), DriftError> {
+pub(crate) fn check_threshold(threshold: f64) -> Result<(), DriftError> {
     if threshold > 0.0 && threshold < 1.0 {
         Ok(())
     } else {

@@ -80,9 +80,9 @@ impl ParseReport {
     }
 }
 
-/// Whether a raw token stands for a missing value; shared by CSV and JSON parsing so both
-/// agree on what "missing" means.
-pub(crate) fn is_missing_token(token: &str) -> bool {
+/// Whether a raw token stands for a missing value; shared by CSV and JSON parsing and by
+/// `petrel drift`, so all of them agree on what "missing" means.
+pub fn is_missing_token(token: &str) -> bool {
     let t = token.trim();
     t.is_empty()
         || t.eq_ignore_ascii_case("na")

@@ -25,7 +25,8 @@ mod train;
 pub use bundle::{BUNDLE_FORMAT_VERSION, ModelBundle};
 pub use csv_json::{JsonRows, csv_cell_to_json, csv_to_json_rows};
 pub use dataset::{
-    FeatureRow, ParseReport, RowError, Table, Value, parse_csv, row_from_json, row_from_json_str,
+    FeatureRow, ParseReport, RowError, Table, Value, is_missing_token, parse_csv, row_from_json,
+    row_from_json_str,
 };
 pub use error::MlError;
 pub use infer::{LoadedModel, Prediction};

@@ -3,6 +3,7 @@
 mod batch;
 mod bench;
 mod demo;
+mod drift;
 mod package;
 mod traffic;
 
@@ -48,6 +49,8 @@ enum Command {
     /// Measure the predictor and the model code (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Compare two CSV files column by column for drift (exit 0 either way, 2 on bad input).
+    Drift(drift::DriftArgs),
     /// Work with registered models.
     #[command(subcommand)]
     Models(Models),
@@ -119,6 +122,7 @@ async fn main() {
         Command::Reports(a) => reports(a).await,
         Command::Bench(b) => bench::run(b).await,
         Command::Models(Models::Package(a)) => package::run(a).await,
+        Command::Drift(a) => drift::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

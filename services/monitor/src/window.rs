@@ -356,10 +356,7 @@ pub fn feature_drift(
         match result {
             Ok((r, n)) => out.push(FeatureDrift {
                 feature: col.name.clone(),
-                method: match r.method {
-                    petrel_drift::Method::KolmogorovSmirnov => "kolmogorov_smirnov".to_owned(),
-                    petrel_drift::Method::ChiSquare => "chi_square".to_owned(),
-                },
+                method: r.method.name().to_owned(),
                 statistic: r.statistic,
                 p_value: r.p_value,
                 drifted: r.drifted,
