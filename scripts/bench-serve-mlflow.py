@@ -50,7 +50,7 @@ model = Pipeline(
     ]
 )
 model.fit(features, frame[target])
-mlflow.sklearn.save_model(model, str(out / "model"), input_example=features.head(2))
+mlflow.sklearn.save_model(model, str(out / "model"), serialization_format="cloudpickle")
 records = json.loads(features.to_json(orient="records"))
 for n in (1, 1000):
     rows = [records[i % len(records)] for i in range(n)]

@@ -31,7 +31,7 @@ cargo build --release --locked --bins
 bin=target/release
 work=.petrel/bench-serve
 rm -rf "$work" && mkdir -p "$work/logs" "$work/artifacts"
-psql -h 127.0.0.1 -U postgres -d postgres -qc 'SET client_min_messages = warning; DROP DATABASE IF EXISTS petrel_bench_serve WITH (FORCE)' >/dev/null
+psql -h 127.0.0.1 -U postgres -d postgres -q -c 'SET client_min_messages = warning' -c 'DROP DATABASE IF EXISTS petrel_bench_serve WITH (FORCE)' >/dev/null
 
 export PETREL_DATABASE_URL=postgres://postgres@127.0.0.1:5432/petrel_bench_serve
 export PETREL_NATS_PREFIX=benchserve
@@ -68,10 +68,19 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE") or "application/json"
 LUA
 
+# CPU time (clock ticks) per process name, from /proc: where a load's CPU goes.
+cpu_ticks() {
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{
+    name = $2; gsub(/[()]/, "", name); sub(/^petrel-/, "", name)
+    if (name ~ /^postgres/) name = "postgres"
+    t[name] += $14 + $15 } END { for (n in t) print n, t[n] }' | sort
+}
+
 # One wrk run: prints "req_per_s p50_ms p99_ms non2xx".
 measure() { # url body connections
   local out
-  out=$(BODY="$2" wrk -t2 -c"$3" -d"${duration}s" --latency -s "$work/post.lua" "$1")
+  local threads=$(( $3 < 2 ? $3 : 2 ))
+  out=$(BODY="$2" wrk -t"$threads" -c"$3" -d"${duration}s" --latency -s "$work/post.lua" "$1")
   echo "$out" >>"$work/wrk.log"
   echo "$out" | awk '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
@@ -112,7 +121,16 @@ for load in "1 16" "1 1" "1000 1" "1000 16"; do
       mlflow) [ -n "$mlflow_url" ] || continue
               url=$mlflow_url body="$work/mlflow/records-$rows.json" ;;
     esac
+    [ "$server" = petrel ] && cpu_ticks >"$work/cpu-before"
     read -r rps p50 p99 bad < <(measure "$url" "$body" "$conns")
+    if [ "$server" = petrel ]; then
+      # CPU per request by process during this load (clock ticks are 10 ms).
+      cpu_ticks >"$work/cpu-after"
+      awk -v reqs="$(awk -v r="$rps" -v d="$duration" 'BEGIN { print r * d }')" -v what="$rows row(s), $conns conn" '
+        NR == FNR { before[$1] = $2; next }
+        { d = $2 - before[$1]; if (d > 20) out = out sprintf(" %s %.0fus", $1, d * 10000 / reqs) }
+        END { print "  cpu per request (" what "):" out }' "$work/cpu-before" "$work/cpu-after" >>"$work/cpu.txt"
+    fi
     rowsps=$(awk -v r="$rps" -v n="$rows" 'BEGIN { printf "%.0f", r * n }')
     printf '%-22s %-8s %12s %12s %9s %9s %7s\n' "$rows row(s), $conns conn" "$server" "$rps" "$rowsps" "$p50" "$p99" "$bad"
     results+=("{\"rows\":$rows,\"connections\":$conns,\"server\":\"$server\",\"req_per_s\":$rps,\"rows_per_s\":$rowsps,\"p50_ms\":$p50,\"p99_ms\":$p99,\"non_2xx\":$bad}")
@@ -129,6 +147,8 @@ ready_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 kill -TERM $second; wait $second || true
 echo "predictor RSS after the loads: ${rss_mb} MB; a second predictor ready (model loaded) in ${ready_ms} ms"
 
+echo "--- where the CPU goes (Petrel loads, whole machine)"
+cat "$work/cpu.txt"
 echo "--- ratios"
 python3 - "$work" "${results[@]}" <<'PY'
 import json, sys

@@ -9,7 +9,7 @@ cargo build --release --locked --bins
 bin=target/release
 work=.petrel/bench
 rm -rf "$work" && mkdir -p "$work/logs" "$work/artifacts"
-psql -h 127.0.0.1 -U postgres -d postgres -qc 'SET client_min_messages = warning; DROP DATABASE IF EXISTS petrel_bench WITH (FORCE)' >/dev/null
+psql -h 127.0.0.1 -U postgres -d postgres -q -c 'SET client_min_messages = warning' -c 'DROP DATABASE IF EXISTS petrel_bench WITH (FORCE)' >/dev/null
 
 export PETREL_DATABASE_URL=postgres://postgres@127.0.0.1:5432/petrel_bench
 export PETREL_NATS_PREFIX=bench
