@@ -226,7 +226,7 @@ impl SageMaker {
             SdkError::DispatchFailure(ref f) if f.is_timeout() => {
                 BackendError::Timeout(self.timeout)
             }
-            SdkError::DispatchFailure(_) => {
+            SdkError::DispatchFailure(ref f) if f.is_io() => {
                 BackendError::Unavailable(format!("cannot reach SageMaker: {}", innermost(&e)))
             }
             SdkError::ResponseError(_) => BackendError::Unavailable(
@@ -247,7 +247,7 @@ impl SageMaker {
                     None => format!("SageMaker refused the call ({code}, status {status})"),
                 })
             }
-            // Building the request failed, which includes finding no credentials.
+            // Building or signing the request failed, which includes finding no credentials.
             other => {
                 BackendError::Unavailable(format!("cannot call SageMaker: {}", innermost(&other)))
             }
@@ -428,13 +428,20 @@ fn truncate(s: &str) -> String {
 }
 
 /// The deepest error in a chain: the one that says what actually happened (for example
-/// "Connection refused"), without the SDK's layers around it.
+/// "Connection refused"), without the SDK's layers around it. Only its first line, without a
+/// trailing list: the credential chain's "no credentials found in chain. Attempted:" goes on
+/// to list every provider it tried, which belongs in debug logs, not in a response.
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     let mut at = e;
     while let Some(next) = at.source() {
         at = next;
     }
-    at.to_string()
+    let text = at.to_string();
+    let line = text.lines().next().unwrap_or_default().trim();
+    line.strip_suffix("Attempted:")
+        .unwrap_or(line)
+        .trim_end_matches(['.', ' ', ':'])
+        .to_owned()
 }
 
 #[cfg(test)]
