@@ -3,12 +3,40 @@
 //! schema first, and logs and answers the backend's predictions the same way, so responses,
 //! logs and events have one shape.
 
+pub mod sagemaker;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use petrel_ml::{FeatureRow, MlError, Prediction};
 use serde_json::value::RawValue;
 
 use crate::Served;
+
+/// Which [`Backend`] computes predictions (`--backend`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendKind {
+    /// In process, from the bundle the predictor loaded.
+    #[default]
+    Local,
+    /// A SageMaker real-time endpoint running the container mode (see [`sagemaker`]).
+    Sagemaker,
+}
+
+/// The backend `config` selects, checked and ready; a misconfigured one stops start-up with an
+/// error that names the flag to fix.
+pub async fn from_config(config: &crate::Config) -> anyhow::Result<Arc<dyn Backend>> {
+    Ok(match config.backend {
+        BackendKind::Local => Arc::new(Local),
+        BackendKind::Sagemaker => Arc::new(
+            sagemaker::SageMaker::connect(
+                &config.sagemaker,
+                Duration::from_millis(config.request_timeout_ms.max(1)),
+            )
+            .await?,
+        ),
+    })
+}
 
 /// One validated row as a backend receives it.
 #[derive(Debug)]

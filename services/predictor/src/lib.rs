@@ -121,6 +121,12 @@ pub struct Config {
     /// for abandoned (its runner died) and resumes it (seconds).
     #[arg(long, env = "PETREL_PREDICTOR_BATCH_LEASE_SECS", default_value_t = 60)]
     pub batch_lease_secs: u64,
+    /// Where predictions are computed: `local` (in process) or `sagemaker` (a SageMaker
+    /// endpoint hosting the same model; see the `--sagemaker-*` options).
+    #[arg(long, env = "PETREL_PREDICTOR_BACKEND", value_enum, default_value_t = backend::BackendKind::Local)]
+    pub backend: backend::BackendKind,
+    #[command(flatten)]
+    pub sagemaker: backend::sagemaker::SageMakerArgs,
     #[command(flatten)]
     pub postgres: PostgresArgs,
     #[command(flatten)]
@@ -244,7 +250,7 @@ impl App {
         tracing::info!(port, "predictor listening");
         let state = AppState {
             infra,
-            backend: Arc::new(backend::Local),
+            backend: backend::from_config(&config).await?,
             slot,
             loader: loader.clone(),
             logger,
