@@ -36,7 +36,7 @@ use petrel_ml::{BUNDLE_FILE, LoadedModel, MANIFEST_FILE, ModelBundle, PackageMan
 use petrel_runtime::config::LogArgs;
 use petrel_runtime::http::{ApiError, Path as UrlPath};
 use petrel_runtime::service::{ServiceConfig, Tasks};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -286,9 +286,7 @@ fn router(state: ContainerState) -> Router {
     petrel_runtime::http::finish(api, limit)
 }
 
-fn reply(status: StatusCode, body: Value) -> Response {
-    (status, axum::Json(body)).into_response()
-}
+use crate::protocol::http::reply;
 
 fn no_model() -> ProtocolError {
     ProtocolError::Unavailable(
@@ -296,18 +294,7 @@ fn no_model() -> ProtocolError {
     )
 }
 
-/// The body, or the error a client should see: 413 past the limit, 400 for a broken upload.
-fn body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ProtocolError> {
-    body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ProtocolError::TooLarge(format!(
-                "the body is larger than the limit of {limit} bytes"
-            ))
-        } else {
-            ProtocolError::Malformed(format!("cannot read the body: {}", r.body_text()))
-        }
-    })
-}
+use crate::protocol::http::read_body as body;
 
 fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -324,16 +311,7 @@ fn log_internal(e: &ProtocolError) {
 
 /// SageMaker's health check: 200 once the model is loaded, 503 before.
 async fn ping(State(s): State<ContainerState>) -> Response {
-    match s.slot.current() {
-        Some(m) => reply(
-            StatusCode::OK,
-            json!({"status": "ready", "model_name": m.model_name, "model_version": m.version}),
-        ),
-        None => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "loading"}),
-        ),
-    }
+    crate::protocol::http::ping(s.slot.current().as_deref())
 }
 
 async fn version(State(s): State<ContainerState>) -> Response {
@@ -390,30 +368,19 @@ async fn invocations(
 /// A protocol error in Petrel's shape, with the codes `POST /v1/predict` uses.
 fn native_error(e: ProtocolError) -> ApiError {
     log_internal(&e);
-    let code = match &e {
-        ProtocolError::UnsupportedMediaType(_) => "unsupported_media_type",
-        ProtocolError::Malformed(_) => "bad_request",
-        ProtocolError::Invalid(_) => "invalid",
-        ProtocolError::TooLarge(_) => "payload_too_large",
-        ProtocolError::NotFound(_) => "not_found",
-        ProtocolError::Unavailable(_) => "unavailable",
-        ProtocolError::Internal(_) => "internal_error",
-    };
-    ApiError::new(e.status(), code, e.client_message())
+    ApiError::new(
+        e.status(),
+        crate::protocol::http::native_code(&e),
+        e.client_message(),
+    )
 }
 
 async fn live() -> Response {
-    reply(StatusCode::OK, json!({"live": true}))
+    crate::protocol::http::live()
 }
 
 async fn v2_ready(State(s): State<ContainerState>) -> Response {
-    let ready = s.slot.current().is_some();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    reply(status, json!({"ready": ready}))
+    crate::protocol::http::v2_ready(s.slot.current().is_some())
 }
 
 fn v2_error(e: ProtocolError) -> Response {

@@ -52,9 +52,7 @@ pub fn router(state: AppState, admission: Admission) -> Router {
         .with_state(state)
 }
 
-fn reply(status: StatusCode, body: Value) -> Response {
-    (status, axum::Json(body)).into_response()
-}
+use crate::protocol::http::reply;
 
 fn no_model() -> ProtocolError {
     ProtocolError::Unavailable(
@@ -100,16 +98,7 @@ async fn render(e: ScoreError, body: impl Fn(&ProtocolError) -> Value) -> Respon
 
 /// The body, or the error a client should see: 413 past the limit, 400 for a broken upload.
 fn body(s: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ProtocolError> {
-    body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ProtocolError::TooLarge(format!(
-                "the body is larger than the limit of {} bytes",
-                s.body_limit
-            ))
-        } else {
-            ProtocolError::Malformed(format!("cannot read the body: {}", r.body_text()))
-        }
-    })
+    crate::protocol::http::read_body(body, s.body_limit)
 }
 
 /// Serialises each row's features once: the text the log keeps.
@@ -202,16 +191,7 @@ async fn run(
 
 /// SageMaker's and MLflow's health check: 200 once a model is served.
 async fn ping(State(s): State<AppState>) -> Response {
-    match s.slot.current() {
-        Some(m) => reply(
-            StatusCode::OK,
-            json!({"status": "ready", "model_name": m.model_name, "model_version": m.version}),
-        ),
-        None => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "loading"}),
-        ),
-    }
+    crate::protocol::http::ping(s.slot.current().as_deref())
 }
 
 async fn version(State(s): State<AppState>) -> Response {
@@ -278,30 +258,15 @@ async fn invocations(
 
 /// Petrel's error shape, `{"error": {"code", "message"}}`.
 fn native_error_body(e: &ProtocolError) -> Value {
-    let code = match e {
-        ProtocolError::UnsupportedMediaType(_) => "unsupported_media_type",
-        ProtocolError::Malformed(_) => "bad_request",
-        ProtocolError::Invalid(_) => "invalid",
-        ProtocolError::TooLarge(_) => "payload_too_large",
-        ProtocolError::NotFound(_) => "not_found",
-        ProtocolError::Unavailable(_) => "unavailable",
-        ProtocolError::Internal(_) => "internal_error",
-    };
-    json!({"error": {"code": code, "message": e.client_message()}})
+    json!({"error": {"code": crate::protocol::http::native_code(e), "message": e.client_message()}})
 }
 
 async fn live() -> Response {
-    reply(StatusCode::OK, json!({"live": true}))
+    crate::protocol::http::live()
 }
 
 async fn v2_ready(State(s): State<AppState>) -> Response {
-    let ready = s.slot.current().is_some();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    reply(status, json!({"ready": ready}))
+    crate::protocol::http::v2_ready(s.slot.current().is_some())
 }
 
 fn v2_error(e: ProtocolError) -> Response {

@@ -18,6 +18,7 @@
 //! error about a row names it as the client wrote it (`dataframe_split.data[3]`, `CSV row 5`,
 //! `rows[2]`) instead of by an internal position.
 
+pub mod http;
 pub mod mlflow;
 pub mod v2;
 
