@@ -1107,3 +1107,33 @@ async fn mlflow_and_v2_clients_are_served_and_logged_like_native_ones() {
     registry.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_request_past_its_time_limit_gets_503_with_retry_after() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    register_model(&env, &registry, "models/penguins/t/bundle.json").await;
+    let predictor = start_predictor_with(&env, &registry, &["--request-timeout-ms", "1"]).await;
+    let http = reqwest::Client::new();
+    wait_for_version(&http, &predictor, 1).await;
+    // A thousand rows take milliseconds to parse, score and log: well past 1 ms.
+    let row = penguin_rows()[0].1.clone();
+    let rows: Vec<_> = (0..1000).map(|_| json!({ "features": row })).collect();
+    let resp = http
+        .post(predictor.url("/v1/predict"))
+        .json(&json!({ "rows": rows }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: Value = resp.json().await.unwrap();
+    let message = error_message(&body, "unavailable");
+    assert!(message.contains("longer than 1 ms"), "{message}");
+    // Health checks are outside the limit.
+    let (status, _) = send(http.get(predictor.url("/healthz"))).await;
+    assert_eq!(status, 200);
+    predictor.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}
