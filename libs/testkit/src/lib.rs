@@ -14,6 +14,7 @@ mod events;
 mod http;
 mod nats;
 mod penguins;
+mod postgres;
 mod service;
 
 use std::future::Future;
@@ -24,6 +25,7 @@ pub use events::{Events, next_event, stored_events, wait_consumer_caught_up};
 pub use http::{assert_error, error_message, send};
 pub use nats::ThrowawayNats;
 pub use penguins::{PENGUINS_CSV, SPECIES, bundle, penguin_rows, penguins_csv, register_model};
+pub use postgres::ThrowawayPostgres;
 pub use service::{STOP_LIMIT, Service};
 
 /// The NATS server the tests and the services under test use: the local one, so that an event

@@ -1137,3 +1137,66 @@ async fn a_request_past_its_time_limit_gets_503_with_retry_after() {
     registry.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn predictions_go_on_while_postgres_is_down_and_are_stored_once_it_is_back() {
+    let env = TestEnv::new().await;
+    let registry = start_registry(&env).await;
+    register_model(&env, &registry, "models/penguins/pg/bundle.json").await;
+    // The predictor alone on a Postgres of its own, so it can be stopped.
+    let pg = ThrowawayPostgres::start();
+    let mut args = predictor_args(&env, &registry, &[]);
+    let at = args.iter().position(|a| a == "--database-url").unwrap();
+    args[at + 1] = pg.url("petrel_predictor_outage");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let app = petrel_predictor::App::build(
+        <petrel_predictor::Config as clap::Parser>::parse_from(args),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let predictor = Service::spawn("the predictor", app.port(), cancel, app.run());
+    let http = reqwest::Client::new();
+    wait_for_version(&http, &predictor, 1).await;
+    let row = penguin_rows()[0].1.clone();
+
+    pg.stop();
+    // Postgres is off the request path: answered, logged in JetStream, and still ready.
+    let (status, body) = predict(&http, &predictor, &rows_request(&[(None, row.clone())])).await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["predictions"][0]["inference_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = send(http.get(predictor.url("/readyz"))).await;
+    assert_eq!(status, 200, "{body}");
+    // Only a replay of a caller's id needs Postgres, and says so.
+    let (status, body) = predict(
+        &http,
+        &predictor,
+        &rows_request(&[(Some("mine"), row.clone())]),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        error_message(&body, "unavailable").contains("database"),
+        "{body}"
+    );
+
+    pg.restart();
+    // The downstream copy catches up on its own.
+    eventually("the row answered during the outage to be stored", || {
+        let (http, url) = (
+            http.clone(),
+            predictor.url(&format!("/v1/predictions/{id}")),
+        );
+        async move {
+            let r = http.get(url).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        }
+    })
+    .await;
+    predictor.stop().await;
+    registry.stop().await;
+    env.cleanup().await;
+}
