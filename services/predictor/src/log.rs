@@ -238,6 +238,18 @@ impl Logger {
         &self.stats
     }
 
+    /// The log's state for operators (`GET /v1/log`): why requests may be getting 503s.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "nats_connected": self.bus.is_connected(),
+            "queued_bytes": self.stats.queued_bytes(),
+            "max_queued_bytes": self.max_queued_bytes,
+            "messages_in_flight": self.stats.in_flight(),
+            "accepting": self.unready().is_none(),
+            "reason": self.unready(),
+        })
+    }
+
     /// Why the log cannot take rows right now, if it cannot: for `/readyz`.
     pub fn unready(&self) -> Option<String> {
         if !self.bus.is_connected() {

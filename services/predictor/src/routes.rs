@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/model", get(model))
         .route("/v1/predictions/{inference_id}", get(prediction))
+        .route("/v1/log", get(log_status))
         .with_state(state.clone())
         .merge(scoring)
         .merge(crate::serving::router(
@@ -110,6 +111,12 @@ async fn model(State(s): State<AppState>) -> Result<Json<ServedModel>, ApiError>
         class_names: served.model.class_names().to_vec(),
         schema: served.model.schema().clone(),
     }))
+}
+
+/// The prediction log's state: whether NATS is connected, how full the buffer is, and why
+/// requests would be refused.
+async fn log_status(State(s): State<AppState>) -> Response {
+    axum::Json(s.logger.status()).into_response()
 }
 
 async fn prediction(

@@ -813,6 +813,11 @@ async fn a_nats_outage_answers_503_with_retry_after_and_recovers() {
     let (status, body) = send(http.get(predictor.url("/readyz"))).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.to_string().contains("nats"), "{body}");
+    let (status, body) = send(http.get(predictor.url("/v1/log"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["nats_connected"], false, "{body}");
+    assert_eq!(body["accepting"], false, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("NATS"), "{body}");
 
     nats.restart().await;
     eventually("predictions to be answered again", || {
