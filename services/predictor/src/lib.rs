@@ -171,19 +171,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Ready when NATS is connected, the log has room and a model is served. Postgres is only
-    /// reported: predictions are answered without it.
+    /// Ready when NATS is connected and the log has room. Postgres is only reported:
+    /// predictions are answered without it. A predictor still waiting for its first model is
+    /// ready (its dependencies work; `GET /ping` and `/v1/model` say whether a model is served),
+    /// so the services that produce the model can be started after it.
     pub fn readiness(&self) -> petrel_runtime::http::Readiness {
         let mut r = self.infra.readiness();
         r.needs_postgres = false;
         let logger = self.logger.clone();
         r.checks.push(Arc::new(move || logger.unready()));
-        let slot = self.slot.clone();
-        r.checks.push(Arc::new(move || {
-            slot.current()
-                .is_none()
-                .then(|| "model: none is served yet".to_owned())
-        }));
         r
     }
 }
