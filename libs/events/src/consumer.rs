@@ -389,16 +389,12 @@ async fn process_batch<E, H, Fut>(
     let mut events = Vec::with_capacity(messages.len());
     let mut kept = Vec::with_capacity(messages.len());
     for msg in messages {
-        let (delivered, sequence) = delivery(&msg);
         match Envelope::<E>::from_bytes(&msg.payload) {
             Ok(env) => {
                 events.push(env);
                 kept.push(msg);
             }
-            Err(e) => {
-                set_aside(bus, spec, &msg, &e.to_string(), delivered, sequence).await;
-                ack_or_warn(spec, msg.ack_with(AckKind::Term).await);
-            }
+            Err(e) => set_aside_and_term(bus, spec, &msg, &e.to_string()).await,
         }
     }
     if events.is_empty() {
@@ -426,22 +422,17 @@ async fn process_batch<E, H, Fut>(
             let rejected: std::collections::HashMap<usize, String> = rejected.into_iter().collect();
             for (i, msg) in kept.into_iter().enumerate() {
                 match rejected.get(&i) {
-                    Some(reason) => {
-                        let (delivered, sequence) = delivery(&msg);
-                        set_aside(bus, spec, &msg, reason, delivered, sequence).await;
-                        ack_or_warn(spec, msg.ack_with(AckKind::Term).await);
-                    }
+                    Some(reason) => set_aside_and_term(bus, spec, &msg, reason).await,
                     None => ack_or_warn(spec, msg.ack().await),
                 }
             }
         }
         BatchOutcome::Retry(base) => {
             for msg in kept {
-                let (delivered, sequence) = delivery(&msg);
+                let (delivered, _) = delivery(&msg);
                 if spec.max_deliver > 0 && delivered >= spec.max_deliver {
                     let reason = format!("gave up after {delivered} deliveries");
-                    set_aside(bus, spec, &msg, &reason, delivered, sequence).await;
-                    ack_or_warn(spec, msg.ack_with(AckKind::Term).await);
+                    set_aside_and_term(bus, spec, &msg, &reason).await;
                 } else {
                     let delay = backoff(base, delivered);
                     tracing::warn!(consumer = %spec.label, delivered, delay_ms = delay.as_millis() as u64, "event will be retried");
@@ -450,6 +441,18 @@ async fn process_batch<E, H, Fut>(
             }
         }
     }
+}
+
+/// Sets `msg` aside on the dead-letter subject and terminates it, so it is never redelivered.
+async fn set_aside_and_term(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    msg: &async_nats::jetstream::Message,
+    reason: &str,
+) {
+    let (delivered, sequence) = delivery(msg);
+    set_aside(bus, spec, msg, reason, delivered, sequence).await;
+    ack_or_warn(spec, msg.ack_with(AckKind::Term).await);
 }
 
 fn delivery(msg: &async_nats::jetstream::Message) -> (i64, u64) {
