@@ -51,6 +51,14 @@ impl NumericSample {
         Self { sorted, missing }
     }
 
+    /// The same values with `missing` missing ones, for a sample whose missing values were
+    /// counted rather than kept.
+    #[must_use]
+    pub fn with_missing(mut self, missing: u64) -> Self {
+        self.missing = missing;
+        self
+    }
+
     /// The finite values, sorted ascending.
     #[must_use]
     pub fn values(&self) -> &[f64] {

@@ -18,7 +18,8 @@ pub mod subjects {
     pub const MODEL_PROMOTED: &str = "model.promoted";
     pub const PREDICTIONS_LOGGED: &str = "predictions.logged";
     pub const LABELS_JOINED: &str = "labels.joined";
-    /// All alert kinds: `alerts.drift`, `alerts.accuracy`, `alerts.confidence`.
+    /// All alerts: `alerts.<kind>` for each [`AlertKind`](super::AlertKind), and
+    /// `alerts.resolved` when an episode closes.
     pub const ALERTS: &str = "alerts.>";
     /// Events a consumer set aside: `deadletter.<consumer>`.
     pub const DEAD_LETTERS: &str = "deadletter.>";
@@ -173,21 +174,54 @@ impl Event for LabelsJoined {
 }
 
 /// What an alert is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
+    /// The features' distributions moved away from the training data.
     Drift,
+    /// The distribution of predicted classes or of confidence moved away from the model's
+    /// outputs on its held-out split.
+    PredictionDrift,
+    /// Missing values, out-of-range values or unseen categories beyond what training saw.
+    DataQuality,
+    /// Accuracy measured on labelled predictions fell below the threshold.
     Accuracy,
+    /// Accuracy estimated from the model's calibrated confidence (no labels needed) fell
+    /// below the threshold.
+    EstimatedAccuracy,
+    /// Mean top-class probability fell below the threshold.
     Confidence,
+    /// A metric declines steadily across windows and is projected to cross its threshold.
+    Trend,
 }
 
 impl AlertKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [AlertKind; 7] = [
+        AlertKind::Drift,
+        AlertKind::PredictionDrift,
+        AlertKind::DataQuality,
+        AlertKind::Accuracy,
+        AlertKind::EstimatedAccuracy,
+        AlertKind::Confidence,
+        AlertKind::Trend,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::Drift => "drift",
+            AlertKind::PredictionDrift => "prediction_drift",
+            AlertKind::DataQuality => "data_quality",
             AlertKind::Accuracy => "accuracy",
+            AlertKind::EstimatedAccuracy => "estimated_accuracy",
             AlertKind::Confidence => "confidence",
+            AlertKind::Trend => "trend",
         }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(name: &str) -> Option<AlertKind> {
+        AlertKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 }
 
@@ -197,27 +231,114 @@ impl std::fmt::Display for AlertKind {
     }
 }
 
-/// A monitoring threshold was crossed in a window. Published on `alerts.<kind>`.
+/// Where an alert stands in its episode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertStatus {
+    /// The episode opened: the first notification of a problem.
+    #[default]
+    Opened,
+    /// The episode is still open and worsened, or its cool-down passed.
+    Renotified,
+    /// The episode closed after enough clean windows. Published on `alerts.resolved`.
+    Resolved,
+}
+
+impl AlertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Opened => "opened",
+            AlertStatus::Renotified => "renotified",
+            AlertStatus::Resolved => "resolved",
+        }
+    }
+}
+
+/// How bad it is.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Worth a look.
+    #[default]
+    Warning,
+    /// Act now.
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// One measured fact behind an alert: a statistic of a column (or of the whole window) and
+/// the threshold it crossed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The column, when the fact is about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// What was measured: a drift method's name (`kolmogorov_smirnov`), `accuracy`,
+    /// `missing_share`, `slope`, ...
+    pub metric: String,
+    /// The measured value (for tests, the score compared with the threshold: an adjusted
+    /// p-value or a distance).
+    pub value: f64,
+    pub threshold: f64,
+}
+
+/// A monitoring problem opened, is still going on, or resolved. Published on
+/// `alerts.<kind>` (`alerts.resolved` when `status` is `resolved`); each notification has its
+/// own event id, and every notification of one episode shares `episode_id`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     pub kind: AlertKind,
+    /// `opened`, `renotified` or `resolved`; absent in alerts from before episodes
+    /// (each of which opened its own).
+    #[serde(default)]
+    pub status: AlertStatus,
+    /// The episode this notification belongs to; `GET /v1/alerts?episode=` lists them all.
+    #[serde(default)]
+    pub episode_id: Option<Uuid>,
+    #[serde(default)]
+    pub severity: Severity,
     pub model_name: String,
     pub model_version: i32,
+    /// The column the episode is about, for kinds that are kept per column (`data_quality`,
+    /// `trend` keeps the metric's name here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// The monitor's report for the window; `GET /v1/reports/{id}` on the monitor shows it.
     pub report_id: Uuid,
-    /// A sentence for people: what crossed which threshold.
+    /// The span of prediction time of the window.
+    #[serde(default)]
+    pub window_start: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub window_end: Option<DateTime<Utc>>,
+    /// A sentence for people: what crossed which threshold, and what to do.
     pub message: String,
-    /// The measured value (share of drifted features, accuracy, or mean confidence).
+    /// The headline measured value (share of drifted features, accuracy, mean confidence,...).
     pub observed: f64,
     pub threshold: f64,
-    /// Kind-specific detail, such as the drifted features and their p-values.
+    /// The facts behind it.
+    #[serde(default)]
+    pub evidence: Vec<Evidence>,
+    /// Kind-specific detail.
     pub details: serde_json::Value,
 }
 
 impl Event for Alert {
     const TYPE: &'static str = "petrel.alert.v1";
     fn subject(&self) -> String {
-        format!("alerts.{}", self.kind)
+        match self.status {
+            AlertStatus::Resolved => "alerts.resolved".to_owned(),
+            _ => format!("alerts.{}", self.kind),
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    LoadedModel, Metrics, MlError, MlpWeights, Preprocessor, ReferenceProfile, Schema, TrainConfig,
+    HeldOut, LoadedModel, Metrics, MlError, MlpWeights, Preprocessor, ReferenceProfile, Schema,
+    TrainConfig,
 };
 
 /// The bundle layout this build writes and reads; bumped on any incompatible change so an old
@@ -31,6 +32,10 @@ pub struct ModelBundle {
     pub metrics: Metrics,
     /// Raw training-split feature profile, the monitor's drift reference.
     pub reference: ReferenceProfile,
+    /// The model's outputs on its held-out split: the monitor's reference for prediction
+    /// drift and its calibration for estimated accuracy. Absent in bundles written before it.
+    #[serde(default)]
+    pub held_out: Option<HeldOut>,
     /// The trained network's parameters.
     pub weights: MlpWeights,
 }
@@ -101,6 +106,17 @@ impl ModelBundle {
         }
         if let Err(m) = self.weights.validate() {
             return bad(m);
+        }
+        if let Some(h) = &self.held_out {
+            let n = h.predicted.len();
+            if h.confidence.len() != n || h.correct.len() != n {
+                return bad(
+                    "held-out predictions, confidences and outcomes differ in length".into(),
+                );
+            }
+            if h.confidence.iter().any(|c| !(0.0..=1.0).contains(c)) {
+                return bad("a held-out confidence is outside [0, 1]".into());
+            }
         }
         if self.weights.inputs() != self.preprocessor.width() {
             return bad(format!(

@@ -35,4 +35,4 @@ pub use package::{BUNDLE_FILE, MANIFEST_FILE, PackageManifest};
 pub use preprocess::{ColumnTransform, Preprocessor};
 pub use schema::{Column, ColumnKind, DatasetPurpose, Schema};
 pub use split::stratified_split;
-pub use train::{Metrics, ReferenceProfile, TrainConfig, train_classifier};
+pub use train::{HeldOut, Metrics, ReferenceProfile, TrainConfig, train_classifier};

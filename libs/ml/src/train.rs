@@ -118,13 +118,57 @@ pub struct ReferenceProfile {
     pub numeric: BTreeMap<String, Vec<f64>>,
     /// Categorical column name -> count of training rows per category.
     pub categorical: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Column name -> training rows where it was missing (every column is listed, zeros
+    /// included). Absent in bundles written before it, where missing values were not counted.
+    #[serde(default)]
+    pub missing: BTreeMap<String, u64>,
+    /// Rows in the training split (0 in bundles written before it).
+    #[serde(default)]
+    pub rows: u64,
+}
+
+/// What the model predicted for each row of its held-out split, and whether it was right.
+///
+/// The monitor compares live predicted classes and confidences with these (prediction drift)
+/// and calibrates confidence into an accuracy estimate on them (confidence-based performance
+/// estimation), so they come from held-out rows: on training rows a model is more confident
+/// and more often right than it will be on new data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeldOut {
+    /// Predicted class per held-out row.
+    pub predicted: Vec<String>,
+    /// Top-class probability per held-out row.
+    pub confidence: Vec<f32>,
+    /// Whether the prediction matched the label, per held-out row.
+    pub correct: Vec<bool>,
+}
+
+impl HeldOut {
+    fn from_probabilities(probs: &[f32], labels: &[usize], class_names: &[String]) -> HeldOut {
+        let k = class_names.len();
+        let mut out = HeldOut {
+            predicted: Vec::with_capacity(labels.len()),
+            confidence: Vec::with_capacity(labels.len()),
+            correct: Vec::with_capacity(labels.len()),
+        };
+        for (p, &label) in probs.chunks_exact(k).zip(labels) {
+            let best = argmax(p);
+            out.predicted.push(class_names[best].clone());
+            out.confidence.push(p[best]);
+            out.correct.push(best == label);
+        }
+        out
+    }
 }
 
 impl ReferenceProfile {
     /// Profiles `rows` (the training split); numeric columns beyond `REFERENCE_SAMPLE_CAP`
     /// values are subsampled with `seed`, keeping row order.
     pub fn from_rows(schema: &Schema, rows: &[FeatureRow], seed: u64) -> ReferenceProfile {
-        let mut profile = ReferenceProfile::default();
+        let mut profile = ReferenceProfile {
+            rows: rows.len() as u64,
+            ..ReferenceProfile::default()
+        };
         for (i, column) in schema.features.iter().enumerate() {
             let present = rows
                 .iter()
@@ -138,6 +182,9 @@ impl ReferenceProfile {
                         })
                         .filter(|x: &f64| x.is_finite())
                         .collect();
+                    profile
+                        .missing
+                        .insert(column.name.clone(), (rows.len() - values.len()) as u64);
                     if values.len() > REFERENCE_SAMPLE_CAP {
                         // Mix the column index in so columns are not sampled at the same rows.
                         let mut rng = StdRng::seed_from_u64(
@@ -152,9 +199,14 @@ impl ReferenceProfile {
                 }
                 ColumnKind::Categorical => {
                     let mut counts = BTreeMap::new();
+                    let mut n = 0u64;
                     for value in present {
                         *counts.entry(as_category(value)).or_insert(0) += 1;
+                        n += 1;
                     }
+                    profile
+                        .missing
+                        .insert(column.name.clone(), rows.len() as u64 - n);
                     profile.categorical.insert(column.name.clone(), counts);
                 }
             }
@@ -306,6 +358,7 @@ pub fn train_classifier(
         n_train: train_rows.len(),
         n_test: test_rows.len(),
     };
+    let held_out = HeldOut::from_probabilities(&test_probs, &test_labels, &class_names);
 
     Ok(ModelBundle {
         format_version: BUNDLE_FORMAT_VERSION,
@@ -315,6 +368,7 @@ pub fn train_classifier(
         config: config.clone(),
         metrics,
         reference,
+        held_out: Some(held_out),
         weights,
     })
 }

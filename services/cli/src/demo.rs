@@ -91,13 +91,14 @@ pub fn format_report(r: &Report) -> String {
             .unwrap_or_else(|| "-".to_owned())
     };
     format!(
-        "report {} {} v{}: {} predictions, {} labels, accuracy {}, mean confidence {}, drifted features {}/{}{}{}",
-        r.created_at.format("%H:%M:%S"),
+        "report {} {} v{}: {} predictions, {} labels, accuracy {}, estimated accuracy {}, mean confidence {}, drifted features {}/{}{}{}",
+        r.window_start.format("%H:%M:%S"),
         r.model_name,
         r.model_version,
         r.n_predictions,
         r.n_labels,
         opt(r.accuracy),
+        opt(r.detail.estimated_accuracy.as_ref().map(|e| e.accuracy)),
         opt(r.mean_confidence),
         r.drift.iter().filter(|d| d.drifted).count(),
         r.drift.len(),
@@ -242,8 +243,12 @@ async fn start_services(a: &DemoArgs, bin_dir: &Path) -> anyhow::Result<Vec<Serv
                 format!("PETREL_{}_LISTEN", s.to_uppercase()),
                 format!("127.0.0.1:{}", ports[s]),
             )
-            .env("PETREL_MONITOR_WINDOW_SIZE", "100")
-            .env("PETREL_MONITOR_WINDOW_MAX_SECS", "10")
+            // One-second windows and quick resolution, so the demo's short bursts of traffic
+            // show a whole alert episode.
+            .env("PETREL_MONITOR_WINDOW_SECS", "1")
+            .env("PETREL_MONITOR_WINDOW_LATENESS_SECS", "1")
+            .env("PETREL_MONITOR_WINDOW_IDLE_SECS", "3")
+            .env("PETREL_MONITOR_RESOLVE_AFTER", "2")
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
@@ -500,6 +505,32 @@ async fn drive(a: &DemoArgs, services: &mut [Service], deadline: Instant) -> any
     }
     let kinds: Vec<String> = received.iter().map(|a| a.kind.to_string()).collect();
     println!("received {} alert(s): {}", received.len(), kinds.join(", "));
+
+    step("Traffic back to normal: the open alerts resolve after 2 clean windows");
+    let mut calm = base.clone();
+    calm.rows = 600;
+    calm.seed = 13;
+    traffic::send(&calm, &samples, "normal again").await?;
+    let until = deadline.min(Instant::now() + Duration::from_secs(20));
+    let mut resolved = 0;
+    while let Ok(Some(item)) =
+        tokio::time::timeout(until.saturating_duration_since(Instant::now()), seen.recv()).await
+    {
+        if let Seen::Alert(al) = item {
+            println!("{}", crate::format_alert(&al));
+            if al.status == petrel_events::payloads::AlertStatus::Resolved {
+                resolved += 1;
+                if resolved >= received.len() {
+                    break;
+                }
+            }
+        }
+    }
+    if resolved == 0 {
+        println!(
+            "(no alert resolved within 20 s; `petrel alerts list --open` shows what is still open)"
+        );
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! `petrel`: the command-line tool for Petrel.
 
+mod alerts;
 mod batch;
 mod bench;
 mod demo;
@@ -11,11 +12,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
 use petrel_api::ApiClient;
 use petrel_api::ingest::{IngestRequest, IngestResponse};
 use petrel_api::monitor::ReportList;
-use petrel_events::Envelope;
 use petrel_events::payloads::Alert;
 use petrel_ml::{DatasetPurpose, Schema};
 
@@ -42,8 +41,9 @@ enum Command {
     /// Score a CSV in bulk with the predictor, with a progress bar; prints the output URI and
     /// the registry run.
     Batch(batch::BatchArgs),
-    /// Print alerts as they arrive (subscribes to `alerts.>`).
-    Alerts(AlertsArgs),
+    /// Follow alerts as they arrive (`tail`, a JetStream consumer of `alerts.>`), or list them
+    /// from the monitor (`list`).
+    Alerts(alerts::AlertsArgs),
     /// Print the monitor's latest window reports.
     Reports(ReportsArgs),
     /// Measure the predictor and the model code (see docs/benchmarks.md).
@@ -88,17 +88,6 @@ struct IngestArgs {
 }
 
 #[derive(clap::Args, Debug)]
-struct AlertsArgs {
-    #[arg(long, env = "PETREL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
-    #[arg(long, env = "PETREL_NATS_PREFIX", default_value = "")]
-    nats_prefix: String,
-    /// Stop after this many alerts (0: run until interrupted).
-    #[arg(long, default_value_t = 0)]
-    count: usize,
-}
-
-#[derive(clap::Args, Debug)]
 struct ReportsArgs {
     #[arg(
         long,
@@ -118,7 +107,7 @@ async fn main() {
         Command::Ingest(a) => ingest(a).await,
         Command::Traffic(a) => traffic::run_cli(a).await,
         Command::Batch(a) => batch::run(a).await,
-        Command::Alerts(a) => alerts(a).await,
+        Command::Alerts(a) => alerts::run(a).await,
         Command::Reports(a) => reports(a).await,
         Command::Bench(b) => bench::run(b).await,
         Command::Models(Models::Package(a)) => package::run(a).await,
@@ -180,32 +169,8 @@ fn print_ingest(resp: &IngestResponse) {
     }
 }
 
-async fn alerts(a: AlertsArgs) -> anyhow::Result<()> {
-    let client = async_nats::connect(&a.nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", a.nats_url))?;
-    let ns = petrel_events::Namespace::new(Some(&a.nats_prefix));
-    let mut sub = client.subscribe(ns.subject("alerts.>")).await?;
-    let mut seen = 0;
-    while let Some(msg) = sub.next().await {
-        match Envelope::<Alert>::from_bytes(&msg.payload) {
-            Ok(env) => println!(
-                "{} {}",
-                env.time.format("%H:%M:%S"),
-                format_alert(&env.data)
-            ),
-            Err(e) => println!("unreadable alert on {}: {e}", msg.subject),
-        }
-        seen += 1;
-        if a.count > 0 && seen >= a.count {
-            break;
-        }
-    }
-    Ok(())
-}
-
 fn format_alert(a: &Alert) -> String {
-    format!("ALERT {}: {}", a.kind, a.message)
+    alerts::format(a)
 }
 
 async fn reports(a: ReportsArgs) -> anyhow::Result<()> {

@@ -52,6 +52,7 @@ async fn store_predictions(
     let mut features = Vec::new();
     let mut classes = Vec::new();
     let mut confidences = Vec::new();
+    let mut probabilities = Vec::new();
     let mut times = Vec::new();
     for env in batch.iter().filter(|e| fresh.contains(&e.id)) {
         for p in &env.data.predictions {
@@ -62,13 +63,14 @@ async fn store_predictions(
             features.push(p.features.get());
             classes.push(p.class.as_str());
             confidences.push(p.confidence);
+            probabilities.push(p.probabilities.get());
             times.push(p.predicted_at);
         }
     }
     sqlx::query(
-        "INSERT INTO observations (inference_id, model_name, model_version, features, class, confidence, predicted_at) \
-         SELECT i, m, v, f::jsonb, c, p, t FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], \
-         $6::real[], $7::timestamptz[]) AS u(i, m, v, f, c, p, t) ON CONFLICT (inference_id) DO NOTHING",
+        "INSERT INTO observations (inference_id, model_name, model_version, features, class, confidence, probabilities, predicted_at) \
+         SELECT i, m, v, f::jsonb, c, p, q::jsonb, t FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], \
+         $6::real[], $7::text[], $8::timestamptz[]) AS u(i, m, v, f, c, p, q, t) ON CONFLICT (inference_id) DO NOTHING",
     )
     .bind(&ids)
     .bind(&models)
@@ -76,6 +78,18 @@ async fn store_predictions(
     .bind(&features)
     .bind(&classes)
     .bind(&confidences)
+    .bind(&probabilities)
+    .bind(&times)
+    .execute(&mut *tx)
+    .await?;
+    // The newest prediction time per version: the watermark that closes windows.
+    sqlx::query(
+        "INSERT INTO streams (model_name, model_version, newest) \
+         SELECT m, v, max(t) FROM UNNEST($1::text[], $2::int[], $3::timestamptz[]) AS u(m, v, t) GROUP BY 1, 2 \
+         ORDER BY 1, 2 ON CONFLICT (model_name, model_version) DO UPDATE SET newest = GREATEST(streams.newest, EXCLUDED.newest)",
+    )
+    .bind(&models)
+    .bind(&versions)
     .bind(&times)
     .execute(&mut *tx)
     .await?;
@@ -93,16 +107,28 @@ async fn store_labels(s: &AppState, env: &Envelope<LabelsJoined>) -> Result<(), 
     let versions: Vec<i32> = l.iter().map(|x| x.model_version).collect();
     let labels: Vec<&str> = l.iter().map(|x| x.label.as_str()).collect();
     let correct: Vec<bool> = l.iter().map(|x| x.correct).collect();
+    let predicted: Vec<&str> = l.iter().map(|x| x.predicted_class.as_str()).collect();
+    let times: Vec<chrono::DateTime<chrono::Utc>> = l.iter().map(|x| x.predicted_at).collect();
+    // Each label joins the window its prediction's time falls in (when that window has
+    // closed; windows closing later take the labels waiting for them). A later event for the
+    // same inference id (a corrected label) supersedes the earlier one.
     sqlx::query(
-        "INSERT INTO outcomes (inference_id, model_name, model_version, label, correct) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::bool[]) \
-         ON CONFLICT (inference_id) DO NOTHING",
+        "INSERT INTO outcomes (inference_id, model_name, model_version, label, correct, predicted_class, predicted_at, report_id) \
+         SELECT u.i, u.m, u.v, u.l, u.c, u.p, u.t, \
+                (SELECT r.id FROM reports r WHERE r.model_name = u.m AND r.model_version = u.v \
+                 AND r.window_start <= u.t AND r.window_end > u.t LIMIT 1) \
+         FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::text[], $7::timestamptz[]) \
+              AS u(i, m, v, l, c, p, t) ORDER BY u.i \
+         ON CONFLICT (inference_id) DO UPDATE SET label = EXCLUDED.label, correct = EXCLUDED.correct, counted = false \
+         WHERE outcomes.label <> EXCLUDED.label",
     )
     .bind(&ids)
     .bind(&models)
     .bind(&versions)
     .bind(&labels)
     .bind(&correct)
+    .bind(&predicted)
+    .bind(&times)
     .execute(&mut *tx)
     .await?;
     tx.commit().await

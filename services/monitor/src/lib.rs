@@ -1,11 +1,19 @@
-//! Petrel monitor: collects logged predictions and joined labels, closes them into windows, and
-//! for each window compares live features with the served model's training data (two-sample
-//! Kolmogorov-Smirnov for numeric columns, chi-square for categorical ones), measures accuracy
-//! and mean confidence, stores a report, and raises `alerts.<kind>` when a threshold is crossed.
+//! Petrel monitor: collects logged predictions and joined labels and closes them into windows
+//! of prediction time per model version. For each window it tests feature drift against the
+//! training split (`petrel_drift`), prediction drift and estimated accuracy against the model's
+//! held-out outputs, data quality, confidence and trends; labels, joined by inference id
+//! whenever they arrive, revise the window's quality. Conditions feed alert episodes that open
+//! once, renotify on worsening or after a cool-down, and resolve (`alerts.resolved`).
 
+mod analysis;
+mod calibration;
+mod episodes;
 mod ingest;
+mod quality;
 mod reference;
 mod routes;
+mod trend;
+mod webhook;
 mod window;
 
 use std::time::Duration;
@@ -42,6 +50,12 @@ pub struct Config {
         default_value = "http://127.0.0.1:8081"
     )]
     pub registry_url: String,
+    /// POST every alert notification here (signed when `--webhook-secret` is set).
+    #[arg(long, env = "PETREL_MONITOR_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Key of the webhook's `X-Petrel-Signature` (HMAC-SHA256 of `<timestamp>.<body>`).
+    #[arg(long, env = "PETREL_MONITOR_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
     #[command(flatten)]
     pub thresholds: Thresholds,
     #[command(flatten)]
@@ -65,6 +79,7 @@ pub struct AppState {
     pub infra: Infra,
     pub references: reference::References,
     pub thresholds: Thresholds,
+    pub webhook: Option<webhook::Webhook>,
 }
 
 #[derive(Debug)]
@@ -91,10 +106,25 @@ impl App {
             reference::References::new(RegistryClient::new(&config.registry_url), store);
         let (listener, port) = petrel_runtime::http::bind(&config.listen).await?;
         tracing::info!(port, "monitor listening");
+        let webhook = match config.webhook_url {
+            Some(url) => {
+                anyhow::ensure!(
+                    url.starts_with("http://") || url.starts_with("https://"),
+                    "the webhook URL must start with http:// or https://"
+                );
+                Some(webhook::Webhook {
+                    url,
+                    secret: config.webhook_secret,
+                    client: reqwest::Client::new(),
+                })
+            }
+            None => None,
+        };
         let state = AppState {
             infra,
             references,
             thresholds: config.thresholds,
+            webhook,
         };
         Ok(Self {
             port,
@@ -128,6 +158,14 @@ impl App {
             let state = state.clone();
             async move { ingest::on_labels(&state, env).await }
         });
+        if let Some(hook) = self.state.webhook.clone() {
+            let state = self.state.clone();
+            let spec = ConsumerSpec::durable("monitor-webhook", subjects::ALERTS);
+            tasks.spawn_consumer("webhook", self.state.infra.bus.clone(), spec, move |env| {
+                let (state, hook) = (state.clone(), hook.clone());
+                async move { webhook::deliver(&state, &hook, env).await }
+            });
+        }
         let state = self.state.clone();
         let cancel = self.cancel.clone();
         tasks.spawn("windows", async move {

@@ -1,4 +1,6 @@
-//! The drift reference of a model version: its training-split profile, read from the bundle.
+//! The reference of a model version, read once from its bundle: the training split's feature
+//! samples (sorted once, for every window's drift tests), the ranges and categories training
+//! saw, and the model's outputs on its held-out split (prediction drift and calibration).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -6,15 +8,112 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use petrel_api::registry::RegistryClient;
-use petrel_ml::{ModelBundle, ReferenceProfile, Schema};
+use petrel_drift::{CategoricalSample, NumericSample};
+use petrel_ml::{ColumnKind, ModelBundle, Schema};
 use petrel_store::ArtifactStore;
 use tokio::sync::Mutex;
+
+use crate::calibration::Calibration;
+
+/// A numeric feature's training values.
+#[derive(Debug)]
+pub struct NumericReference {
+    pub sample: NumericSample,
+    /// Smallest and largest training value: live values outside are out of range.
+    pub min: f64,
+    pub max: f64,
+}
+
+/// The model's outputs on its held-out split.
+#[derive(Debug)]
+pub struct PredictionReference {
+    pub classes: CategoricalSample,
+    pub confidence: NumericSample,
+    /// Confidence to probability of being right, fitted on the held-out split.
+    pub calibration: Calibration,
+}
 
 /// What the monitor needs of a model version.
 #[derive(Debug)]
 pub struct Reference {
     pub schema: Schema,
-    pub profile: ReferenceProfile,
+    pub numeric: std::collections::BTreeMap<String, NumericReference>,
+    pub categorical: std::collections::BTreeMap<String, CategoricalSample>,
+    /// Absent for bundles written before held-out outputs were kept.
+    pub predictions: Option<PredictionReference>,
+    /// Accuracy on the held-out split at training time.
+    pub test_accuracy: f64,
+}
+
+impl Reference {
+    /// Prepares a bundle's profile for windows: samples sorted once, missing counts scaled
+    /// to subsampled numeric columns so the missing share is the training split's.
+    pub fn from_bundle(bundle: ModelBundle) -> Reference {
+        let profile = bundle.reference;
+        let mut numeric = std::collections::BTreeMap::new();
+        let mut categorical = std::collections::BTreeMap::new();
+        for col in &bundle.schema.features {
+            let missing = profile.missing.get(&col.name).copied().unwrap_or(0);
+            match col.kind {
+                ColumnKind::Numeric => {
+                    let Some(values) = profile.numeric.get(&col.name) else {
+                        continue;
+                    };
+                    let present = profile.rows.saturating_sub(missing).max(1);
+                    let kept = values.len() as u64;
+                    // Subsampled columns keep the training split's missing share.
+                    let missing = if kept < present {
+                        ((missing as f64) * (kept as f64) / (present as f64)).round() as u64
+                    } else {
+                        missing
+                    };
+                    let sample = NumericSample::new(values).with_missing(missing);
+                    let (min, max) = match (sample.values().first(), sample.values().last()) {
+                        (Some(a), Some(b)) => (*a, *b),
+                        _ => (f64::NAN, f64::NAN),
+                    };
+                    numeric.insert(col.name.clone(), NumericReference { sample, min, max });
+                }
+                ColumnKind::Categorical => {
+                    let Some(counts) = profile.categorical.get(&col.name) else {
+                        continue;
+                    };
+                    categorical.insert(
+                        col.name.clone(),
+                        CategoricalSample::from_counts(counts.clone(), missing),
+                    );
+                }
+            }
+        }
+        let predictions = bundle
+            .held_out
+            .filter(|h| !h.predicted.is_empty())
+            .map(|h| PredictionReference {
+                classes: CategoricalSample::from_values(
+                    h.predicted.iter().map(|c| Some(c.as_str())),
+                ),
+                confidence: NumericSample::new(
+                    &h.confidence
+                        .iter()
+                        .map(|&c| f64::from(c))
+                        .collect::<Vec<_>>(),
+                ),
+                calibration: Calibration::fit(
+                    &h.confidence
+                        .iter()
+                        .map(|&c| f64::from(c))
+                        .collect::<Vec<_>>(),
+                    &h.correct,
+                ),
+            });
+        Reference {
+            schema: bundle.schema,
+            numeric,
+            categorical,
+            predictions,
+            test_accuracy: bundle.metrics.test_accuracy,
+        }
+    }
 }
 
 /// Loaded references by model name and version.
@@ -92,11 +191,7 @@ impl References {
             .await
             .context("cannot read the model bundle")?;
         let bundle = ModelBundle::from_bytes(&bytes)?;
-        let reference = Arc::new(Reference {
-            schema: bundle.schema,
-            profile: bundle.reference,
-        });
-        Ok(reference)
+        Ok(Arc::new(Reference::from_bundle(bundle)))
     }
 }
 

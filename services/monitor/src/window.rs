@@ -1,105 +1,224 @@
-//! Windows: when enough has arrived, compute a report, store it and raise alerts, all in one
-//! transaction (the alerts go through the outbox).
+//! Windows: spans of prediction time per model version, aligned to multiples of
+//! `--window-secs`. A window closes once a prediction at least `--window-lateness-secs` past
+//! its end has arrived (or, with no newer traffic, `--window-idle-secs` after its end); closing
+//! runs the label-free analysis on a uniform sample of its predictions, stores the report and
+//! applies the conditions to their alert episodes, all in one transaction.
+//!
+//! Time windows keep the number of tests per hour, and so the false-alarm rate per hour,
+//! independent of traffic: at 15,000 predictions a second a window is still one window a
+//! minute, and its tests see at most `--drift-sample` rows.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
-use petrel_api::monitor::FeatureDrift;
-use petrel_events::outbox;
-use petrel_events::payloads::{Alert, AlertKind};
-use petrel_ml::{ColumnKind, Value, row_from_json};
+use petrel_api::monitor::{FeatureDrift, ReportDetail};
+use petrel_drift::{ColumnOverride, DatasetVerdict, DriftConfig, Method, Preset};
+use petrel_events::payloads::{AlertKind, Evidence, Severity};
 use serde_json::json;
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::analysis::{self, Analysis, QualityLimits, Sampled, distribution_drifted};
+use crate::episodes::{self, Condition, Policy};
 use crate::reference::{Reference, ReferenceError};
+use crate::trend;
 
-/// When windows close and what raises an alert.
+/// When windows close, how they are tested and what raises an alert.
 #[derive(Args, Clone, Debug, PartialEq)]
 pub struct Thresholds {
-    /// Predictions per window: a window closes as soon as this many have arrived.
-    #[arg(long, env = "PETREL_MONITOR_WINDOW_SIZE", default_value_t = 100)]
-    pub window_size: i64,
-    /// A window also closes once its oldest entry is this old (seconds), if it holds at least
-    /// `min_window` predictions or `min_labels` labels.
-    #[arg(long, env = "PETREL_MONITOR_WINDOW_MAX_SECS", default_value_t = 60)]
-    pub window_max_secs: i64,
-    /// Fewest predictions a time-closed window needs for drift and confidence.
+    /// Length of a window in seconds of prediction time.
+    #[arg(long, env = "PETREL_MONITOR_WINDOW_SECS", default_value_t = 60)]
+    pub window_secs: u64,
+    /// A window closes once a prediction this many seconds past its end has arrived.
+    #[arg(long, env = "PETREL_MONITOR_WINDOW_LATENESS_SECS", default_value_t = 5)]
+    pub window_lateness_secs: u64,
+    /// With no newer prediction, a window closes this many seconds after its end.
+    #[arg(long, env = "PETREL_MONITOR_WINDOW_IDLE_SECS", default_value_t = 30)]
+    pub window_idle_secs: u64,
+    /// Fewest predictions a window needs for drift, data-quality and confidence checks.
     #[arg(long, env = "PETREL_MONITOR_MIN_WINDOW", default_value_t = 30)]
-    pub min_window: i64,
-    /// Fewest labels needed to report accuracy.
+    pub min_window: usize,
+    /// Most predictions the drift tests use per window (a uniform random sample).
+    #[arg(long, env = "PETREL_MONITOR_DRIFT_SAMPLE", default_value_t = 5000)]
+    pub drift_sample: usize,
+    /// Drift rules: `petrel` (two-sample tests, Benjamini-Hochberg across columns) or
+    /// `evidently` (Evidently 0.7's DataDriftPreset defaults).
+    #[arg(long, env = "PETREL_MONITOR_DRIFT_PRESET", default_value = "petrel", value_parser = ["petrel", "evidently"])]
+    pub drift_preset: String,
+    /// `petrel` preset: the false discovery rate across a window's columns.
+    #[arg(long, env = "PETREL_MONITOR_DRIFT_FDR", default_value_t = 0.01)]
+    pub drift_fdr: f64,
+    /// `evidently` preset: share of drifted columns at which the window drifted.
+    #[arg(long, env = "PETREL_MONITOR_DRIFT_SHARE", default_value_t = 0.5)]
+    pub drift_share: f64,
+    /// Per-column method and threshold, e.g. `body_mass_g=wasserstein:0.2,island=chi_square`.
+    #[arg(long, env = "PETREL_MONITOR_DRIFT_OVERRIDES", default_value = "")]
+    pub drift_overrides: String,
+    /// Consecutive windows a drift, prediction-drift or data-quality finding must hold before
+    /// its alert opens.
+    #[arg(long, env = "PETREL_MONITOR_CONFIRM_WINDOWS", default_value_t = 2)]
+    pub confirm_windows: i32,
+    /// Consecutive clean windows that resolve an alert (`alerts.resolved`).
+    #[arg(long, env = "PETREL_MONITOR_RESOLVE_AFTER", default_value_t = 3)]
+    pub resolve_after: i32,
+    /// An open alert that has not worsened notifies again after this many seconds.
+    #[arg(long, env = "PETREL_MONITOR_COOLDOWN_SECS", default_value_t = 3600)]
+    pub cooldown_secs: u64,
+    /// Fewest labels needed to report and alert on accuracy.
     #[arg(long, env = "PETREL_MONITOR_MIN_LABELS", default_value_t = 20)]
     pub min_labels: i64,
-    /// A feature drifts when its test's p-value is below this.
-    #[arg(long, env = "PETREL_MONITOR_DRIFT_P_VALUE", default_value_t = 0.01)]
-    pub drift_p_value: f64,
-    /// `alerts.drift` when at least this share of the features drift.
-    #[arg(long, env = "PETREL_MONITOR_DRIFT_SHARE", default_value_t = 0.25)]
-    pub drift_share: f64,
-    /// `alerts.accuracy` when accuracy on labelled predictions is below this.
+    /// A window's quality is final once this share of its predictions is labelled...
+    #[arg(long, env = "PETREL_MONITOR_LABEL_COVERAGE", default_value_t = 0.95)]
+    pub label_coverage: f64,
+    /// ...or this many seconds after the window ended.
+    #[arg(long, env = "PETREL_MONITOR_LABEL_GRACE_SECS", default_value_t = 3600)]
+    pub label_grace_secs: u64,
+    /// `alerts.accuracy` below this accuracy on labelled predictions.
     #[arg(long, env = "PETREL_MONITOR_MIN_ACCURACY", default_value_t = 0.8)]
     pub min_accuracy: f64,
-    /// `alerts.confidence` when the mean top-class probability is below this.
+    /// `alerts.estimated_accuracy` below this accuracy estimated from confidence.
+    #[arg(
+        long,
+        env = "PETREL_MONITOR_MIN_ESTIMATED_ACCURACY",
+        default_value_t = 0.8
+    )]
+    pub min_estimated_accuracy: f64,
+    /// `alerts.confidence` below this mean top-class probability.
     #[arg(long, env = "PETREL_MONITOR_MIN_CONFIDENCE", default_value_t = 0.6)]
     pub min_confidence: f64,
+    /// Predictions under this confidence count as low-confidence in reports.
+    #[arg(long, env = "PETREL_MONITOR_LOW_CONFIDENCE", default_value_t = 0.5)]
+    pub low_confidence: f64,
+    /// `alerts.data_quality` when more than this share of a numeric column is outside the
+    /// training range.
+    #[arg(long, env = "PETREL_MONITOR_MAX_OUT_OF_RANGE", default_value_t = 0.05)]
+    pub max_out_of_range: f64,
+    /// `alerts.data_quality` when more than this share of a categorical column is in
+    /// categories training never saw.
+    #[arg(long, env = "PETREL_MONITOR_MAX_UNSEEN", default_value_t = 0.01)]
+    pub max_unseen: f64,
+    /// Windows in a trend fit.
+    #[arg(long, env = "PETREL_MONITOR_TREND_WINDOWS", default_value_t = 10)]
+    pub trend_windows: usize,
+    /// One-sided p-value under which a declining slope is a trend.
+    #[arg(long, env = "PETREL_MONITOR_TREND_P_VALUE", default_value_t = 0.001)]
+    pub trend_p_value: f64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self {
-            window_size: 100,
-            window_max_secs: 60,
-            min_window: 30,
-            min_labels: 20,
-            drift_p_value: 0.01,
-            drift_share: 0.25,
-            min_accuracy: 0.8,
-            min_confidence: 0.6,
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            t: Thresholds,
         }
+        Wrap::parse_from(["monitor"]).t
     }
 }
 
 impl Thresholds {
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.window_size >= 2, "window size must be at least 2");
+        anyhow::ensure!(self.window_secs >= 1, "window secs must be at least 1");
+        anyhow::ensure!(self.min_window >= 2, "min window must be at least 2");
         anyhow::ensure!(
-            self.min_window >= 2 && self.min_window <= self.window_size,
-            "min window must be in 2..=window size"
+            self.drift_sample >= self.min_window,
+            "drift sample must be at least min window"
         );
         anyhow::ensure!(self.min_labels >= 1, "min labels must be at least 1");
         anyhow::ensure!(
-            self.window_max_secs >= 1,
-            "window max secs must be at least 1"
+            self.drift_fdr > 0.0 && self.drift_fdr < 1.0,
+            "drift FDR must be in (0, 1)"
         );
         anyhow::ensure!(
-            self.drift_p_value > 0.0 && self.drift_p_value < 1.0,
-            "drift p-value must be in (0, 1)"
+            self.confirm_windows >= 1 && self.resolve_after >= 1,
+            "confirm windows and resolve after must be at least 1"
         );
+        anyhow::ensure!(self.trend_windows >= 3, "trend windows must be at least 3");
         for (name, v) in [
             ("drift share", self.drift_share),
+            ("label coverage", self.label_coverage),
             ("min accuracy", self.min_accuracy),
+            ("min estimated accuracy", self.min_estimated_accuracy),
             ("min confidence", self.min_confidence),
+            ("low confidence", self.low_confidence),
+            ("max out of range", self.max_out_of_range),
+            ("max unseen", self.max_unseen),
+            ("trend p-value", self.trend_p_value),
         ] {
             anyhow::ensure!((0.0..=1.0).contains(&v), "{name} must be in [0, 1]");
         }
+        // A bad override fails at start-up, not at the first window.
+        self.drift_config()?;
         Ok(())
+    }
+
+    /// The drift configuration these flags describe.
+    pub fn drift_config(&self) -> anyhow::Result<DriftConfig> {
+        let preset = match self.drift_preset.as_str() {
+            "evidently" => Preset::Evidently,
+            _ => Preset::Petrel,
+        };
+        let mut config = DriftConfig::new(preset);
+        config.fdr = self.drift_fdr;
+        config.drift_share = self.drift_share;
+        for item in self
+            .drift_overrides
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let (column, spec) = item.split_once('=').with_context(|| {
+                format!("drift override {item:?} must be column=method[:threshold]")
+            })?;
+            let (method, threshold) = match spec.split_once(':') {
+                Some((m, t)) => (
+                    m,
+                    Some(t.parse::<f64>().with_context(|| {
+                        format!("drift override {item:?}: {t:?} is not a number")
+                    })?),
+                ),
+                None => (spec, None),
+            };
+            let method = Method::from_name(method)
+                .with_context(|| format!("drift override {item:?}: unknown method {method:?}"))?;
+            config.overrides.insert(
+                column.trim().to_owned(),
+                ColumnOverride {
+                    method: Some(method),
+                    threshold,
+                },
+            );
+        }
+        Ok(config)
+    }
+
+    pub fn policy(&self) -> Policy {
+        Policy {
+            confirm_windows: self.confirm_windows,
+            resolve_after: self.resolve_after,
+            cooldown: Duration::from_secs(self.cooldown_secs),
+        }
+    }
+
+    fn limits(&self) -> QualityLimits {
+        QualityLimits {
+            out_of_range_share: self.max_out_of_range,
+            unseen_share: self.max_unseen,
+            missing_p_value: self.drift_fdr,
+        }
     }
 }
 
-/// Most windows one model version closes per tick. Traffic faster than a window per second
-/// is caught up within the tick, not one window a second behind it; the cap keeps one busy
-/// version from starving the others (and the tick from running long).
-pub const MAX_WINDOWS_PER_TICK: usize = 20;
+/// Most windows one model version closes per tick, so a long backlog of one version cannot
+/// starve the others.
+pub const MAX_WINDOWS_PER_TICK: usize = 50;
 
-/// Most labels one window takes, as a multiple of the window size: a backlog of labels is
-/// spread over several windows instead of being locked and read in one go.
-pub const LABELS_PER_WINDOW: i64 = 10;
-
-/// Checks for windows to close every second until cancelled.
+/// Closes windows and revises their quality every second until cancelled.
 pub async fn run(state: AppState, cancel: CancellationToken) {
     loop {
         tokio::select! {
@@ -109,59 +228,79 @@ pub async fn run(state: AppState, cancel: CancellationToken) {
         if let Err(e) = close_ready_windows(&state).await {
             tracing::warn!(error = format!("{e:#}"), "window check failed");
         }
+        if let Err(e) = crate::quality::revise(&state).await {
+            tracing::warn!(error = format!("{e:#}"), "quality revision failed");
+        }
     }
 }
 
-/// Closes every window that is ready, several per model version while full windows of
-/// predictions remain (up to [`MAX_WINDOWS_PER_TICK`]); returns the reports written.
+fn floor_to(t: DateTime<Utc>, secs: u64) -> DateTime<Utc> {
+    let micros = secs as i64 * 1_000_000;
+    let ts = t.timestamp_micros();
+    DateTime::from_timestamp_micros(ts - ts.rem_euclid(micros)).unwrap_or(t)
+}
+
+/// Closes every window that is ready, oldest first per model version; returns the reports
+/// written.
 pub async fn close_ready_windows(s: &AppState) -> anyhow::Result<Vec<Uuid>> {
     let t = &s.thresholds;
-    let candidates = sqlx::query(
-        "WITH o AS (SELECT model_name, model_version, count(*) AS n, min(received_at) AS oldest \
-                    FROM observations WHERE report_id IS NULL GROUP BY 1, 2), \
-              l AS (SELECT model_name, model_version, count(*) AS n, min(received_at) AS oldest \
-                    FROM outcomes WHERE report_id IS NULL GROUP BY 1, 2) \
-         SELECT COALESCE(o.model_name, l.model_name) AS model_name, \
-                COALESCE(o.model_version, l.model_version) AS model_version, \
-                COALESCE(o.n, 0) AS n_obs, COALESCE(l.n, 0) AS n_lab, \
-                LEAST(o.oldest, l.oldest) AS oldest \
-         FROM o FULL JOIN l ON o.model_name = l.model_name AND o.model_version = l.model_version",
+    let streams = sqlx::query(
+        "SELECT s.model_name, s.model_version, s.newest, \
+                (SELECT max(window_end) FROM reports r WHERE r.model_name = s.model_name AND r.model_version = s.model_version) AS last_end \
+         FROM streams s",
     )
     .fetch_all(&s.infra.pool)
     .await?;
+    let lateness = chrono::Duration::seconds(t.window_lateness_secs as i64);
+    let idle = chrono::Duration::seconds(t.window_idle_secs as i64);
+    let length = chrono::Duration::seconds(t.window_secs as i64);
     let mut written = Vec::new();
-    for c in candidates {
-        let model: String = c.get("model_name");
-        let version: i32 = c.get("model_version");
-        let n_obs: i64 = c.get("n_obs");
-        let n_lab: i64 = c.get("n_lab");
-        let oldest: DateTime<Utc> = c.get("oldest");
-        let aged = (Utc::now() - oldest).num_seconds() >= t.window_max_secs;
-        let ready =
-            n_obs >= t.window_size || (aged && (n_obs >= t.min_window || n_lab >= t.min_labels));
-        if !ready {
-            continue;
-        }
-        let reference = match s.references.get(&model, version).await {
-            Ok(r) => r,
-            Err(ReferenceError::RecentlyFailed) => continue,
-            Err(ReferenceError::Load(e)) => {
-                tracing::warn!(model.name = %model, model.version = version, error = format!("{e:#}"), "no reference for this model version; its windows wait");
-                continue;
-            }
-        };
-        // The first window is ready (full, or old enough); more follow while a full window of
-        // predictions is still open.
-        let mut open = n_obs;
+    for st in streams {
+        let model: String = st.get("model_name");
+        let version: i32 = st.get("model_version");
+        let newest: DateTime<Utc> = st.get("newest");
+        let mut last_end: Option<DateTime<Utc>> = st.get("last_end");
+        let mut reference: Option<std::sync::Arc<Reference>> = None;
         for _ in 0..MAX_WINDOWS_PER_TICK {
-            let Some((id, taken)) = close_window(s, &model, version, &reference).await? else {
-                break;
-            };
-            written.push(id);
-            open -= taken as i64;
-            if taken == 0 || open < t.window_size {
+            let first: Option<DateTime<Utc>> = sqlx::query_scalar(
+                "SELECT min(predicted_at) FROM observations WHERE model_name = $1 AND model_version = $2 \
+                 AND predicted_at >= COALESCE($3, '-infinity'::timestamptz)",
+            )
+            .bind(&model)
+            .bind(version)
+            .bind(last_end)
+            .fetch_one(&s.infra.pool)
+            .await?;
+            let Some(first) = first else { break };
+            let mut start = floor_to(first, t.window_secs);
+            if let Some(l) = last_end
+                && l > start
+            {
+                start = l;
+            }
+            let end = start + length;
+            let now = Utc::now();
+            if newest < end + lateness && now < end + idle {
                 break;
             }
+            let r = match &reference {
+                Some(r) => r.clone(),
+                None => match s.references.get(&model, version).await {
+                    Ok(r) => {
+                        reference = Some(r.clone());
+                        r
+                    }
+                    Err(ReferenceError::RecentlyFailed) => break,
+                    Err(ReferenceError::Load(e)) => {
+                        tracing::warn!(model.name = %model, model.version = version, error = format!("{e:#}"), "no reference for this model version; its windows wait");
+                        break;
+                    }
+                },
+            };
+            if let Some(id) = close_window(s, &model, version, start, end, &r).await? {
+                written.push(id);
+            }
+            last_end = Some(end);
         }
     }
     if !written.is_empty() {
@@ -170,371 +309,492 @@ pub async fn close_ready_windows(s: &AppState) -> anyhow::Result<Vec<Uuid>> {
     Ok(written)
 }
 
+/// Locks one model version's windows for the rest of the transaction, so replicas never close
+/// the same window twice or apply episodes out of order.
+pub async fn lock_version(
+    tx: &mut sqlx::PgConnection,
+    model: &str,
+    version: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2::text, 7))")
+        .bind(model)
+        .bind(version)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
 async fn close_window(
     s: &AppState,
     model: &str,
     version: i32,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
     reference: &Reference,
-) -> anyhow::Result<Option<(Uuid, usize)>> {
+) -> anyhow::Result<Option<Uuid>> {
     let t = &s.thresholds;
     let mut tx = s.infra.pool.begin().await?;
-    let obs = sqlx::query(
-        "SELECT inference_id, features, confidence, received_at FROM observations \
-         WHERE report_id IS NULL AND model_name = $1 AND model_version = $2 \
-         ORDER BY received_at, inference_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+    lock_version(&mut tx, model, version).await?;
+    let done: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM reports WHERE model_name = $1 AND model_version = $2 AND window_start = $3",
     )
     .bind(model)
     .bind(version)
-    .bind(t.window_size)
-    .fetch_all(&mut *tx)
+    .bind(start)
+    .fetch_optional(&mut *tx)
     .await?;
-    let labs = sqlx::query(
-        "SELECT inference_id, correct, received_at FROM outcomes \
-         WHERE report_id IS NULL AND model_name = $1 AND model_version = $2 \
-         ORDER BY received_at, inference_id LIMIT $3 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(model)
-    .bind(version)
-    .bind(t.window_size.saturating_mul(LABELS_PER_WINDOW))
-    .fetch_all(&mut *tx)
-    .await?;
-    let use_obs = obs.len() as i64 >= t.min_window.min(t.window_size);
-    let use_labs = labs.len() as i64 >= t.min_labels;
-    if !use_obs && !use_labs {
+    if done.is_some() {
         return Ok(None);
     }
-    let id = Uuid::now_v7();
-    let mut times: Vec<DateTime<Utc>> = Vec::new();
-
-    let (drift, drift_share, mean_confidence, obs_ids) = if use_obs {
-        let rows: Vec<serde_json::Map<String, serde_json::Value>> = obs
-            .iter()
-            .filter_map(|r| match r.get::<serde_json::Value, _>("features") {
-                serde_json::Value::Object(m) => Some(m),
-                _ => None,
+    let agg = sqlx::query(
+        "SELECT count(*) AS n, avg(confidence)::float8 AS mean, count(*) FILTER (WHERE confidence < $5) AS low \
+         FROM observations WHERE model_name = $1 AND model_version = $2 AND predicted_at >= $3 AND predicted_at < $4",
+    )
+    .bind(model)
+    .bind(version)
+    .bind(start)
+    .bind(end)
+    .bind(t.low_confidence as f32)
+    .fetch_one(&mut *tx)
+    .await?;
+    let n: i64 = agg.get("n");
+    let mean_confidence: Option<f64> = agg.get("mean");
+    let low: i64 = agg.get("low");
+    let rows = sqlx::query(
+        "SELECT features::text AS features, class, confidence FROM observations \
+         WHERE model_name = $1 AND model_version = $2 AND predicted_at >= $3 AND predicted_at < $4 \
+         ORDER BY sample_key LIMIT $5",
+    )
+    .bind(model)
+    .bind(version)
+    .bind(start)
+    .bind(end)
+    .bind(t.drift_sample as i64)
+    .fetch_all(&mut *tx)
+    .await?;
+    let sample: Vec<Sampled> = rows
+        .iter()
+        .filter_map(|r| {
+            let features = serde_json::from_str(r.get::<&str, _>("features")).ok()?;
+            Some(Sampled {
+                features,
+                class: r.get("class"),
+                confidence: f64::from(r.get::<f32, _>("confidence")),
             })
-            .collect();
-        let confidences: Vec<f64> = obs
-            .iter()
-            .map(|r| r.get::<f32, _>("confidence") as f64)
-            .collect();
-        times.extend(obs.iter().map(|r| r.get::<DateTime<Utc>, _>("received_at")));
-        let drift = feature_drift(reference, &rows, t.drift_p_value);
-        let share = drift_share(&drift);
-        let mean = confidences.iter().sum::<f64>() / confidences.len() as f64;
-        let ids: Vec<String> = obs.iter().map(|r| r.get("inference_id")).collect();
-        (drift, share, Some(mean), ids)
-    } else {
-        (Vec::new(), None, None, Vec::new())
-    };
-    let (accuracy, lab_ids) = if use_labs {
-        let correct = labs.iter().filter(|r| r.get::<bool, _>("correct")).count();
-        times.extend(
-            labs.iter()
-                .map(|r| r.get::<DateTime<Utc>, _>("received_at")),
-        );
-        let ids: Vec<String> = labs.iter().map(|r| r.get("inference_id")).collect();
-        (Some(correct as f64 / labs.len() as f64), ids)
-    } else {
-        (None, Vec::new())
-    };
-    let window_start = times.iter().min().copied().unwrap_or_else(Utc::now);
-    let window_end = times.iter().max().copied().unwrap_or_else(Utc::now);
+        })
+        .collect();
+    let config = t.drift_config()?;
+    let a = analysis::analyse(reference, &sample, &config, t.limits(), t.min_window);
+    let enough = n as usize >= t.min_window;
+    let estimated = a.estimated_accuracy.as_ref().map(|e| e.accuracy);
 
-    let alerts = evaluate(
-        t,
-        model,
-        version,
-        id,
-        &drift,
-        drift_share,
-        accuracy,
-        mean_confidence,
-        lab_ids.len(),
-    );
-    let kinds: Vec<&str> = alerts.iter().map(|a| a.kind.as_str()).collect();
+    // Trends of the label-free metrics over this and the previous windows.
+    let history = sqlx::query(
+        "SELECT mean_confidence, (detail->'estimated_accuracy'->>'accuracy')::float8 AS estimated FROM reports \
+         WHERE model_name = $1 AND model_version = $2 AND window_start < $3 AND n_predictions >= $4 \
+         ORDER BY window_start DESC LIMIT $5",
+    )
+    .bind(model)
+    .bind(version)
+    .bind(start)
+    .bind(t.min_window as i64)
+    .bind(t.trend_windows as i64 - 1)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut trends = Vec::new();
+    if enough {
+        let series = |current: Option<f64>, col: &str| -> Option<Vec<f64>> {
+            let mut v: Vec<f64> = history
+                .iter()
+                .rev()
+                .filter_map(|r| r.get::<Option<f64>, _>(col))
+                .collect();
+            v.push(current?);
+            (v.len() >= t.trend_windows).then_some(v)
+        };
+        if let Some(v) = series(mean_confidence, "mean_confidence") {
+            trends.extend(trend::decline(
+                "mean_confidence",
+                &v,
+                t.min_confidence,
+                t.trend_p_value,
+                t.trend_windows,
+            ));
+        }
+        if let Some(v) = series(estimated, "estimated") {
+            trends.extend(trend::decline(
+                "estimated_accuracy",
+                &v,
+                t.min_estimated_accuracy,
+                t.trend_p_value,
+                t.trend_windows,
+            ));
+        }
+    }
+
+    let id = Uuid::now_v7();
+    let conditions = if enough {
+        conditions(t, model, version, &a, mean_confidence, &trends)
+    } else {
+        Vec::new()
+    };
+    let firing: Vec<&str> = conditions
+        .iter()
+        .filter(|c| c.firing)
+        .map(|c| c.kind.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let drift = a.drift.as_ref().map(feature_drift).unwrap_or_default();
+    let drift_share = a.drift.as_ref().map(|v| {
+        let n = v.columns.len().max(1) as f64;
+        v.columns.iter().filter(|c| distribution_drifted(c)).count() as f64 / n
+    });
+    let detail = ReportDetail {
+        sampled: sample.len() as i64,
+        skipped: a.skipped.clone(),
+        drift_verdict: a.drift.clone(),
+        prediction_drift: a.prediction_drift.clone(),
+        data_quality: a.data_quality.clone(),
+        low_confidence_share: (n > 0).then(|| low as f64 / n as f64),
+        estimated_accuracy: a.estimated_accuracy.clone(),
+        quality: None,
+        trends,
+    };
     sqlx::query(
         "INSERT INTO reports (id, model_name, model_version, window_start, window_end, n_predictions, n_labels, \
-         accuracy, mean_confidence, drift_share, drift, alerts) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
+         accuracy, mean_confidence, drift_share, drift, alerts, revision, quality_final, detail) \
+         VALUES ($1,$2,$3,$4,$5,$6,0,NULL,$7,$8,$9,$10,1,false,$11)",
     )
     .bind(id)
     .bind(model)
     .bind(version)
-    .bind(window_start)
-    .bind(window_end)
-    .bind(obs_ids.len() as i64)
-    .bind(lab_ids.len() as i64)
-    .bind(accuracy)
+    .bind(start)
+    .bind(end)
+    .bind(n)
     .bind(mean_confidence)
     .bind(drift_share)
     .bind(serde_json::to_value(&drift)?)
-    .bind(&kinds)
+    .bind(&firing)
+    .bind(serde_json::to_value(&detail)?)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE observations SET report_id = $1 WHERE inference_id = ANY($2)")
-        .bind(id)
-        .bind(&obs_ids)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE outcomes SET report_id = $1 WHERE inference_id = ANY($2)")
-        .bind(id)
-        .bind(&lab_ids)
-        .execute(&mut *tx)
-        .await?;
-    for alert in alerts {
-        tracing::warn!(report.id = %id, alert.kind = %alert.kind, "{}", alert.message);
-        outbox::enqueue(&mut tx, &s.infra.bus.envelope(alert)).await?;
-    }
+    sqlx::query(
+        "INSERT INTO report_revisions (report_id, revision, n_labels, quality, quality_final) VALUES ($1, 1, 0, NULL, false)",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    // Labels that arrived before their window closed now belong to it.
+    sqlx::query(
+        "UPDATE outcomes SET report_id = $1, counted = false WHERE report_id IS NULL AND model_name = $2 \
+         AND model_version = $3 AND predicted_at >= $4 AND predicted_at < $5",
+    )
+    .bind(id)
+    .bind(model)
+    .bind(version)
+    .bind(start)
+    .bind(end)
+    .execute(&mut *tx)
+    .await?;
+    let w = episodes::Window {
+        model,
+        version,
+        report_id: id,
+        start,
+        end,
+    };
+    let sent = episodes::apply(s, &mut tx, &t.policy(), w, &conditions).await?;
     tx.commit().await?;
     tracing::info!(
         report.id = %id,
         model.name = %model,
         model.version = version,
-        n_predictions = obs_ids.len(),
-        n_labels = lab_ids.len(),
-        accuracy = ?accuracy,
+        window.start = %start,
+        n_predictions = n,
+        sampled = sample.len(),
         mean_confidence = ?mean_confidence,
+        estimated_accuracy = ?estimated,
         drift_share = ?drift_share,
-        alerts = ?kinds,
+        firing = ?firing,
+        notified = sent.len(),
         "window closed"
     );
-    Ok(Some((id, obs_ids.len())))
+    Ok(Some(id))
 }
 
-/// Fewest live values a feature needs before it is tested.
-const MIN_VALUES: usize = 5;
-
-/// Tests every feature of the reference against the live rows.
-pub fn feature_drift(
-    reference: &Reference,
-    rows: &[serde_json::Map<String, serde_json::Value>],
-    p_threshold: f64,
-) -> Vec<FeatureDrift> {
-    let schema = &reference.schema;
-    let parsed: Vec<_> = rows
+/// The short per-feature list of a verdict.
+fn feature_drift(v: &DatasetVerdict) -> Vec<FeatureDrift> {
+    v.columns
         .iter()
-        .filter_map(|r| row_from_json(r, schema).ok())
-        .collect();
-    let mut out = Vec::new();
-    for (i, col) in schema.features.iter().enumerate() {
-        let result = match col.kind {
-            ColumnKind::Numeric => {
-                let live: Vec<f64> = parsed
-                    .iter()
-                    .filter_map(|r| match r.get(i) {
-                        Some(Some(Value::Num(x))) => Some(*x),
-                        _ => None,
-                    })
-                    .collect();
-                let Some(base) = reference.profile.numeric.get(&col.name) else {
-                    continue;
-                };
-                if live.len() < MIN_VALUES || base.is_empty() {
-                    continue;
-                }
-                petrel_drift::ks_two_sample(base, &live, p_threshold).map(|r| (r, live.len()))
-            }
-            ColumnKind::Categorical => {
-                let live: Vec<String> = parsed
-                    .iter()
-                    .filter_map(|r| match r.get(i) {
-                        Some(Some(Value::Cat(s))) => Some(s.clone()),
-                        Some(Some(Value::Num(x))) => Some(x.to_string()),
-                        _ => None,
-                    })
-                    .collect();
-                let Some(base) = reference.profile.categorical.get(&col.name) else {
-                    continue;
-                };
-                if live.len() < MIN_VALUES || base.is_empty() {
-                    continue;
-                }
-                let counts = petrel_drift::counts(live.iter().map(String::as_str));
-                petrel_drift::chi_square(base, &counts, p_threshold).map(|r| (r, live.len()))
-            }
-        };
-        match result {
-            Ok((r, n)) => out.push(FeatureDrift {
-                feature: col.name.clone(),
-                method: r.method.name().to_owned(),
-                statistic: r.statistic,
-                p_value: r.p_value,
-                drifted: r.drifted,
-                n,
-            }),
-            Err(e) => tracing::debug!(feature = %col.name, error = %e, "feature not tested"),
-        }
-    }
-    out
+        .map(|c| FeatureDrift {
+            feature: c.column.clone(),
+            method: c.method.name().to_owned(),
+            statistic: c.statistic,
+            p_value: c.p_value.or(c.distance).unwrap_or(c.score),
+            drifted: distribution_drifted(c),
+            n: c.current_values as usize,
+        })
+        .collect()
 }
 
-fn drift_share(drift: &[FeatureDrift]) -> Option<f64> {
-    if drift.is_empty() {
-        return None;
-    }
-    Some(drift.iter().filter(|d| d.drifted).count() as f64 / drift.len() as f64)
-}
-
-/// Decides which alerts a window raises.
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate(
+/// The label-free conditions of a window, firing or not.
+fn conditions(
     t: &Thresholds,
     model: &str,
     version: i32,
-    report_id: Uuid,
-    drift: &[FeatureDrift],
-    drift_share: Option<f64>,
-    accuracy: Option<f64>,
+    a: &Analysis,
     mean_confidence: Option<f64>,
-    n_labels: usize,
-) -> Vec<Alert> {
-    let mut alerts = Vec::new();
-    let alert = |kind, message: String, observed, threshold, details| Alert {
-        kind,
-        model_name: model.to_owned(),
-        model_version: version,
-        report_id,
-        message,
-        observed,
-        threshold,
-        details,
-    };
-    if let Some(share) = drift_share
-        && share >= t.drift_share
-    {
-        let drifted: BTreeMap<&str, f64> = drift
+    trends: &[petrel_api::monitor::Trend],
+) -> Vec<Condition> {
+    let mut out = Vec::new();
+    let base =
+        |kind, key: Option<String>, firing, severity, observed, threshold, message| Condition {
+            kind,
+            key,
+            firing,
+            severity,
+            observed,
+            threshold,
+            message,
+            evidence: Vec::new(),
+            details: json!({}),
+        };
+    if let Some(v) = &a.drift {
+        let drifted: Vec<_> = v
+            .columns
             .iter()
-            .filter(|d| d.drifted)
-            .map(|d| (d.feature.as_str(), d.p_value))
+            .filter(|c| distribution_drifted(c))
             .collect();
-        let names: Vec<&str> = drifted.keys().copied().collect();
-        alerts.push(alert(
+        let share = drifted.len() as f64 / v.columns.len().max(1) as f64;
+        let firing = match v.preset {
+            Preset::Petrel => !drifted.is_empty(),
+            Preset::Evidently => share >= t.drift_share,
+        };
+        let names: Vec<&str> = drifted.iter().map(|c| c.column.as_str()).collect();
+        let mut c = base(
             AlertKind::Drift,
+            None,
+            firing,
+            if share >= 0.5 {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            },
+            share,
+            if v.preset == Preset::Evidently {
+                t.drift_share
+            } else {
+                t.drift_fdr
+            },
             format!(
-                "{model} v{version}: {} of {} features drifted from the training data ({}); check the upstream data",
+                "{model} v{version}: {} of {} features drifted from the training data ({}); check the upstream data before trusting predictions",
                 drifted.len(),
-                drift.len(),
+                v.columns.len(),
                 names.join(", ")
             ),
-            share,
-            t.drift_share,
-            json!({ "drifted_features": drifted, "p_value_threshold": t.drift_p_value }),
-        ));
+        );
+        c.evidence = drifted
+            .iter()
+            .map(|d| Evidence {
+                column: Some(d.column.clone()),
+                metric: d.method.name().to_owned(),
+                value: d.score,
+                threshold: d.threshold,
+            })
+            .collect();
+        c.details = json!({ "rule": v.rule, "drifted_features": names });
+        out.push(c);
     }
-    if let Some(acc) = accuracy
-        && acc < t.min_accuracy
-    {
-        alerts.push(alert(
-            AlertKind::Accuracy,
+    if let Some(v) = &a.prediction_drift {
+        let drifted: Vec<_> = v
+            .columns
+            .iter()
+            .filter(|c| distribution_drifted(c))
+            .collect();
+        let names: Vec<&str> = drifted.iter().map(|c| c.column.as_str()).collect();
+        let mut c = base(
+            AlertKind::PredictionDrift,
+            None,
+            !drifted.is_empty(),
+            Severity::Warning,
+            drifted.len() as f64 / v.columns.len().max(1) as f64,
+            t.drift_fdr,
             format!(
-                "{model} v{version}: accuracy {acc:.3} on {n_labels} labelled predictions is below {:.3}; consider retraining",
-                t.min_accuracy
+                "{model} v{version}: the model's outputs moved away from its held-out behaviour ({})",
+                names.join(", ")
             ),
-            acc,
-            t.min_accuracy,
-            json!({ "labelled": n_labels }),
-        ));
+        );
+        c.evidence = drifted
+            .iter()
+            .map(|d| Evidence {
+                column: Some(d.column.clone()),
+                metric: d.method.name().to_owned(),
+                value: d.score,
+                threshold: d.threshold,
+            })
+            .collect();
+        out.push(c);
     }
-    if let Some(conf) = mean_confidence
-        && conf < t.min_confidence
-    {
-        alerts.push(alert(
+    for q in &a.data_quality {
+        let mut c = base(
+            AlertKind::DataQuality,
+            Some(q.column.clone()),
+            !q.issues.is_empty(),
+            Severity::Warning,
+            q.out_of_range_share
+                .or(q.unseen_share)
+                .unwrap_or(q.missing_share),
+            q.out_of_range_share
+                .map(|_| t.max_out_of_range)
+                .unwrap_or(t.max_unseen),
+            format!(
+                "{model} v{version}: column {}: {}",
+                q.column,
+                q.issues.join("; ")
+            ),
+        );
+        c.evidence = [
+            (
+                "missing_share",
+                Some(q.missing_share),
+                q.reference_missing_share,
+            ),
+            (
+                "out_of_range_share",
+                q.out_of_range_share,
+                t.max_out_of_range,
+            ),
+            ("unseen_share", q.unseen_share, t.max_unseen),
+        ]
+        .into_iter()
+        .filter_map(|(m, v, th)| {
+            v.map(|value| Evidence {
+                column: Some(q.column.clone()),
+                metric: m.to_owned(),
+                value,
+                threshold: th,
+            })
+        })
+        .collect();
+        out.push(c);
+    }
+    if let Some(e) = &a.estimated_accuracy {
+        let firing = e.accuracy < t.min_estimated_accuracy;
+        let mut c = base(
+            AlertKind::EstimatedAccuracy,
+            None,
+            firing,
+            severity_below(e.accuracy, t.min_estimated_accuracy),
+            e.accuracy,
+            t.min_estimated_accuracy,
+            format!(
+                "{model} v{version}: estimated accuracy {:.3} (± {:.3}, from confidence, no labels yet) is below {:.3}; expect the model to be wrong more often",
+                e.accuracy, e.std_error, t.min_estimated_accuracy
+            ),
+        );
+        c.evidence = vec![Evidence {
+            column: None,
+            metric: "estimated_accuracy".into(),
+            value: e.accuracy,
+            threshold: t.min_estimated_accuracy,
+        }];
+        out.push(c);
+    }
+    if let Some(conf) = mean_confidence {
+        let mut c = base(
             AlertKind::Confidence,
+            None,
+            conf < t.min_confidence,
+            severity_below(conf, t.min_confidence),
+            conf,
+            t.min_confidence,
             format!(
                 "{model} v{version}: mean confidence {conf:.3} is below {:.3}",
                 t.min_confidence
             ),
-            conf,
-            t.min_confidence,
-            json!({}),
-        ));
+        );
+        c.evidence = vec![Evidence {
+            column: None,
+            metric: "mean_confidence".into(),
+            value: conf,
+            threshold: t.min_confidence,
+        }];
+        out.push(c);
     }
-    alerts
+    for tr in trends {
+        let mut c = base(
+            AlertKind::Trend,
+            Some(tr.metric.clone()),
+            tr.declining,
+            Severity::Warning,
+            tr.slope,
+            tr.threshold,
+            format!(
+                "{model} v{version}: {} declines steadily ({:+.4} per window over {} windows, p = {:.1e}) and is projected at {:.3} within {} windows, below {:.3}",
+                tr.metric, tr.slope, tr.n, tr.p_value, tr.projected, tr.horizon, tr.threshold
+            ),
+        );
+        c.evidence = vec![Evidence {
+            column: None,
+            metric: "slope".into(),
+            value: tr.p_value,
+            threshold: t.trend_p_value,
+        }];
+        out.push(c);
+    }
+    out
+}
+
+/// Critical when the value is more than 0.1 below its threshold.
+pub fn severity_below(value: f64, threshold: f64) -> Severity {
+    if value < threshold - 0.1 {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn fd(name: &str, drifted: bool) -> FeatureDrift {
-        FeatureDrift {
-            feature: name.into(),
-            method: "kolmogorov_smirnov".into(),
-            statistic: 0.5,
-            p_value: if drifted { 1e-6 } else { 0.5 },
-            drifted,
-            n: 100,
-        }
-    }
-
     #[test]
-    fn alerts_fire_only_past_thresholds() {
+    fn thresholds_are_validated_and_overrides_parsed() {
         let t = Thresholds::default();
-        let id = Uuid::now_v7();
-        let calm = [
-            fd("a", false),
-            fd("b", false),
-            fd("c", true),
-            fd("d", false),
-            fd("e", false),
-        ];
-        let none = evaluate(
-            &t,
-            "m",
-            1,
-            id,
-            &calm,
-            drift_share(&calm),
-            Some(0.95),
-            Some(0.9),
-            50,
-        );
-        assert!(none.is_empty(), "{none:?}");
-
-        let stormy = [fd("a", true), fd("b", true), fd("c", false)];
-        let all = evaluate(
-            &t,
-            "m",
-            1,
-            id,
-            &stormy,
-            drift_share(&stormy),
-            Some(0.5),
-            Some(0.4),
-            50,
-        );
-        let kinds: Vec<_> = all.iter().map(|a| a.kind).collect();
+        assert!(t.validate().is_ok());
+        assert_eq!(t.window_secs, 60);
+        let bad = Thresholds {
+            drift_fdr: 0.0,
+            ..Thresholds::default()
+        };
+        assert!(bad.validate().is_err());
+        let o = Thresholds {
+            drift_overrides: "body_mass_g=wasserstein:0.2, island=chi_square".into(),
+            ..Thresholds::default()
+        };
+        let c = o.drift_config().unwrap();
         assert_eq!(
-            kinds,
-            [AlertKind::Drift, AlertKind::Accuracy, AlertKind::Confidence]
+            c.overrides["body_mass_g"].method,
+            Some(Method::WassersteinNorm)
         );
-        assert!(all[0].message.contains("a, b"));
-        assert_eq!(all[0].subject_for_test(), "alerts.drift");
-        assert!((all[0].observed - 2.0 / 3.0).abs() < 1e-12);
-    }
-
-    trait SubjectForTest {
-        fn subject_for_test(&self) -> String;
-    }
-    impl SubjectForTest for Alert {
-        fn subject_for_test(&self) -> String {
-            use petrel_events::Event;
-            self.subject()
+        assert_eq!(c.overrides["body_mass_g"].threshold, Some(0.2));
+        assert_eq!(c.overrides["island"].method, Some(Method::ChiSquare));
+        for bad in ["x", "x=nope", "x=ks:abc"] {
+            let t = Thresholds {
+                drift_overrides: bad.into(),
+                ..Thresholds::default()
+            };
+            assert!(t.validate().is_err(), "{bad}");
         }
     }
 
     #[test]
-    fn thresholds_are_validated() {
-        assert!(Thresholds::default().validate().is_ok());
-        let bad = Thresholds {
-            drift_p_value: 0.0,
-            ..Thresholds::default()
-        };
-        assert!(bad.validate().is_err());
-        let bad = Thresholds {
-            min_window: 500,
-            ..Thresholds::default()
-        };
-        assert!(bad.validate().is_err());
+    fn windows_align_to_multiples_of_their_length() {
+        let t = DateTime::parse_from_rfc3339("2026-12-01T10:00:37.5Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(floor_to(t, 60).to_rfc3339(), "2026-12-01T10:00:00+00:00");
+        assert_eq!(floor_to(t, 1).to_rfc3339(), "2026-12-01T10:00:37+00:00");
     }
 }

@@ -16,25 +16,35 @@ pub async fn start_registry(env: &TestEnv) -> Service {
     Service::spawn("the registry", app.port(), cancel, app.run())
 }
 
-/// Starts a monitor in the test's world, with windows small and short enough for a test.
-pub async fn start_monitor(env: &TestEnv, registry: &Service) -> Service {
-    let args = env.args(
-        "petrel-monitor",
-        &[
-            "--database-max-connections",
-            "4",
-            "--registry-url",
-            &registry.base,
-            "--window-size",
-            "50",
-            "--min-window",
-            "20",
-            "--min-labels",
-            "10",
-            "--window-max-secs",
-            "2",
-        ],
-    );
+/// Length of the test monitor's windows, in seconds.
+pub const WINDOW_SECS: i64 = 10;
+
+/// Starts a monitor in the test's world, with windows of [`WINDOW_SECS`], alerts confirmed
+/// over 2 windows and resolved after 2 clean ones; `extra` flags are appended.
+pub async fn start_monitor_with(env: &TestEnv, registry: &Service, extra: &[&str]) -> Service {
+    let window = WINDOW_SECS.to_string();
+    let mut flags = vec![
+        "--database-max-connections",
+        "4",
+        "--registry-url",
+        &registry.base,
+        "--window-secs",
+        &window,
+        "--window-lateness-secs",
+        "1",
+        "--window-idle-secs",
+        "2",
+        "--min-window",
+        "20",
+        "--min-labels",
+        "10",
+        "--confirm-windows",
+        "2",
+        "--resolve-after",
+        "2",
+    ];
+    flags.extend_from_slice(extra);
+    let args = env.args("petrel-monitor", &flags);
     let cancel = CancellationToken::new();
     let app = petrel_monitor::App::build(petrel_monitor::Config::parse_from(args), cancel.clone())
         .await

@@ -1,0 +1,379 @@
+//! What a window's predictions say without labels: feature drift, prediction drift, data
+//! quality and estimated accuracy. Pure functions of the reference and a sample of rows, so
+//! they are tested without a database.
+
+use std::collections::BTreeMap;
+
+use petrel_api::monitor::{ColumnQuality, EstimatedAccuracy};
+use petrel_drift::{
+    CategoricalSample, Column, ColumnData, ColumnVerdict, DatasetVerdict, DriftConfig, Method,
+    NumericSample, detect,
+};
+use petrel_ml::{ColumnKind, Value, row_from_json};
+
+use crate::reference::Reference;
+
+/// One sampled prediction of a window.
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    pub features: serde_json::Map<String, serde_json::Value>,
+    pub class: String,
+    pub confidence: f64,
+}
+
+/// The label-free analysis of a window.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pub drift: Option<DatasetVerdict>,
+    pub prediction_drift: Option<DatasetVerdict>,
+    pub data_quality: Vec<ColumnQuality>,
+    pub estimated_accuracy: Option<EstimatedAccuracy>,
+    /// Why drift was not tested, when it was not.
+    pub skipped: Option<String>,
+}
+
+/// Data-quality limits.
+#[derive(Debug, Clone, Copy)]
+pub struct QualityLimits {
+    /// Most share of a numeric column's values outside the training range.
+    pub out_of_range_share: f64,
+    /// Most share of a categorical column's values in categories training never saw.
+    pub unseen_share: f64,
+    /// Significance of a change in the missing share (Benjamini-Hochberg adjusted).
+    pub missing_p_value: f64,
+}
+
+/// Whether a column's *distribution* drifted, leaving its missing-share test aside (that one
+/// is a data-quality finding of its own).
+pub fn distribution_drifted(v: &ColumnVerdict) -> bool {
+    match v.method {
+        Method::MissingShare => false,
+        m if m.is_distance() => v.distance.is_some_and(|d| d >= v.threshold),
+        _ => v.score < v.threshold,
+    }
+}
+
+/// Analyses a window's sampled predictions against the reference.
+pub fn analyse(
+    reference: &Reference,
+    sample: &[Sampled],
+    config: &DriftConfig,
+    limits: QualityLimits,
+    min_window: usize,
+) -> Analysis {
+    let schema = &reference.schema;
+    if sample.len() < min_window {
+        return Analysis {
+            drift: None,
+            prediction_drift: None,
+            data_quality: Vec::new(),
+            estimated_accuracy: None,
+            skipped: Some(format!(
+                "{} predictions, fewer than the {min_window} drift tests need (--min-window)",
+                sample.len()
+            )),
+        };
+    }
+    let rows: Vec<_> = sample
+        .iter()
+        .map(|s| row_from_json(&s.features, schema).unwrap_or_default())
+        .collect();
+    let mut columns = Vec::new();
+    let mut quality = Vec::new();
+    for (i, col) in schema.features.iter().enumerate() {
+        let cell = |r: &Vec<Option<Value>>| r.get(i).cloned().flatten();
+        match col.kind {
+            ColumnKind::Numeric => {
+                let Some(base) = reference.numeric.get(&col.name) else {
+                    continue;
+                };
+                let current = NumericSample::from_options(rows.iter().map(|r| match cell(r) {
+                    Some(Value::Num(x)) => Some(x),
+                    Some(Value::Cat(s)) => s.trim().parse().ok(),
+                    None => None,
+                }));
+                let outside = current
+                    .values()
+                    .iter()
+                    .filter(|&&x| x < base.min || x > base.max)
+                    .count();
+                let mut q =
+                    column_quality(&col.name, current.missing(), current.rows(), &base.sample);
+                let share = share(outside as u64, current.len() as u64);
+                q.out_of_range_share = Some(share);
+                if share > limits.out_of_range_share {
+                    q.issues.push(format!(
+                        "{:.1}% of values are outside the training range [{}, {}]",
+                        share * 100.0,
+                        base.min,
+                        base.max
+                    ));
+                }
+                quality.push(q);
+                columns.push(Column {
+                    name: col.name.clone(),
+                    data: ColumnData::Numeric {
+                        reference: base.sample.clone(),
+                        current,
+                    },
+                });
+            }
+            ColumnKind::Categorical => {
+                let Some(base) = reference.categorical.get(&col.name) else {
+                    continue;
+                };
+                let values: Vec<Option<String>> = rows
+                    .iter()
+                    .map(|r| match cell(r) {
+                        Some(Value::Cat(s)) => Some(s),
+                        Some(Value::Num(x)) => Some(x.to_string()),
+                        None => None,
+                    })
+                    .collect();
+                let current = CategoricalSample::from_values(values.iter().map(Option::as_deref));
+                let unseen: BTreeMap<&str, u64> = current
+                    .counts()
+                    .iter()
+                    .filter(|(c, _)| !base.counts().contains_key(*c))
+                    .map(|(c, n)| (c.as_str(), *n))
+                    .collect();
+                let mut q = column_quality_categorical(&col.name, &current, base);
+                let share = share(unseen.values().sum(), current.len());
+                q.unseen_share = Some(share);
+                q.unseen = unseen.keys().take(5).map(|s| (*s).to_owned()).collect();
+                if share > limits.unseen_share {
+                    q.issues.push(format!(
+                        "{:.1}% of values are categories training never saw ({})",
+                        share * 100.0,
+                        q.unseen.join(", ")
+                    ));
+                }
+                quality.push(q);
+                columns.push(Column {
+                    name: col.name.clone(),
+                    data: ColumnData::Categorical {
+                        reference: base.clone(),
+                        current,
+                    },
+                });
+            }
+        }
+    }
+    let (drift, skipped) = match detect(&columns, config) {
+        Ok(v) => (Some(v), None),
+        Err(e) => (None, Some(format!("drift tests could not run: {e}"))),
+    };
+    if let Some(v) = &drift {
+        for (q, c) in quality.iter_mut().zip(&v.columns) {
+            if let Some(m) = &c.missing {
+                q.missing_adjusted_p_value = Some(m.adjusted_p_value);
+                if m.adjusted_p_value < limits.missing_p_value {
+                    q.issues.push(format!(
+                        "the missing share changed from {:.1}% to {:.1}% (adjusted p = {:.2e})",
+                        q.reference_missing_share * 100.0,
+                        q.missing_share * 100.0,
+                        m.adjusted_p_value
+                    ));
+                }
+            }
+        }
+    }
+    let confidences: Vec<f64> = sample.iter().map(|s| s.confidence).collect();
+    let (prediction_drift, estimated_accuracy) = match &reference.predictions {
+        None => (None, None),
+        Some(p) => {
+            let columns = [
+                Column {
+                    name: "predicted_class".to_owned(),
+                    data: ColumnData::Categorical {
+                        reference: p.classes.clone(),
+                        current: CategoricalSample::from_values(
+                            sample.iter().map(|s| Some(s.class.as_str())),
+                        ),
+                    },
+                },
+                Column {
+                    name: "confidence".to_owned(),
+                    data: ColumnData::Numeric {
+                        reference: p.confidence.clone(),
+                        current: NumericSample::new(&confidences),
+                    },
+                },
+            ];
+            let drift = detect(
+                &columns,
+                &DriftConfig {
+                    overrides: BTreeMap::new(),
+                    ..config.clone()
+                },
+            )
+            .ok();
+            let estimate = p
+                .calibration
+                .estimate(&confidences)
+                .map(|e| EstimatedAccuracy {
+                    accuracy: e.accuracy,
+                    std_error: e.std_error,
+                    n: e.n,
+                    method: "cbpe".to_owned(),
+                    calibration_rows: p.calibration.rows(),
+                });
+            (drift, estimate)
+        }
+    };
+    Analysis {
+        drift,
+        prediction_drift,
+        data_quality: quality,
+        estimated_accuracy,
+        skipped,
+    }
+}
+
+fn share(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+fn column_quality(name: &str, missing: u64, rows: u64, base: &NumericSample) -> ColumnQuality {
+    ColumnQuality {
+        column: name.to_owned(),
+        missing_share: share(missing, rows),
+        reference_missing_share: share(base.missing(), base.rows()),
+        missing_adjusted_p_value: None,
+        out_of_range_share: None,
+        unseen_share: None,
+        unseen: Vec::new(),
+        issues: Vec::new(),
+    }
+}
+
+fn column_quality_categorical(
+    name: &str,
+    current: &CategoricalSample,
+    base: &CategoricalSample,
+) -> ColumnQuality {
+    ColumnQuality {
+        column: name.to_owned(),
+        missing_share: share(current.missing(), current.rows()),
+        reference_missing_share: share(base.missing(), base.rows()),
+        missing_adjusted_p_value: None,
+        out_of_range_share: None,
+        unseen_share: None,
+        unseen: Vec::new(),
+        issues: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn limits() -> QualityLimits {
+        QualityLimits {
+            out_of_range_share: 0.05,
+            unseen_share: 0.01,
+            missing_p_value: 0.01,
+        }
+    }
+
+    fn penguins() -> (Reference, Vec<serde_json::Map<String, serde_json::Value>>) {
+        let bundle = petrel_testkit::bundle().clone();
+        let rows = petrel_testkit::penguin_rows()
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect();
+        (Reference::from_bundle(bundle), rows)
+    }
+
+    fn sample(
+        rows: &[serde_json::Map<String, serde_json::Value>],
+        n: usize,
+        seed: u64,
+    ) -> Vec<Sampled> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| Sampled {
+                features: rows[rng.random_range(0..rows.len())].clone(),
+                class: "Adelie".to_owned(),
+                confidence: 0.97,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn normal_windows_raise_no_finding_and_shifted_ones_do() {
+        let (reference, rows) = penguins();
+        let config = DriftConfig::default();
+        let mut flagged = 0;
+        for seed in 0..40 {
+            let a = analyse(&reference, &sample(&rows, 100, seed), &config, limits(), 30);
+            let v = a.drift.expect("tested");
+            if v.columns.iter().any(distribution_drifted) {
+                flagged += 1;
+            }
+            assert!(
+                a.data_quality.iter().all(|q| q.issues.is_empty()),
+                "{:?}",
+                a.data_quality
+            );
+        }
+        // BH at 5% per window: a handful at most in 40 windows.
+        assert!(flagged <= 6, "{flagged} of 40 normal windows flagged");
+
+        let mut shifted = sample(&rows, 100, 99);
+        for s in &mut shifted {
+            if let Some(v) = s.features.get("bill_length_mm").and_then(|v| v.as_f64()) {
+                s.features
+                    .insert("bill_length_mm".into(), (v + 12.0).into());
+            }
+            s.features.insert("island".into(), "Atlantis".into());
+        }
+        let a = analyse(&reference, &shifted, &config, limits(), 30);
+        let v = a.drift.unwrap();
+        let drifted: Vec<&str> = v
+            .columns
+            .iter()
+            .filter(|c| distribution_drifted(c))
+            .map(|c| c.column.as_str())
+            .collect();
+        assert!(drifted.contains(&"bill_length_mm"), "{drifted:?}");
+        let island = a
+            .data_quality
+            .iter()
+            .find(|q| q.column == "island")
+            .unwrap();
+        assert_eq!(island.unseen_share, Some(1.0));
+        assert_eq!(island.unseen, ["Atlantis"]);
+        let bill = a
+            .data_quality
+            .iter()
+            .find(|q| q.column == "bill_length_mm")
+            .unwrap();
+        assert!(bill.out_of_range_share.unwrap() > 0.05, "{bill:?}");
+        assert!(!bill.issues.is_empty());
+
+        let few = analyse(&reference, &shifted[..10], &config, limits(), 30);
+        assert!(few.drift.is_none());
+        assert!(few.skipped.unwrap().contains("fewer than the 30"));
+    }
+
+    #[test]
+    fn reference_keeps_training_missing_share_and_held_out_outputs() {
+        let (reference, _) = penguins();
+        // penguins.csv has missing `sex` values; the training split keeps their share.
+        let sex = &reference.categorical["sex"];
+        assert!(sex.missing() > 0, "{sex:?}");
+        let p = reference.predictions.as_ref().expect("held-out outputs");
+        assert!(p.calibration.rows() > 50);
+        assert!(p.classes.len() > 50);
+        // A well-trained model is estimated near its held-out accuracy on confident rows.
+        let est = p.calibration.estimate(&[0.99; 20]).unwrap();
+        assert!(est.accuracy > 0.9, "{est:?}");
+    }
+}
