@@ -20,6 +20,9 @@ pub enum Bench {
     /// The HTTP ceiling `scripts/bench-serve.sh` compares with: a bare axum handler that reads
     /// and parses the JSON body and answers a small fixed JSON, nothing else.
     Ceiling(CeilingBench),
+    /// Drives a running monitor (and labeler) with `predictions.logged` at a fixed rate and
+    /// reports backlog, memory and how late windows close (`scripts/bench-monitor.sh`).
+    Monitor(crate::bench_monitor::MonitorBench),
     /// Writes the fixed request bodies the serving benchmark sends (`predict-N.json`, N rows of
     /// penguins each, with no inference ids so every row is scored and logged afresh).
     Bodies(BodiesBench),
@@ -82,6 +85,7 @@ pub async fn run(b: Bench) -> anyhow::Result<()> {
         Bench::Model(m) => tokio::task::spawn_blocking(move || model(m)).await?,
         Bench::Ceiling(c) => ceiling(c).await,
         Bench::Bodies(b) => bodies(b),
+        Bench::Monitor(m) => crate::bench_monitor::run(m).await,
     }
 }
 

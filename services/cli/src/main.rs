@@ -3,6 +3,7 @@
 mod alerts;
 mod batch;
 mod bench;
+mod bench_monitor;
 mod demo;
 mod drift;
 mod package;
