@@ -7,13 +7,15 @@
 #
 #   scripts/bench-monitor.sh               # 15,000 predictions/s for 30 s, 5-second windows
 #   RATE=5000 SECS=60 scripts/bench-monitor.sh
+#   PROFILE=debug RATE=500 SECS=5 scripts/bench-monitor.sh   # a quick check that it runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${RATE:-15000}
 secs=${SECS:-30}
 scripts/infra.sh
-cargo build --release --locked --bins
-bin=${CARGO_TARGET_DIR:-target}/release
+profile=${PROFILE:-release}
+if [ "$profile" = release ]; then cargo build --release --locked --bins; else cargo build --locked --bins; fi
+bin=${CARGO_TARGET_DIR:-target}/$profile
 work=.petrel/bench-monitor
 rm -rf "$work" && mkdir -p "$work/logs" "$work/artifacts"
 psql -h 127.0.0.1 -U postgres -d postgres -q -c 'SET client_min_messages = warning' -c 'DROP DATABASE IF EXISTS petrel_bench_monitor WITH (FORCE)' >/dev/null

@@ -21,9 +21,17 @@ pub struct MonitorBench {
     nats_url: String,
     #[arg(long, env = "PETREL_NATS_PREFIX", default_value = "")]
     nats_prefix: String,
-    #[arg(long, env = "PETREL_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "PETREL_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     registry_url: String,
-    #[arg(long, env = "PETREL_MONITOR_URL", default_value = "http://127.0.0.1:8086")]
+    #[arg(
+        long,
+        env = "PETREL_MONITOR_URL",
+        default_value = "http://127.0.0.1:8086"
+    )]
     monitor_url: String,
     /// The artifact store the monitor reads (the bench stores its model there).
     #[arg(long, env = "PETREL_ARTIFACT_ROOT")]
@@ -41,7 +49,11 @@ pub struct MonitorBench {
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
     /// Durable consumers whose backlog to watch.
-    #[arg(long, value_delimiter = ',', default_value = "monitor-predictions,labeler")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "monitor-predictions,labeler"
+    )]
     consumers: Vec<String>,
     #[arg(long, default_value = "data/penguins.csv")]
     data: PathBuf,
@@ -64,9 +76,13 @@ async fn backlog(bus: &Bus, stream: &str, consumer: &str) -> Option<u64> {
 }
 
 pub async fn run(a: MonitorBench) -> anyhow::Result<()> {
-    anyhow::ensure!(a.rate > 0 && a.batch > 0 && a.batch <= 256, "rate > 0, batch in 1..=256");
+    anyhow::ensure!(
+        a.rate > 0 && a.batch > 0 && a.batch <= 256,
+        "rate > 0, batch in 1..=256"
+    );
     // A model for the monitor to find: trained here, stored where the monitor reads, registered.
-    let csv = std::fs::read(&a.data).with_context(|| format!("cannot read {}", a.data.display()))?;
+    let csv =
+        std::fs::read(&a.data).with_context(|| format!("cannot read {}", a.data.display()))?;
     let schema = petrel_ml::Schema::penguins();
     let table = petrel_ml::parse_csv(&csv, &schema)?.table;
     let bundle = tokio::task::spawn_blocking(move || {
@@ -75,7 +91,9 @@ pub async fn run(a: MonitorBench) -> anyhow::Result<()> {
     .await??;
     let store = petrel_store::open(&a.artifact_root)?;
     let key = format!("bench/{}/bundle.json", uuid::Uuid::now_v7());
-    let uri = store.put(&key, bytes::Bytes::from(bundle.to_bytes()?)).await?;
+    let uri = store
+        .put(&key, bytes::Bytes::from(bundle.to_bytes()?))
+        .await?;
     let registry = RegistryClient::new(&a.registry_url);
     let run = registry
         .create_run(&CreateRun {
@@ -100,7 +118,10 @@ pub async fn run(a: MonitorBench) -> anyhow::Result<()> {
         .await?;
     let model = bundle.load()?;
     let rows = petrel_ml::csv_to_json_rows(&csv)?;
-    let samples: Vec<(serde_json::Map<String, serde_json::Value>, petrel_ml::Prediction)> = rows
+    let samples: Vec<(
+        serde_json::Map<String, serde_json::Value>,
+        petrel_ml::Prediction,
+    )> = rows
         .rows
         .into_iter()
         .filter_map(Result::ok)
@@ -226,7 +247,12 @@ pub async fn run(a: MonitorBench) -> anyhow::Result<()> {
         .map(|r| (r.created_at - r.window_end).num_milliseconds() as f64 / 1000.0)
         .collect();
     delays.sort_by(f64::total_cmp);
-    let pct = |q: f64| delays.get(((delays.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(f64::NAN);
+    let pct = |q: f64| {
+        delays
+            .get(((delays.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     println!(
         "published {sent} predictions in {publish_secs:.1} s ({:.0}/s); consumers drained {drain_secs:.1} s after the last publish",
         sent as f64 / publish_secs
@@ -239,7 +265,10 @@ pub async fn run(a: MonitorBench) -> anyhow::Result<()> {
         );
     }
     for (pid, m) in &max_rss {
-        println!("pid {pid}: max RSS {m:.0} MiB, now {:.0} MiB", rss_mib(*pid).unwrap_or(f64::NAN));
+        println!(
+            "pid {pid}: max RSS {m:.0} MiB, now {:.0} MiB",
+            rss_mib(*pid).unwrap_or(f64::NAN)
+        );
     }
     println!(
         "{} windows, {reported} of {sent} predictions reported; window closed after its end: median {:.2} s, max {:.2} s",

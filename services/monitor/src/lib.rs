@@ -55,7 +55,7 @@ pub struct Config {
     pub webhook_url: Option<String>,
     /// Key of the webhook's `X-Petrel-Signature` (HMAC-SHA256 of `<timestamp>.<body>`).
     #[arg(long, env = "PETREL_MONITOR_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<petrel_runtime::config::Secret>,
     #[command(flatten)]
     pub thresholds: Thresholds,
     #[command(flatten)]

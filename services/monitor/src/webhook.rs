@@ -21,7 +21,7 @@ use crate::AppState;
 #[derive(Clone, Debug)]
 pub struct Webhook {
     pub url: String,
-    pub secret: Option<String>,
+    pub secret: Option<petrel_runtime::config::Secret>,
     pub client: reqwest::Client,
 }
 
@@ -66,7 +66,10 @@ async fn deliver_once(s: &AppState, hook: &Webhook, env: &Envelope<Alert>) -> an
         .header("x-petrel-timestamp", timestamp.to_string())
         .timeout(Duration::from_secs(10));
     if let Some(secret) = &hook.secret {
-        req = req.header("x-petrel-signature", signature(secret, timestamp, &body));
+        req = req.header(
+            "x-petrel-signature",
+            signature(secret.expose(), timestamp, &body),
+        );
     }
     let resp = req.body(body).send().await?;
     anyhow::ensure!(

@@ -399,6 +399,53 @@ async fn a_degraded_model_is_flagged_from_confidence_before_labels_and_from_labe
 }
 
 #[tokio::test]
+async fn a_steady_decline_raises_a_trend_alert_before_the_threshold() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let w = world(&["--trend-windows", "6"]).await;
+    let mut alerts = w.env.subscribe("alerts.>").await;
+    let base = base();
+    // Mean confidence 0.95, 0.91, ... 0.75: falling 0.04 a window, still above 0.6, and
+    // projected at 0.51 six windows on.
+    for k in 0..6 {
+        let c = 0.95 - 0.04 * k as f32;
+        let p = unsure(
+            window(
+                &format!("t{k}"),
+                window_start(base, k),
+                &sampled(&mut rng, 30),
+            ),
+            c,
+        );
+        w.publish(p).await;
+    }
+    let reports = wait_reports(&w.http, &w.monitor, 6).await;
+    let heard = drain(&mut alerts, std::time::Duration::from_secs(2)).await;
+    let trend: Vec<&Alert> = heard
+        .iter()
+        .filter(|a| a.kind == AlertKind::Trend && a.key.as_deref() == Some("mean_confidence"))
+        .collect();
+    assert_eq!(trend.len(), 1, "{heard:#?}");
+    assert_eq!(
+        trend[0].report_id, reports[5].id,
+        "on the sixth window, the first with a fit"
+    );
+    assert!(trend[0].observed < 0.0, "the slope: {}", trend[0].observed);
+    assert!(
+        !heard.iter().any(|a| a.kind == AlertKind::Confidence),
+        "the hard threshold was never crossed: {heard:#?}"
+    );
+    let t = reports[5]
+        .detail
+        .trends
+        .iter()
+        .find(|t| t.metric == "mean_confidence")
+        .unwrap();
+    assert!((t.slope + 0.04).abs() < 1e-6, "{t:?}");
+    assert!(t.declining && t.projected < 0.6 && t.last >= 0.6, "{t:?}");
+    w.stop().await;
+}
+
+#[tokio::test]
 async fn labels_join_the_window_of_their_own_predictions() {
     let mut rng = StdRng::seed_from_u64(3);
     let w = world(&[]).await;
