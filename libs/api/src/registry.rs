@@ -104,11 +104,84 @@ pub struct CreateModelVersion {
     pub artifact_uri: String,
     #[serde(default)]
     pub dataset_id: Option<Uuid>,
-    /// Copied from the run; `test_accuracy` decides automatic promotion.
+    /// Copied from the run; the promotion policy's metric decides automatic promotion.
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
     #[serde(default)]
     pub description: Option<String>,
+    /// The held-out data the metrics were measured on. Versions are compared for automatic
+    /// promotion only when they were evaluated on the same data.
+    #[serde(default)]
+    pub evaluation: Option<Evaluation>,
+}
+
+/// The held-out data a version's metrics come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// The dataset the held-out rows were taken from.
+    pub dataset_id: Uuid,
+    /// Its content digest (`sha256:<hex>`).
+    pub digest: String,
+    /// How the rows were chosen, e.g. `stratified test split 0.2, seed 42`.
+    pub split: String,
+    /// Held-out rows.
+    pub rows: u64,
+}
+
+/// How a model's versions are promoted automatically. A version is promoted to `alias` when
+/// its `metric` passes the gate (declared, at least `min_value` when set, measured on at least
+/// `min_eval_rows` rows) and, when the alias already points at a version, beats that version
+/// by `margin` on the same evaluation data. Anything else is registered, not promoted, and
+/// the decision says why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PromotionPolicy {
+    /// Promote automatically at all.
+    pub auto: bool,
+    pub alias: String,
+    pub metric: String,
+    /// Whether larger values of `metric` are better (accuracy) or smaller (log loss).
+    pub higher_is_better: bool,
+    /// The gate: the least acceptable value (the most, when smaller is better).
+    pub min_value: Option<f64>,
+    /// Fewest held-out rows a metric may come from.
+    pub min_eval_rows: u64,
+    /// How much better than the alias holder a candidate must be.
+    pub margin: f64,
+    /// Compare only versions evaluated on the same dataset, digest and split.
+    pub same_evaluation: bool,
+}
+
+impl Default for PromotionPolicy {
+    fn default() -> Self {
+        Self {
+            auto: true,
+            alias: PRODUCTION.to_owned(),
+            metric: PROMOTION_METRIC.to_owned(),
+            higher_is_better: true,
+            min_value: None,
+            min_eval_rows: 30,
+            margin: 0.0,
+            same_evaluation: true,
+        }
+    }
+}
+
+/// What the policy decided for a version when it was registered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PromotionDecision {
+    pub alias: String,
+    pub promoted: bool,
+    /// Why, in words.
+    pub reason: String,
+    pub metric: String,
+    /// The candidate's value of the metric.
+    pub candidate: Option<f64>,
+    /// The alias holder it was compared with, and its value.
+    pub champion_version: Option<i32>,
+    pub champion: Option<f64>,
+    pub policy: PromotionPolicy,
+    pub decided_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,6 +196,11 @@ pub struct ModelVersion {
     /// Aliases pointing at this version now.
     pub aliases: Vec<String>,
     pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub evaluation: Option<Evaluation>,
+    /// The automatic promotion decision made when it was registered.
+    #[serde(default)]
+    pub promotion: Option<PromotionDecision>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,9 +212,22 @@ pub struct RegisteredModel {
     pub aliases: BTreeMap<String, i32>,
 }
 
+/// The answer to `POST /api/v1/runs/{id}/metrics`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricsLogged {
+    pub run_id: Uuid,
+    pub logged: usize,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SetAlias {
     pub version: i32,
+    /// Why the alias moves, kept in its history.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Who moves it, kept in its history (an authenticated caller's token name wins).
+    #[serde(default)]
+    pub actor: Option<String>,
 }
 
 /// A typed client for the registry.
@@ -160,7 +251,12 @@ impl RegistryClient {
         self.api.post("/api/v1/runs", req).await
     }
 
-    pub async fn log_metrics(&self, run: Uuid, req: &LogMetrics) -> Result<Run, ClientError> {
+    /// Logs metric points; the answer says how many, whatever the run's history holds.
+    pub async fn log_metrics(
+        &self,
+        run: Uuid,
+        req: &LogMetrics,
+    ) -> Result<MetricsLogged, ClientError> {
         self.api
             .post(&format!("/api/v1/runs/{run}/metrics"), req)
             .await
@@ -234,6 +330,15 @@ impl RegistryClient {
             segment(model),
             segment(alias)
         );
-        self.api.put(&path, &SetAlias { version }).await
+        self.api
+            .put(
+                &path,
+                &SetAlias {
+                    version,
+                    reason: None,
+                    actor: None,
+                },
+            )
+            .await
     }
 }

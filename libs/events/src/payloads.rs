@@ -16,6 +16,7 @@ pub mod subjects {
     pub const DATA_READY: &str = "data.ready";
     pub const MODEL_REGISTERED: &str = "model.registered";
     pub const MODEL_PROMOTED: &str = "model.promoted";
+    pub const MODEL_ALIAS_DELETED: &str = "model.alias_deleted";
     pub const PREDICTIONS_LOGGED: &str = "predictions.logged";
     pub const LABELS_JOINED: &str = "labels.joined";
     /// All alerts: `alerts.<kind>` for each [`AlertKind`](super::AlertKind), and
@@ -89,6 +90,26 @@ impl Event for ModelPromoted {
     const TYPE: &'static str = "petrel.model.promoted.v1";
     fn subject(&self) -> String {
         subjects::MODEL_PROMOTED.to_owned()
+    }
+}
+
+/// An alias was removed from a model: nothing is served under it any more until it is set
+/// again (predictors keep serving the version they have).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelAliasDeleted {
+    pub model_name: String,
+    pub alias: String,
+    /// The version the alias pointed at.
+    pub previous_version: i32,
+    pub reason: String,
+    /// Who removed it.
+    pub actor: String,
+}
+
+impl Event for ModelAliasDeleted {
+    const TYPE: &'static str = "petrel.model.alias_deleted.v1";
+    fn subject(&self) -> String {
+        subjects::MODEL_ALIAS_DELETED.to_owned()
     }
 }
 

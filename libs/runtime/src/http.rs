@@ -82,20 +82,68 @@ impl From<JsonRejection> for ApiError {
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
             _ => "invalid_json",
         };
-        Self::new(r.status(), code, r.body_text())
+        Self::new(r.status(), code, plain_words(&r.body_text()))
     }
 }
 
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_path", r.body_text())
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            plain_words(&r.body_text()),
+        )
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_query", r.body_text())
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            plain_words(&r.body_text()),
+        )
     }
+}
+
+/// Rewrites serde's wording of an expected type in the API's own words: clients send JSON, so
+/// `expected struct CreateExperiment` or `expected u32` would name our Rust types.
+pub fn plain_words(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("expected ") {
+        let (head, tail) = rest.split_at(i + "expected ".len());
+        out.push_str(head);
+        let word_end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let word = &tail[..word_end];
+        let after = &tail[word_end..];
+        let (replacement, consumed) = match word {
+            "struct" | "enum" | "tuple" => {
+                // `struct Name` / `enum Name`: drop the type's name too.
+                let name = after.trim_start();
+                let name_end = name
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                    .unwrap_or(name.len());
+                let skipped = after.len() - name.len() + name_end;
+                let r = match word {
+                    "struct" => "a JSON object",
+                    "enum" => "one of the allowed values",
+                    _ => "a JSON array",
+                };
+                (r, word_end + skipped)
+            }
+            "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64"
+            | "u128" | "usize" => ("an integer", word_end),
+            "f32" | "f64" => ("a number", word_end),
+            _ => ("", 0),
+        };
+        out.push_str(replacement);
+        rest = &tail[consumed..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `axum::Json`, but a body that is not valid JSON for `T` gets a JSON error.
@@ -257,6 +305,35 @@ pub async fn serve(
             server.abort();
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod plain_words_tests {
+    use super::plain_words;
+
+    #[test]
+    fn rust_type_names_become_json_words() {
+        assert_eq!(
+            plain_words("invalid type: string \"x\", expected struct CreateExperiment at line 1"),
+            "invalid type: string \"x\", expected a JSON object at line 1"
+        );
+        assert_eq!(
+            plain_words("invalid type: string \"a\", expected i32"),
+            "invalid type: string \"a\", expected an integer"
+        );
+        assert_eq!(
+            plain_words("expected f64 and expected u8"),
+            "expected a number and expected an integer"
+        );
+        assert_eq!(
+            plain_words("expected enum RunStatus"),
+            "expected one of the allowed values"
+        );
+        assert_eq!(
+            plain_words("missing field `name`, expected a string"),
+            "missing field `name`, expected a string"
+        );
     }
 }
 

@@ -87,6 +87,17 @@ pub async fn register_model(env: &TestEnv, registry: &Service, key: &str) -> Mod
                 run_id: run.id,
                 artifact_uri: uri,
                 metrics,
+                // Every registration of this bundle is evaluated on the same held-out rows,
+                // so a later one ties with production and the policy promotes it.
+                evaluation: Some(petrel_api::registry::Evaluation {
+                    dataset_id: uuid::Uuid::from_u128(0x7065_6e67_7569_6e73_0000_0000_0000_0001),
+                    digest: "sha256:penguins-testkit".into(),
+                    split: format!(
+                        "stratified test split {}, seed {}",
+                        bundle.config.test_fraction, bundle.config.seed
+                    ),
+                    rows: bundle.metrics.n_test as u64,
+                }),
                 ..Default::default()
             },
         )

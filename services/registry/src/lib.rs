@@ -5,6 +5,7 @@
 //! `model.promoted`) through the outbox, in the same transaction as the change.
 
 mod error;
+mod policy;
 mod routes;
 mod store;
 

@@ -6,11 +6,11 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use petrel_api::registry::{
-    CreateExperiment, CreateModelVersion, CreateRun, LogMetrics, ModelVersion, PRODUCTION,
-    PROMOTION_METRIC, SetAlias, UpdateRun,
+    CreateExperiment, CreateModelVersion, CreateRun, LogMetrics, ModelVersion, PromotionPolicy,
+    SetAlias, UpdateRun,
 };
 use petrel_events::outbox;
-use petrel_events::payloads::{ModelPromoted, ModelRegistered};
+use petrel_events::payloads::{ModelAliasDeleted, ModelPromoted, ModelRegistered};
 use petrel_runtime::http::{Json, Path};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -21,13 +21,20 @@ use crate::{AppState, store};
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/api/v1/experiments", post(create_experiment))
+        .route(
+            "/api/v1/experiments",
+            post(create_experiment).get(list_experiments),
+        )
         .route("/api/v1/experiments/{name}", get(get_experiment))
         .route("/api/v1/runs", post(create_run))
         .route("/api/v1/runs/{id}", get(get_run).patch(update_run))
         .route("/api/v1/runs/{id}/metrics", post(log_metrics))
         .route("/api/v1/models", get(list_models))
         .route("/api/v1/models/{name}", get(get_model))
+        .route(
+            "/api/v1/models/{name}/policy",
+            get(get_policy).put(put_policy),
+        )
         .route(
             "/api/v1/models/{name}/versions",
             get(list_versions).post(create_version),
@@ -58,14 +65,67 @@ const MAX_METRIC_KEY: usize = 256;
 
 fn check_name(what: &str, name: &str) -> Result<()> {
     if name.trim().is_empty()
+        || name.trim() != name
         || name.len() > 256
-        || name.chars().any(|c| c.is_control() || c == '/')
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c.is_control() || c == '/' || c == '\\')
     {
         return Err(Error::Invalid(format!(
-            "{what} must be 1 to 256 characters, without '/' or control characters"
+            "{what} must be 1 to 256 characters without '/', '\\', control characters or surrounding spaces, and not '.' or '..'"
         )));
     }
     Ok(())
+}
+
+/// An artifact URI: `file:///absolute/path` or `s3://bucket/key`, with no `.` or `..` segment
+/// (percent-encoded or not), so no URI points outside the store it names.
+fn check_artifact_uri(uri: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::Invalid(format!("artifact_uri {why}")));
+    let path = if let Some(p) = uri.strip_prefix("file://") {
+        if !p.starts_with('/') {
+            return bad("must be file:///absolute/path or s3://bucket/key");
+        }
+        p
+    } else if let Some(p) = uri.strip_prefix("s3://") {
+        match p.split_once('/') {
+            Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => key,
+            _ => return bad("must name a bucket and a key: s3://bucket/key"),
+        }
+    } else {
+        return bad("must be file:///absolute/path or s3://bucket/key");
+    };
+    let decoded = percent_decode(path);
+    if decoded
+        .split(['/', '\\'])
+        .any(|seg| seg == ".." || seg == ".")
+    {
+        return bad("must not contain '.' or '..' segments");
+    }
+    Ok(())
+}
+
+/// `%XX` decoding, enough to see through encoded dots and slashes.
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Free text (a parameter value, a description): anything Postgres TEXT can hold, so no NUL.
@@ -114,17 +174,18 @@ async fn create_experiment(
 ) -> Result<impl IntoResponse> {
     check_name("experiment name", &req.name)?;
     let mut conn = s.infra.pool.acquire().await?;
-    if store::find_experiment(&mut conn, &req.name)
+    // One statement decides who created it, so concurrent callers get one 201 and 409s.
+    let exp = store::create_experiment(&mut conn, &req.name)
         .await?
-        .is_some()
-    {
-        return Err(Error::Conflict(format!(
-            "experiment {:?} already exists",
-            req.name
-        )));
-    }
-    let exp = store::get_or_create_experiment(&mut conn, &req.name).await?;
+        .ok_or_else(|| Error::Conflict(format!("experiment {:?} already exists", req.name)))?;
     Ok((StatusCode::CREATED, Json(exp)))
+}
+
+async fn list_experiments(State(s): State<AppState>) -> Result<impl IntoResponse> {
+    let mut conn = s.infra.pool.acquire().await?;
+    Ok(Json(
+        json!({ "experiments": store::list_experiments(&mut conn).await? }),
+    ))
 }
 
 async fn get_experiment(
@@ -222,9 +283,12 @@ async fn log_metrics(
         .map(|m| (m.key.clone(), m.value, m.step))
         .collect();
     store::log_metrics(&mut tx, id, &rows).await?;
-    let run = store::get_run(&mut tx, id).await?;
     tx.commit().await?;
-    Ok(Json(run))
+    // The answer is constant in size, however long the run's history is.
+    Ok(Json(petrel_api::registry::MetricsLogged {
+        run_id: id,
+        logged: rows.len(),
+    }))
 }
 
 async fn list_models(State(s): State<AppState>) -> Result<impl IntoResponse> {
@@ -276,6 +340,11 @@ async fn create_version(
         return Err(Error::Invalid("artifact_uri is required".to_owned()));
     }
     check_key("artifact_uri", &req.artifact_uri)?;
+    check_artifact_uri(&req.artifact_uri)?;
+    if let Some(e) = &req.evaluation {
+        check_key("evaluation.digest", &e.digest)?;
+        check_text("evaluation.split", &e.split)?;
+    }
     // `model.registered` carries the metrics, and serialising may lengthen a value (`1e15`
     // comes out as `1000000000000000.0`), so the body limit alone does not bound the event:
     // these do.
@@ -301,6 +370,7 @@ async fn create_version(
             "metric {k:?} is not a finite number"
         )));
     }
+    crate::policy::check_metric_bounds(&req.metrics)?;
     let mut tx = s.infra.pool.begin().await?;
     store::lock_model(&mut tx, &name).await?;
     if let Some(v) = store::version_for_run(&mut tx, &name, req.run_id).await? {
@@ -324,6 +394,9 @@ async fn create_version(
         req.description.as_deref(),
     )
     .await?;
+    if let Some(e) = &req.evaluation {
+        store::set_version_evaluation(&mut tx, &name, version, e).await?;
+    }
     let registered = ModelRegistered {
         model_name: name.clone(),
         version,
@@ -341,6 +414,7 @@ async fn create_version(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+/// Applies the model's promotion policy to a new version and records the decision.
 async fn maybe_promote(
     s: &AppState,
     tx: &mut PgConnection,
@@ -348,31 +422,44 @@ async fn maybe_promote(
     version: i32,
     req: &CreateModelVersion,
 ) -> Result<()> {
-    let Some(&candidate) = req.metrics.get(PROMOTION_METRIC) else {
-        return Ok(());
-    };
-    let current = match store::alias_version(&mut *tx, name, PRODUCTION).await? {
+    let policy = store::policy(&mut *tx, name).await?;
+    let champion = match store::alias_version(&mut *tx, name, &policy.alias).await? {
         Some(v) => Some(store::get_version(&mut *tx, name, v).await?),
         None => None,
     };
-    let champion = current
-        .as_ref()
-        .and_then(|c| c.metrics.get(PROMOTION_METRIC).copied());
-    let reason = match (current.as_ref(), champion) {
-        (None, _) => format!("auto: first version with {PROMOTION_METRIC} {candidate:.4}"),
-        (Some(c), Some(best)) if candidate >= best => format!(
-            "auto: {PROMOTION_METRIC} {candidate:.4} >= {best:.4} of version {}",
-            c.version
-        ),
-        (Some(c), None) => format!(
-            "auto: version {} has no {PROMOTION_METRIC}; {candidate:.4} replaces it",
-            c.version
-        ),
-        _ => return Ok(()),
-    };
-    promote(s, tx, name, PRODUCTION, version, &req.artifact_uri, &reason).await
+    let decision = crate::policy::decide(
+        &policy,
+        &req.metrics,
+        req.evaluation.as_ref(),
+        champion.as_ref(),
+    );
+    store::set_version_promotion(&mut *tx, name, version, &decision).await?;
+    tracing::info!(model.name = %name, model.version = version, promoted = decision.promoted, reason = %decision.reason, "promotion decided");
+    if !decision.promoted {
+        return Ok(());
+    }
+    let evidence = json!({
+        "metric": decision.metric,
+        "candidate": decision.candidate,
+        "champion_version": decision.champion_version,
+        "champion": decision.champion,
+        "evaluation": req.evaluation,
+    });
+    promote(
+        s,
+        tx,
+        name,
+        &policy.alias,
+        version,
+        &req.artifact_uri,
+        &decision.reason,
+        "registry",
+        &evidence,
+    )
+    .await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn promote(
     s: &AppState,
     tx: &mut PgConnection,
@@ -381,8 +468,19 @@ async fn promote(
     version: i32,
     artifact_uri: &str,
     reason: &str,
+    actor: &str,
+    evidence: &serde_json::Value,
 ) -> Result<()> {
-    let previous = store::move_alias(&mut *tx, name, alias, Some(version), reason).await?;
+    let previous = store::move_alias_by(
+        &mut *tx,
+        name,
+        alias,
+        Some(version),
+        reason,
+        actor,
+        evidence,
+    )
+    .await?;
     let event = ModelPromoted {
         model_name: name.to_owned(),
         alias: alias.to_owned(),
@@ -422,7 +520,16 @@ async fn set_alias(
     let target = store::find_version(&mut tx, &name, req.version)
         .await?
         .ok_or_else(|| Error::NotFound(format!("model {name:?} has no version {}", req.version)))?;
+    if let Some(r) = &req.reason {
+        check_text("reason", r)?;
+    }
+    let actor = req.actor.clone().unwrap_or_else(|| "http".to_owned());
+    check_key("actor", &actor)?;
     if store::alias_version(&mut tx, &name, &alias).await? != Some(req.version) {
+        let reason = match &req.reason {
+            Some(r) => format!("manual: {r}"),
+            None => "manual: set over HTTP".to_owned(),
+        };
         promote(
             &s,
             &mut tx,
@@ -430,7 +537,9 @@ async fn set_alias(
             &alias,
             req.version,
             &target.artifact_uri,
-            "manual: set over HTTP",
+            &reason,
+            &actor,
+            &json!({ "metrics": target.metrics }),
         )
         .await?;
     }
@@ -447,17 +556,52 @@ async fn delete_alias(
     check_lookup("model name", &name)?;
     check_lookup("alias", &alias)?;
     let mut tx = s.infra.pool.begin().await?;
-    if store::alias_version(&mut tx, &name, &alias)
-        .await?
-        .is_none()
-    {
+    store::lock_existing_model(&mut tx, &name).await?;
+    let Some(previous) = store::alias_version(&mut tx, &name, &alias).await? else {
         return Err(Error::NotFound(format!(
             "model {name:?} has no alias {alias:?}"
         )));
-    }
-    store::move_alias(&mut tx, &name, &alias, None, "manual: deleted over HTTP").await?;
+    };
+    let reason = "manual: deleted over HTTP";
+    store::move_alias_by(&mut tx, &name, &alias, None, reason, "http", &json!({})).await?;
+    let event = ModelAliasDeleted {
+        model_name: name.clone(),
+        alias: alias.clone(),
+        previous_version: previous,
+        reason: reason.to_owned(),
+        actor: "http".to_owned(),
+    };
+    outbox::enqueue(&mut tx, &s.infra.bus.envelope(event)).await?;
     tx.commit().await?;
+    s.infra.relay.poke();
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_policy(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<PromotionPolicy>> {
+    check_lookup("model name", &name)?;
+    let mut conn = s.infra.pool.acquire().await?;
+    store::get_model(&mut conn, &name).await?;
+    Ok(Json(store::policy(&mut conn, &name).await?))
+}
+
+/// Sets a model's promotion policy (creating the model if it does not exist yet, so a policy
+/// can be in place before the first version).
+async fn put_policy(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Json(policy): Json<PromotionPolicy>,
+) -> Result<Json<PromotionPolicy>> {
+    check_name("model name", &name)?;
+    check_alias(&policy.alias)?;
+    crate::policy::check_policy(&policy)?;
+    let mut tx = s.infra.pool.begin().await?;
+    store::lock_model(&mut tx, &name).await?;
+    store::set_policy(&mut tx, &name, &policy).await?;
+    tx.commit().await?;
+    Ok(Json(policy))
 }
 
 async fn alias_history(
@@ -470,4 +614,37 @@ async fn alias_history(
     Ok(Json(
         json!({ "history": store::alias_history(&mut conn, &name, &alias).await? }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_uris_cannot_escape_their_store() {
+        assert!(check_artifact_uri("file:///data/models/a/bundle.json").is_ok());
+        assert!(check_artifact_uri("s3://bucket/models/a/bundle.json").is_ok());
+        for bad in [
+            "../../../../etc/passwd",
+            "file://../etc/passwd",
+            "file:///data/../etc/passwd",
+            "file:///data/%2e%2e/etc/passwd",
+            "file:///data/%2E%2E%2Fetc/passwd",
+            "s3://bucket/../x",
+            "s3://bucket",
+            "s3:///key",
+            "http://example.com/x",
+            "/etc/passwd",
+        ] {
+            assert!(check_artifact_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dot_names_are_refused() {
+        for bad in ["..", ".", " x", "x ", "a/b", "a\\b", ""] {
+            assert!(check_name("model name", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_name("model name", "penguins.v2").is_ok());
+    }
 }

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use petrel_api::registry::{Experiment, Metric, ModelVersion, RegisteredModel, Run, RunStatus};
+use petrel_api::registry::{
+    Evaluation, Experiment, Metric, ModelVersion, PromotionDecision, PromotionPolicy,
+    RegisteredModel, Run, RunStatus,
+};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
@@ -19,6 +22,39 @@ pub async fn get_or_create_experiment(conn: &mut PgConnection, name: &str) -> Re
     find_experiment(conn, name)
         .await?
         .ok_or_else(|| Error::NotFound(format!("experiment {name:?} does not exist")))
+}
+
+/// Creates an experiment; `None` when one with that name already exists.
+pub async fn create_experiment(conn: &mut PgConnection, name: &str) -> Result<Option<Experiment>> {
+    let row = sqlx::query(
+        "INSERT INTO experiments (id, name) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING \
+         RETURNING id, name, created_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(name)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| Experiment {
+        id: r.get("id"),
+        name: r.get("name"),
+        created_at: r.get("created_at"),
+    }))
+}
+
+/// Every experiment, by name (at most 10,000).
+pub async fn list_experiments(conn: &mut PgConnection) -> Result<Vec<Experiment>> {
+    let rows =
+        sqlx::query("SELECT id, name, created_at FROM experiments ORDER BY name LIMIT 10000")
+            .fetch_all(conn)
+            .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Experiment {
+            id: r.get("id"),
+            name: r.get("name"),
+            created_at: r.get("created_at"),
+        })
+        .collect())
 }
 
 pub async fn find_experiment(conn: &mut PgConnection, name: &str) -> Result<Option<Experiment>> {
@@ -182,7 +218,7 @@ pub async fn set_run_status(conn: &mut PgConnection, run: Uuid, status: RunStatu
 }
 
 const VERSION_COLUMNS: &str = "v.model_name, v.version, v.run_id, v.artifact_uri, v.dataset_id, v.metrics, \
-     v.description, v.created_at, \
+     v.description, v.created_at, v.evaluation, v.promotion, \
      COALESCE((SELECT array_agg(a.alias ORDER BY a.alias) FROM model_aliases a \
                WHERE a.model_name = v.model_name AND a.version = v.version), '{}') AS aliases";
 
@@ -198,7 +234,72 @@ fn version_from_row(r: &sqlx::postgres::PgRow) -> ModelVersion {
         description: r.get("description"),
         aliases: r.get("aliases"),
         created_at: r.get("created_at"),
+        evaluation: r
+            .get::<Option<serde_json::Value>, _>("evaluation")
+            .and_then(|v| serde_json::from_value::<Evaluation>(v).ok()),
+        promotion: r
+            .get::<Option<serde_json::Value>, _>("promotion")
+            .and_then(|v| serde_json::from_value::<PromotionDecision>(v).ok()),
     }
+}
+
+/// Records what a version was evaluated on.
+pub async fn set_version_evaluation(
+    conn: &mut PgConnection,
+    model: &str,
+    version: i32,
+    evaluation: &Evaluation,
+) -> Result<()> {
+    sqlx::query("UPDATE model_versions SET evaluation = $3 WHERE model_name = $1 AND version = $2")
+        .bind(model)
+        .bind(version)
+        .bind(serde_json::to_value(evaluation).unwrap_or_default())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records the promotion decision made for a version.
+pub async fn set_version_promotion(
+    conn: &mut PgConnection,
+    model: &str,
+    version: i32,
+    decision: &PromotionDecision,
+) -> Result<()> {
+    sqlx::query("UPDATE model_versions SET promotion = $3 WHERE model_name = $1 AND version = $2")
+        .bind(model)
+        .bind(version)
+        .bind(serde_json::to_value(decision).unwrap_or_default())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The model's promotion policy, or the default.
+pub async fn policy(conn: &mut PgConnection, model: &str) -> Result<PromotionPolicy> {
+    let p: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT policy FROM promotion_policies WHERE model_name = $1")
+            .bind(model)
+            .fetch_optional(conn)
+            .await?;
+    Ok(p.and_then(|p| serde_json::from_value(p).ok())
+        .unwrap_or_default())
+}
+
+pub async fn set_policy(
+    conn: &mut PgConnection,
+    model: &str,
+    policy: &PromotionPolicy,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO promotion_policies (model_name, policy) VALUES ($1, $2) \
+         ON CONFLICT (model_name) DO UPDATE SET policy = EXCLUDED.policy, updated_at = now()",
+    )
+    .bind(model)
+    .bind(serde_json::to_value(policy).unwrap_or_default())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 pub async fn find_version(
@@ -254,6 +355,18 @@ pub async fn lock_model(conn: &mut PgConnection, model: &str) -> Result<()> {
     Ok(())
 }
 
+/// Locks an existing model's row (aliases move one at a time); not found if there is none.
+pub async fn lock_existing_model(conn: &mut PgConnection, model: &str) -> Result<()> {
+    let found: Option<String> =
+        sqlx::query_scalar("SELECT name FROM registered_models WHERE name = $1 FOR UPDATE")
+            .bind(model)
+            .fetch_optional(conn)
+            .await?;
+    found
+        .map(|_| ())
+        .ok_or_else(|| Error::NotFound(format!("model {model:?} does not exist")))
+}
+
 pub async fn insert_version(
     conn: &mut PgConnection,
     model: &str,
@@ -295,14 +408,16 @@ pub async fn alias_version(
     )
 }
 
-/// Points `alias` at `version` (or removes it with `None`) and records the move.
-/// Returns the previous version.
-pub async fn move_alias(
+/// Points `alias` at `version` (or removes it with `None`) and records the move, who made it
+/// and the evidence that decided it. Returns the previous version.
+pub async fn move_alias_by(
     conn: &mut PgConnection,
     model: &str,
     alias: &str,
     version: Option<i32>,
     reason: &str,
+    actor: &str,
+    evidence: &serde_json::Value,
 ) -> Result<Option<i32>> {
     let previous = alias_version(&mut *conn, model, alias).await?;
     match version {
@@ -326,13 +441,16 @@ pub async fn move_alias(
         }
     }
     sqlx::query(
-        "INSERT INTO alias_history (model_name, alias, version, previous_version, reason) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO alias_history (model_name, alias, version, previous_version, reason, actor, evidence) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(model)
     .bind(alias)
     .bind(version)
     .bind(previous)
     .bind(reason)
+    .bind(actor)
+    .bind(evidence)
     .execute(conn)
     .await?;
     Ok(previous)
@@ -343,6 +461,10 @@ pub struct AliasChange {
     pub version: Option<i32>,
     pub previous_version: Option<i32>,
     pub reason: String,
+    /// Who moved it: `registry` for the promotion policy, else the caller.
+    pub actor: String,
+    /// The metric values that decided it.
+    pub evidence: serde_json::Value,
     pub changed_at: DateTime<Utc>,
 }
 
@@ -352,7 +474,7 @@ pub async fn alias_history(
     alias: &str,
 ) -> Result<Vec<AliasChange>> {
     let rows = sqlx::query(
-        "SELECT version, previous_version, reason, changed_at FROM alias_history \
+        "SELECT version, previous_version, reason, actor, evidence, changed_at FROM alias_history \
          WHERE model_name = $1 AND alias = $2 ORDER BY id DESC LIMIT 200",
     )
     .bind(model)
@@ -365,6 +487,8 @@ pub async fn alias_history(
             version: r.get("version"),
             previous_version: r.get("previous_version"),
             reason: r.get("reason"),
+            actor: r.get("actor"),
+            evidence: r.get("evidence"),
             changed_at: r.get("changed_at"),
         })
         .collect())

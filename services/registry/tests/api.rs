@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::{Service, TestEnv, TypedClient, assert_error, start_registry};
 use petrel_api::registry::{
-    CreateModelVersion, CreateRun, LogMetrics, MetricInput, ModelVersion, Run, RunStatus,
+    CreateModelVersion, CreateRun, Evaluation, LogMetrics, MetricInput, ModelVersion,
+    PromotionPolicy, Run, RunStatus,
 };
 use petrel_events::Envelope;
 use petrel_events::payloads::{ModelPromoted, ModelRegistered};
@@ -30,11 +31,40 @@ async fn new_run(reg: &Service, experiment: &str) -> Run {
 }
 
 /// Registers a version for `run` with the given test accuracy, checking the status code.
+/// The held-out data the tests' versions are evaluated on, unless they say otherwise.
+fn penguins_eval(rows: u64) -> Evaluation {
+    Evaluation {
+        dataset_id: Uuid::from_u128(42),
+        digest: "sha256:penguins".into(),
+        split: "stratified test split 0.2, seed 42".into(),
+        rows,
+    }
+}
+
 async fn register(
     reg: &Service,
     model: &str,
     run: Uuid,
     test_accuracy: Option<f64>,
+    expect: StatusCode,
+) -> ModelVersion {
+    register_on(
+        reg,
+        model,
+        run,
+        test_accuracy,
+        Some(penguins_eval(69)),
+        expect,
+    )
+    .await
+}
+
+async fn register_on(
+    reg: &Service,
+    model: &str,
+    run: Uuid,
+    test_accuracy: Option<f64>,
+    evaluation: Option<Evaluation>,
     expect: StatusCode,
 ) -> ModelVersion {
     let mut metrics = BTreeMap::from([("train_accuracy".to_owned(), 0.99)]);
@@ -47,6 +77,7 @@ async fn register(
         dataset_id: Some(Uuid::now_v7()),
         metrics,
         description: None,
+        evaluation,
     };
     let (status, v) = reg
         .send(
@@ -121,7 +152,7 @@ async fn runs_keep_params_metrics_and_are_idempotent_per_client_token() {
     assert_ne!(untokened.id, first.id);
 
     // Metrics, with history per key.
-    let run = reg
+    let logged = reg
         .client()
         .log_metrics(
             first.id,
@@ -147,6 +178,8 @@ async fn runs_keep_params_metrics_and_are_idempotent_per_client_token() {
         )
         .await
         .unwrap();
+    assert_eq!((logged.run_id, logged.logged), (first.id, 3));
+    let run = reg.client().get_run(first.id).await.unwrap();
     let metrics: Vec<(&str, f64, i64)> = run
         .metrics
         .iter()
@@ -392,6 +425,8 @@ async fn aliases_move_by_hand_and_keep_their_history() {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    let (subject, _) = events.next().await;
+    assert_eq!(subject, "model.alias_deleted");
     assert!(
         reg.client()
             .get_alias(model, "staging")
@@ -861,6 +896,259 @@ async fn bodies_and_metrics_are_bounded_so_every_event_fits_nats() {
     assert_eq!(e.data.metrics.len(), 1000);
     assert_eq!(e.data.artifact_uri, uri);
 
+    reg.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_promotion_policy_cannot_be_fooled_by_a_tiny_upload() {
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
+    let mut events = env.events("model.>").await;
+    let model = "penguins";
+    // The real model: 0.9855 on 69 held-out rows of penguins.
+    let run1 = new_run(&reg, model).await;
+    let v1 = register(&reg, model, run1.id, Some(0.9855), StatusCode::CREATED).await;
+    assert_eq!(v1.aliases, vec!["production"]);
+    let d1 = v1.promotion.as_ref().expect("a decision is recorded");
+    assert!(d1.promoted && d1.reason.contains("first version"), "{d1:?}");
+    for _ in 0..2 {
+        events.next().await;
+    }
+
+    // A 10-row upload of other data, whose 2-row test split scores 1.0.
+    let tiny = Evaluation {
+        dataset_id: Uuid::now_v7(),
+        digest: "sha256:tiny".into(),
+        split: "stratified test split 0.2, seed 42".into(),
+        rows: 2,
+    };
+    let run2 = new_run(&reg, model).await;
+    let v2 = register_on(
+        &reg,
+        model,
+        run2.id,
+        Some(1.0),
+        Some(tiny.clone()),
+        StatusCode::CREATED,
+    )
+    .await;
+    assert!(v2.aliases.is_empty(), "{:?}", v2.aliases);
+    let d2 = v2.promotion.as_ref().unwrap();
+    assert!(!d2.promoted);
+    assert!(d2.reason.contains("2 held-out rows"), "{}", d2.reason);
+    assert_eq!(d2.candidate, Some(1.0));
+    assert_eq!((d2.champion_version, d2.champion), (Some(1), Some(0.9855)));
+    assert_eq!(v2.evaluation.as_ref(), Some(&tiny));
+    // The same on enough rows of other data: still not comparable.
+    let run3 = new_run(&reg, model).await;
+    let other = Evaluation { rows: 500, ..tiny };
+    let v3 = register_on(
+        &reg,
+        model,
+        run3.id,
+        Some(1.0),
+        Some(other),
+        StatusCode::CREATED,
+    )
+    .await;
+    assert!(v3.aliases.is_empty());
+    assert!(v3.promotion.unwrap().reason.contains("another dataset"));
+    let (subject, _) = events.next().await;
+    assert_eq!(subject, "model.registered");
+    let (subject, _) = events.next().await;
+    assert_eq!(subject, "model.registered");
+    events.assert_quiet(QUIET).await;
+    let prod = reg.client().get_alias(model, "production").await.unwrap();
+    assert_eq!(prod.map(|v| v.version), Some(1));
+
+    // A gate: a new model whose first version is below it is registered, not promoted.
+    let (status, body) = reg
+        .send(
+            Method::PUT,
+            "/api/v1/models/gated/policy",
+            Some(json!({"min_value": 0.95, "min_eval_rows": 50})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let policy: PromotionPolicy = serde_json::from_value(body).unwrap();
+    assert_eq!(
+        (policy.min_value, policy.min_eval_rows, policy.auto),
+        (Some(0.95), 50, true)
+    );
+    let run4 = new_run(&reg, "gated").await;
+    let g1 = register(&reg, "gated", run4.id, Some(0.9), StatusCode::CREATED).await;
+    assert!(g1.aliases.is_empty());
+    assert!(g1.promotion.unwrap().reason.contains("gate"));
+    let run5 = new_run(&reg, "gated").await;
+    let g2 = register(&reg, "gated", run5.id, Some(0.97), StatusCode::CREATED).await;
+    assert_eq!(g2.aliases, vec!["production"]);
+    let (status, body) = reg
+        .send(
+            Method::PUT,
+            "/api/v1/models/gated/policy",
+            Some(json!({"margin": -1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    // The history keeps the evidence of each automatic move.
+    let (status, body) = reg
+        .send(
+            Method::GET,
+            "/api/v1/models/gated/aliases/production/history",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let h = &body["history"][0];
+    assert_eq!(h["actor"], "registry");
+    assert_eq!(h["evidence"]["candidate"], 0.97);
+    reg.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn impossible_versions_names_and_uris_are_refused() {
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
+    let run = new_run(&reg, "m").await;
+    // An accuracy of 5.0 would win every comparison forever.
+    let (status, body) = reg
+        .send(
+            Method::POST,
+            "/api/v1/models/m/versions",
+            Some(json!({"run_id": run.id, "artifact_uri": "file:///m/b.json", "metrics": {"test_accuracy": 5.0}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("between 0 and 1")
+    );
+    for (model, uri) in [
+        (" spaced", "file:///models/x/bundle.json"),
+        ("m", "../../../../etc/passwd"),
+        ("m", "file:///models/%2e%2e/%2e%2e/etc/passwd"),
+    ] {
+        let (status, body) = reg
+            .send(
+                Method::POST,
+                &format!("/api/v1/models/{}/versions", model.replace(' ', "%20")),
+                Some(json!({"run_id": run.id, "artifact_uri": uri, "metrics": {}})),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{model} {uri}: {body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(!message.contains("struct"), "{message}");
+    }
+    // Serde's wording never names our types.
+    let (status, body) = reg
+        .send(Method::POST, "/api/v1/experiments", Some(json!("x")))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("a JSON object") && !message.contains("CreateExperiment"),
+        "{message}"
+    );
+    reg.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn experiments_are_created_once_and_listed() {
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
+    let calls = (0..8).map(|_| {
+        reg.send(
+            Method::POST,
+            "/api/v1/experiments",
+            Some(json!({"name": "race"})),
+        )
+    });
+    let statuses: Vec<StatusCode> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CONFLICT)
+            .count(),
+        7,
+        "{statuses:?}"
+    );
+    let (status, body) = reg.send(Method::GET, "/api/v1/experiments", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = body["experiments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["race"]);
+
+    // Metric writes answer in constant size, however long the history.
+    let run = new_run(&reg, "race").await;
+    let mut sizes = Vec::new();
+    for batch in 0..5 {
+        let metrics: Vec<Value> = (0..1000)
+            .map(|i| json!({"key": "loss", "value": 1.0 / f64::from(i + 1), "step": batch * 1000 + i}))
+            .collect();
+        let (status, body) = reg
+            .send(
+                Method::POST,
+                &format!("/api/v1/runs/{}/metrics", run.id),
+                Some(json!({"metrics": metrics})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["logged"], 1000);
+        sizes.push(body.to_string().len());
+    }
+    assert!(sizes.windows(2).all(|w| w[0] == w[1]), "{sizes:?}");
+    reg.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn deleting_an_alias_is_announced() {
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
+    let mut events = env.events("model.>").await;
+    let run = new_run(&reg, "m").await;
+    register(&reg, "m", run.id, Some(0.9), StatusCode::CREATED).await;
+    for _ in 0..2 {
+        events.next().await;
+    }
+    let (status, body) = reg
+        .send(Method::DELETE, "/api/v1/models/m/aliases/production", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (subject, bytes) = events.next().await;
+    assert_eq!(subject, "model.alias_deleted");
+    let e = Envelope::<petrel_events::payloads::ModelAliasDeleted>::from_bytes(&bytes).unwrap();
+    assert_eq!(
+        (e.data.alias.as_str(), e.data.previous_version),
+        ("production", 1)
+    );
+    events.assert_quiet(QUIET).await;
     reg.stop().await;
     env.cleanup().await;
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use petrel_api::ClientError;
-use petrel_api::registry::{CreateModelVersion, CreateRun, LogMetrics, MetricInput, RunStatus};
+use petrel_api::registry::{
+    CreateModelVersion, CreateRun, Evaluation, LogMetrics, MetricInput, RunStatus,
+};
 use petrel_events::consumer::Outcome;
 use petrel_events::payloads::{DataReady, DatasetPurpose};
 use petrel_ml::{ModelBundle, parse_csv, train_classifier};
@@ -310,6 +312,17 @@ async fn register(
                     "burn MLP trained on {} v{}",
                     data.name, data.version
                 )),
+                // Versions are compared for promotion only on the same held-out rows: the
+                // same dataset content, split the same way.
+                evaluation: Some(Evaluation {
+                    dataset_id: data.dataset_id,
+                    digest: data.content_hash.clone(),
+                    split: format!(
+                        "stratified test split {}, seed {}",
+                        bundle.config.test_fraction, bundle.config.seed
+                    ),
+                    rows: bundle.metrics.n_test as u64,
+                }),
             },
         )
         .await?;
