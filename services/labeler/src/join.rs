@@ -133,6 +133,7 @@ async fn post_labels(
         accepted: new_ids.len(),
         joined,
         duplicates,
+        overwritten: 0,
     }))
 }
 
