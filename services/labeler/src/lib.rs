@@ -1,7 +1,9 @@
 //! Petrel labeler: takes ground truth over HTTP, joins it to logged predictions (whichever
 //! arrives first waits for the other), and announces each join on `labels.joined`.
 
+mod body;
 mod join;
+mod stats;
 
 use std::time::Duration;
 
@@ -27,9 +29,20 @@ pub struct Config {
     /// Address to serve HTTP on.
     #[arg(long, env = "PETREL_LABELER_LISTEN", default_value = "127.0.0.1:8085")]
     pub listen: String,
-    /// Most labels one request may carry.
-    #[arg(long, env = "PETREL_LABELER_MAX_LABELS", default_value_t = 10_000)]
+    /// Most labels one request may carry. Each request is one transaction and one statement per
+    /// side, so bulk uploads are fast; the body limit (32 MiB) bounds it too.
+    #[arg(long, env = "PETREL_LABELER_MAX_LABELS", default_value_t = 100_000)]
     pub max_labels: usize,
+    /// Seconds a label may wait for its prediction before it counts as unknown in
+    /// `GET /v1/labels/stats`. Predictions reach the labeler within seconds normally, so an hour
+    /// means the id was most likely never served. Unknown labels are still joined if the
+    /// prediction turns up.
+    #[arg(
+        long,
+        env = "PETREL_LABELER_UNKNOWN_AFTER_SECS",
+        default_value_t = 3600
+    )]
+    pub unknown_after_secs: u64,
     #[command(flatten)]
     pub postgres: PostgresArgs,
     #[command(flatten)]
@@ -48,6 +61,8 @@ impl ServiceConfig for Config {
 pub struct AppState {
     pub infra: Infra,
     pub max_labels: usize,
+    /// `--unknown-after-secs`.
+    pub unknown_after: Duration,
 }
 
 #[derive(Debug)]
@@ -76,6 +91,7 @@ impl App {
             state: AppState {
                 infra,
                 max_labels: config.max_labels,
+                unknown_after: Duration::from_secs(config.unknown_after_secs),
             },
             cancel,
         })
