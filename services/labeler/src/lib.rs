@@ -4,6 +4,7 @@
 mod body;
 mod join;
 mod stats;
+mod upkeep;
 
 use std::time::Duration;
 
@@ -33,16 +34,26 @@ pub struct Config {
     /// side, so bulk uploads are fast; the body limit (32 MiB) bounds it too.
     #[arg(long, env = "PETREL_LABELER_MAX_LABELS", default_value_t = 100_000)]
     pub max_labels: usize,
-    /// Seconds a label may wait for its prediction before it counts as unknown in
-    /// `GET /v1/labels/stats`. Predictions reach the labeler within seconds normally, so an hour
-    /// means the id was most likely never served. Unknown labels are still joined if the
-    /// prediction turns up.
+    /// Seconds a label may wait for its prediction before it counts as unknown (in
+    /// `GET /v1/labels/stats`, and in the warning logged when unknown labels grow). Predictions
+    /// reach the labeler within seconds normally, so an hour means the id was most likely never
+    /// served. Unknown labels are still joined if the prediction turns up before retention.
     #[arg(
         long,
         env = "PETREL_LABELER_UNKNOWN_AFTER_SECS",
         default_value_t = 3600
     )]
     pub unknown_after_secs: u64,
+    /// Hours rows are kept: a prediction older than this is deleted, joined or never
+    /// labelled, and so is a label that waited this long for its prediction. Without it, the
+    /// predictions nobody labels would grow the table forever.
+    #[arg(
+        long,
+        env = "PETREL_LABELER_RETENTION_HOURS",
+        default_value_t = 168,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub retention_hours: u32,
     #[command(flatten)]
     pub postgres: PostgresArgs,
     #[command(flatten)]
@@ -63,6 +74,8 @@ pub struct AppState {
     pub max_labels: usize,
     /// `--unknown-after-secs`.
     pub unknown_after: Duration,
+    /// `--retention-hours`.
+    pub retention_hours: u32,
 }
 
 #[derive(Debug)]
@@ -92,6 +105,7 @@ impl App {
                 infra,
                 max_labels: config.max_labels,
                 unknown_after: Duration::from_secs(config.unknown_after_secs),
+                retention_hours: config.retention_hours,
             },
             cancel,
         })
@@ -105,6 +119,15 @@ impl App {
         let mut tasks = Tasks::new(self.cancel.clone());
         tasks.spawn_http(self.listener, join::router(self.state.clone()));
         tasks.spawn_outbox(self.state.infra.relay.clone());
+        tasks.spawn(
+            "upkeep",
+            upkeep::run(
+                self.state.infra.pool.clone(),
+                self.state.retention_hours,
+                self.state.unknown_after,
+                self.cancel.clone(),
+            ),
+        );
         let state = self.state.clone();
         let mut spec = ConsumerSpec::durable("labeler", subjects::PREDICTIONS_LOGGED);
         spec.batch = 64;

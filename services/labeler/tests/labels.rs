@@ -855,6 +855,76 @@ async fn labels_without_a_prediction_count_as_unknown_after_the_grace_period() {
 }
 
 #[tokio::test]
+async fn retention_deletes_old_predictions_and_labels_that_waited_too_long() {
+    let env = TestEnv::new().await;
+    let labeler = start_labeler(&env).await;
+    let bus = env.bus().await;
+    let http = reqwest::Client::new();
+
+    // Predictions from 200 hours ago (past the default 168) and from now; labels for some.
+    let old = Utc::now() - chrono::Duration::hours(200);
+    bus.publish(&bus.envelope(logged(
+        1,
+        &[("old-joined", "Adelie"), ("old-alone", "Gentoo")],
+        old,
+    )))
+    .await
+    .unwrap();
+    bus.publish(&bus.envelope(logged(
+        1,
+        &[("new-joined", "Adelie"), ("new-alone", "Gentoo")],
+        Utc::now(),
+    )))
+    .await
+    .unwrap();
+    wait_consumer_caught_up(&bus, "labeler").await;
+    let (status, body) = post_labels(
+        &http,
+        &labeler,
+        &[
+            ("old-joined", "Adelie"),
+            ("new-joined", "Adelie"),
+            ("wait-old", "Gentoo"),
+            ("wait-new", "Gentoo"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(counts(body), (4, 2, 0));
+    // A label that has waited 200 hours for its prediction.
+    let pool = db(&env).await;
+    sqlx::query(
+        "UPDATE labeler.joins SET labelled_at = now() - interval '200 hours' \
+         WHERE inference_id = 'wait-old'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    labeler.stop().await;
+
+    // Upkeep runs when the labeler starts, then every minute.
+    let labeler = start_labeler(&env).await;
+    let left = eventually("retention to run", || {
+        let pool = pool.clone();
+        async move {
+            let ids: Vec<String> =
+                sqlx::query_scalar("SELECT inference_id FROM labeler.joins ORDER BY inference_id")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            (ids.len() == 3).then_some(ids)
+        }
+    })
+    .await;
+    assert_eq!(left, ["new-alone", "new-joined", "wait-new"]);
+    assert_eq!(stat_counts(&stats(&http, &labeler).await), (2, 1, 1, 0, 1));
+    pool.close().await;
+
+    labeler.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn rows_of_the_tables_before_joins_carry_over() {
     let env = TestEnv::new().await;
     // The schema as migration 1001 left it, with a joined label, a waiting label and a
