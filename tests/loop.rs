@@ -162,7 +162,7 @@ async fn traffic(stack: &Stack, rows: &[(Map<String, Value>, String)], tag: &str
             })
             .collect();
         let r: LabelsResponse = labeler
-            .post("/v1/labels", &LabelsRequest { labels })
+            .post("/v1/labels", &LabelsRequest::new(labels))
             .await
             .expect("labels");
         assert_eq!(r.accepted, chunk.len());

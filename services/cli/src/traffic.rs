@@ -194,9 +194,8 @@ pub async fn send(
         let delay = Duration::from_millis(args.label_delay_ms);
         labels.spawn(async move {
             tokio::time::sleep(delay).await;
-            let r: Result<LabelsResponse, _> = labeler
-                .post("/v1/labels", &LabelsRequest { labels: truth })
-                .await;
+            let r: Result<LabelsResponse, _> =
+                labeler.post("/v1/labels", &LabelsRequest::new(truth)).await;
             r.map(|r| r.accepted)
         });
         n += size;

@@ -1,200 +1,327 @@
 //! Storing labels and predictions, and joining them.
+//!
+//! Each inference id has one row in `joins`, which both sides upsert. The row lock is the only
+//! synchronisation: when a label and its prediction are committed concurrently, whichever upsert
+//! comes second waits for the first to commit and then (in READ COMMITTED, `ON CONFLICT DO
+//! UPDATE` acts on the latest committed row) sees both sides and announces the join. The first
+//! saw only its own side and announced nothing, so every join is announced exactly once. Both
+//! sides lock their rows in the same order (ids sorted bytewise), so concurrent batches never
+//! deadlock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::routing::post;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
-use petrel_api::labeler::{LabelsRequest, LabelsResponse};
+use petrel_api::labeler::{LabelStats, LabelsResponse};
 use petrel_events::Envelope;
 use petrel_events::consumer::BatchOutcome;
 use petrel_events::outbox;
 use petrel_events::payloads::{JoinedLabel, LabelsJoined, RawPredictionsLogged};
-use petrel_runtime::http::{ApiError, Json};
+use petrel_runtime::http::{ApiError, Json, Query};
+use serde::Deserialize;
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
+use uuid::Uuid;
 
 use crate::AppState;
+use crate::body::{self, Batch, Format};
 
 /// Most labels one `labels.joined` event carries. A request may join up to `--max-labels`
-/// (10,000 by default) at once; one event for all of them would pass NATS's 1 MiB payload limit
-/// and could never be published. At most 256 labels of at most ~3 KiB each stay well below it.
+/// (100,000 by default) at once; one event for all of them would pass NATS's 1 MiB payload
+/// limit and could never be published. At most 256 labels of at most ~3 KiB each stay well
+/// below it.
 pub const JOIN_CHUNK: usize = 256;
 
-/// Joins run one at a time. A label and its prediction committed concurrently by two
-/// transactions would otherwise each miss the other and never be joined.
-const JOIN_LOCK: i64 = 0x7065_7472_656c_4a4e; // "petrelJN"
+/// Largest request body: 100,000 labels with ids and labels of typical length (tens of bytes)
+/// take a few MiB as JSON and less as CSV; 32 MiB leaves room for long ids without letting one
+/// request hold unbounded memory.
+pub const BODY_LIMIT: usize = 32 << 20;
+
+/// The labels' side of a row: inserts a new row, or fills in the label of a row that has only
+/// the prediction, or (with `$3`, overwrite) replaces a different label. Rows it leaves alone
+/// (the same label already there, or a different one without overwrite) are still locked, but
+/// not returned.
+///
+/// A row that now has both sides is marked announced in the same statement (no second pass
+/// over the rows): the request's sorted ids are cut into chunks of [`JOIN_CHUNK`], `$4` holds
+/// the first id of each chunk and `$5` the id of the event that announces the chunk's joins,
+/// and `width_bucket` finds a row's chunk by binary search. `COLLATE "C"` compares bytewise, as
+/// Rust sorted the ids.
+const UPSERT_LABELS: &str = "\
+    INSERT INTO joins AS j (inference_id, label, labelled_at) \
+    SELECT id, label, clock_timestamp() FROM UNNEST($1::text[], $2::text[]) AS u(id, label) \
+    ON CONFLICT (inference_id) DO UPDATE SET label = EXCLUDED.label, \
+        labelled_at = clock_timestamp(), previous_label = j.label, \
+        event_id = CASE WHEN j.predicted_class IS NOT NULL THEN \
+            ($5::uuid[])[width_bucket(EXCLUDED.inference_id COLLATE \"C\", $4::text[])] END, \
+        announced_at = CASE WHEN j.predicted_class IS NOT NULL THEN now() END \
+    WHERE j.label IS NULL OR ($3::bool AND j.label <> EXCLUDED.label) \
+    RETURNING inference_id, label, labelled_at, previous_label, event_id, \
+        model_name, model_version, predicted_class, predicted_at";
+
+/// The predictions' side: inserts a new row or fills in the prediction of a row that has only
+/// the label. The first prediction of an id wins; a later one (a replay under a new event id)
+/// changes nothing. Returns only the rows that are now joined.
+const UPSERT_PREDICTIONS: &str = "\
+    WITH up AS ( \
+        INSERT INTO joins AS j (inference_id, model_name, model_version, predicted_class, \
+            predicted_at, received_at) \
+        SELECT id, m, v, c, t, now() \
+        FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[]) \
+            AS u(id, m, v, c, t) \
+        ON CONFLICT (inference_id) DO UPDATE SET model_name = EXCLUDED.model_name, \
+            model_version = EXCLUDED.model_version, predicted_class = EXCLUDED.predicted_class, \
+            predicted_at = EXCLUDED.predicted_at, received_at = EXCLUDED.received_at \
+        WHERE j.predicted_class IS NULL \
+        RETURNING inference_id, label, labelled_at, model_name, model_version, \
+            predicted_class, predicted_at) \
+    SELECT * FROM up WHERE label IS NOT NULL";
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/labels", post(post_labels))
+        .route("/v1/labels/stats", get(get_stats))
         .with_state(state.clone());
     petrel_runtime::http::finish(
         api.merge(petrel_runtime::http::health_routes(state.infra.readiness())),
-        16 << 20,
+        BODY_LIMIT,
     )
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LabelsQuery {
+    /// The same as the JSON body's `overwrite`, for CSV bodies (which have no room for it).
+    #[serde(default)]
+    overwrite: bool,
 }
 
 async fn post_labels(
     State(s): State<AppState>,
-    Json(req): Json<LabelsRequest>,
+    Query(q): Query<LabelsQuery>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<LabelsResponse>, ApiError> {
-    if req.labels.is_empty() {
-        return Err(ApiError::invalid("labels is empty: send at least one"));
+    let format = Format::of(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    )?;
+    let raw = raw.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the body is larger than {} MiB; split the labels into several requests",
+                    BODY_LIMIT >> 20
+                ),
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the body: {}", r.body_text()))
+        }
+    })?;
+    // Reading 100,000 labels takes long enough to be kept off the async workers.
+    let max = s.max_labels;
+    let (batch, overwrite) = tokio::task::spawn_blocking(move || body::parse(format, &raw, max))
+        .await
+        .map_err(ApiError::internal)??;
+    let response = store_labels(&s, &batch, overwrite || q.overwrite).await?;
+    if response.joined > 0 {
+        s.infra.relay.poke();
     }
-    if req.labels.len() > s.max_labels {
-        return Err(ApiError::invalid(format!(
-            "{} labels in one request; the limit is {}",
-            req.labels.len(),
-            s.max_labels
-        )));
-    }
-    let mut wanted: HashMap<&str, &str> = HashMap::with_capacity(req.labels.len());
-    for (i, l) in req.labels.iter().enumerate() {
-        if l.inference_id.is_empty() || l.inference_id.len() > 128 {
-            return Err(ApiError::invalid(format!(
-                "labels[{i}].inference_id must be 1 to 128 characters"
-            )));
-        }
-        // Postgres TEXT cannot hold NUL; an id is a key, so no control character at all.
-        if l.inference_id.chars().any(char::is_control) {
-            return Err(ApiError::invalid(format!(
-                "labels[{i}].inference_id must not contain control characters"
-            )));
-        }
-        if l.label.is_empty() || l.label.len() > 256 {
-            return Err(ApiError::invalid(format!(
-                "labels[{i}].label must be 1 to 256 characters"
-            )));
-        }
-        if l.label.contains('\0') {
-            return Err(ApiError::invalid(format!(
-                "labels[{i}].label must not contain NUL characters"
-            )));
-        }
-        if let Some(prev) = wanted.insert(&l.inference_id, &l.label)
-            && prev != l.label
-        {
-            return Err(ApiError::invalid(format!(
-                "labels[{i}]: inference id {:?} is given two different labels",
-                l.inference_id
-            )));
-        }
-    }
-    let ids: Vec<&str> = wanted.keys().copied().collect();
+    Ok(Json(response))
+}
+
+/// Stores a request's labels in one transaction (all of them, or none on a conflict) and
+/// announces those that found their prediction.
+async fn store_labels(
+    s: &AppState,
+    batch: &Batch,
+    overwrite: bool,
+) -> Result<LabelsResponse, ApiError> {
+    let firsts: Vec<&str> = batch
+        .ids
+        .iter()
+        .step_by(JOIN_CHUNK)
+        .map(String::as_str)
+        .collect();
+    let events: Vec<Uuid> = firsts.iter().map(|_| Uuid::now_v7()).collect();
     let mut tx = s.infra.pool.begin().await.map_err(ApiError::internal)?;
-    lock(&mut tx).await.map_err(ApiError::internal)?;
-    let existing: HashMap<String, String> =
-        sqlx::query("SELECT inference_id, label FROM labels WHERE inference_id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(ApiError::internal)?
-            .into_iter()
-            .map(|r| (r.get("inference_id"), r.get("label")))
-            .collect();
-    let mut conflicts = Vec::new();
-    let mut duplicates = 0;
-    let mut new_ids = Vec::new();
-    let mut new_labels = Vec::new();
-    for (id, label) in &wanted {
-        match existing.get(*id) {
-            Some(old) if old == label => duplicates += 1,
-            Some(old) => conflicts.push(format!("{id:?} is already labelled {old:?}")),
-            None => {
-                new_ids.push(*id);
-                new_labels.push(*label);
-            }
-        }
-    }
-    if !conflicts.is_empty() {
-        conflicts.sort();
-        conflicts.truncate(5);
-        return Err(ApiError::conflict(format!(
-            "labels cannot be changed once given: {}",
-            conflicts.join("; ")
-        )));
-    }
-    sqlx::query(
-        "INSERT INTO labels (inference_id, label) SELECT * FROM UNNEST($1::text[], $2::text[])",
-    )
-    .bind(&new_ids)
-    .bind(&new_labels)
-    .execute(&mut *tx)
-    .await
-    .map_err(ApiError::internal)?;
-    let joined = join_pending(&s, &mut tx, &new_ids)
+    let stored = sqlx::query(UPSERT_LABELS)
+        .bind(&batch.ids)
+        .bind(&batch.labels)
+        .bind(overwrite)
+        .bind(&firsts)
+        .bind(&events)
+        .fetch_all(&mut *tx)
         .await
         .map_err(ApiError::internal)?;
-    tx.commit().await.map_err(ApiError::internal)?;
-    s.infra.relay.poke();
-    Ok(Json(LabelsResponse {
-        accepted: new_ids.len(),
-        joined,
-        duplicates,
-    }))
-}
-
-async fn lock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(JOIN_LOCK)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Joins the unjoined labels among `ids` that have a prediction, marks them, and enqueues one
-/// `labels.joined` event per [`JOIN_CHUNK`] of them (each label's row keeps the id of the event
-/// that announced it). Returns how many were joined.
-async fn join_pending(
-    s: &AppState,
-    conn: &mut PgConnection,
-    ids: &[&str],
-) -> Result<usize, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT l.inference_id, l.label, l.labelled_at, p.predicted_class, p.model_name, p.model_version, p.predicted_at \
-         FROM labels l JOIN predictions p ON p.inference_id = l.inference_id \
-         WHERE l.inference_id = ANY($1) AND l.joined_at IS NULL ORDER BY l.inference_id",
-    )
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let labels: Vec<JoinedLabel> = rows
-        .iter()
-        .map(|r| {
-            let label: String = r.get("label");
-            let predicted: String = r.get("predicted_class");
-            JoinedLabel {
-                inference_id: r.get("inference_id"),
-                correct: label == predicted,
-                label,
-                predicted_class: predicted,
-                model_name: r.get("model_name"),
-                model_version: r.get("model_version"),
-                predicted_at: r.get::<DateTime<Utc>, _>("predicted_at"),
-                labelled_at: r.get::<DateTime<Utc>, _>("labelled_at"),
+    let accepted = stored.len();
+    let mut overwritten = 0;
+    let mut joined: BTreeMap<Uuid, Vec<JoinedLabel>> = BTreeMap::new();
+    // Joins the upsert did not mark (had it ever found no chunk for an id): announced the slow
+    // way, with a second pass over their rows, rather than lost.
+    let mut unmarked = Vec::new();
+    for row in &stored {
+        if row.get::<Option<String>, _>("previous_label").is_some() {
+            overwritten += 1;
+        }
+        if let Some(label) = joined_label(row) {
+            match row.get::<Option<Uuid>, _>("event_id") {
+                Some(event) => joined.entry(event).or_default().push(label),
+                None => unmarked.push(label),
             }
+        }
+    }
+    let mut duplicates = 0;
+    if accepted < batch.ids.len() {
+        // The rows the upsert left alone already have a label. The upsert locked them, so this
+        // later statement sees their current label, which no one can change before we commit.
+        let taken: HashSet<String> = stored.iter().map(|r| r.get("inference_id")).collect();
+        let mut rest: Vec<(&String, &String)> = batch
+            .ids
+            .iter()
+            .zip(&batch.labels)
+            .filter(|(id, _)| !taken.contains(*id))
+            .collect();
+        let ids: Vec<&String> = rest.iter().map(|(id, _)| *id).collect();
+        let existing: HashMap<String, String> =
+            sqlx::query_as("SELECT inference_id, label FROM joins WHERE inference_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(ApiError::internal)?
+                .into_iter()
+                .collect();
+        rest.retain(|(id, wanted)| {
+            let same = existing.get(*id) == Some(*wanted);
+            duplicates += usize::from(same);
+            !same
+        });
+        if !rest.is_empty() {
+            tx.rollback().await.map_err(ApiError::internal)?;
+            return Err(conflict(&rest, &existing));
+        }
+    }
+    // A chunk holds at most JOIN_CHUNK ids; should one ever be more (ids compared differently
+    // from how they were sorted), its joins are announced the slow way too.
+    joined.retain(|_, labels| {
+        let fits = labels.len() <= JOIN_CHUNK;
+        if !fits {
+            unmarked.append(labels);
+        }
+        fits
+    });
+    let mut announced = announce(s, &mut tx, unmarked)
+        .await
+        .map_err(ApiError::internal)?;
+    for (event, mut labels) in joined {
+        labels.sort_by(|a, b| a.inference_id.cmp(&b.inference_id));
+        announced += labels.len();
+        enqueue(s, &mut tx, event, labels)
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    tx.commit().await.map_err(ApiError::internal)?;
+    Ok(LabelsResponse {
+        accepted,
+        joined: announced,
+        duplicates,
+        overwritten,
+    })
+}
+
+/// The `409` for labels that differ from the stored ones (`rest`, sorted by id).
+fn conflict(rest: &[(&String, &String)], existing: &HashMap<String, String>) -> ApiError {
+    let shown: Vec<String> = rest
+        .iter()
+        .take(5)
+        .map(|(id, _)| match existing.get(*id) {
+            Some(old) => format!("{id:?} is already labelled {old:?}"),
+            // Unreachable: the upsert would have stored a label for an id without one.
+            None => format!("{id:?} has no label"),
         })
         .collect();
-    let count = labels.len();
-    for chunk in labels.chunks(JOIN_CHUNK) {
-        let joined_ids: Vec<&str> = chunk.iter().map(|l| l.inference_id.as_str()).collect();
-        let env = s.infra.bus.envelope(LabelsJoined {
-            labels: chunk.to_vec(),
-        });
-        sqlx::query(
-            "UPDATE labels SET joined_at = now(), event_id = $2 WHERE inference_id = ANY($1)",
-        )
-        .bind(&joined_ids)
-        .bind(env.id)
-        .execute(&mut *conn)
-        .await?;
-        outbox::enqueue(&mut *conn, &env).await?;
+    let more = match rest.len() {
+        n if n > 5 => format!(" and {} more", n - 5),
+        _ => String::new(),
+    };
+    ApiError::conflict(format!(
+        "{} label(s) differ from the stored ones, so nothing was stored: {}{more}; \
+         send \"overwrite\": true (or ?overwrite=true) to replace them",
+        rest.len(),
+        shown.join("; ")
+    ))
+}
+
+/// The join in `row`, when it holds both sides.
+fn joined_label(row: &PgRow) -> Option<JoinedLabel> {
+    let label: String = row.get::<Option<String>, _>("label")?;
+    let predicted: String = row.get::<Option<String>, _>("predicted_class")?;
+    Some(JoinedLabel {
+        inference_id: row.get("inference_id"),
+        correct: label == predicted,
+        label,
+        predicted_class: predicted,
+        model_name: row.get::<Option<String>, _>("model_name")?,
+        model_version: row.get::<Option<i32>, _>("model_version")?,
+        predicted_at: row.get::<Option<DateTime<Utc>>, _>("predicted_at")?,
+        labelled_at: row.get::<Option<DateTime<Utc>>, _>("labelled_at")?,
+    })
+}
+
+/// Enqueues the `labels.joined` event `id` announcing `labels` (at most [`JOIN_CHUNK`]).
+async fn enqueue(
+    s: &AppState,
+    conn: &mut PgConnection,
+    id: Uuid,
+    labels: Vec<JoinedLabel>,
+) -> Result<(), sqlx::Error> {
+    let mut env = s.infra.bus.envelope(LabelsJoined { labels });
+    env.id = id;
+    outbox::enqueue(conn, &env).await
+}
+
+/// Enqueues one `labels.joined` event per [`JOIN_CHUNK`] of `joined` and records on each row
+/// the event that announced it. The caller holds the rows' locks (its upsert took them), so no
+/// one else announces them. Returns how many were announced.
+async fn announce(
+    s: &AppState,
+    conn: &mut PgConnection,
+    mut joined: Vec<JoinedLabel>,
+) -> Result<usize, sqlx::Error> {
+    let count = joined.len();
+    if count == 0 {
+        return Ok(0);
     }
+    joined.sort_by(|a, b| a.inference_id.cmp(&b.inference_id));
+    let mut ids = Vec::with_capacity(count);
+    let mut events = Vec::with_capacity(count);
+    let mut rest = joined.into_iter().peekable();
+    while rest.peek().is_some() {
+        let labels: Vec<JoinedLabel> = rest.by_ref().take(JOIN_CHUNK).collect();
+        let event = Uuid::now_v7();
+        for l in &labels {
+            ids.push(l.inference_id.clone());
+            events.push(event);
+        }
+        enqueue(s, &mut *conn, event, labels).await?;
+    }
+    sqlx::query(
+        "UPDATE joins AS j SET event_id = u.event_id, announced_at = now() \
+         FROM UNNEST($1::text[], $2::uuid[]) AS u(inference_id, event_id) \
+         WHERE j.inference_id = u.inference_id",
+    )
+    .bind(&ids)
+    .bind(&events)
+    .execute(conn)
+    .await?;
     Ok(count)
 }
 
@@ -228,39 +355,54 @@ async fn store_predictions(
     batch: &[Envelope<RawPredictionsLogged>],
 ) -> Result<usize, sqlx::Error> {
     let mut tx = s.infra.pool.begin().await?;
-    let event_ids: Vec<uuid::Uuid> = batch.iter().map(|e| e.id).collect();
+    let mut event_ids: Vec<Uuid> = batch.iter().map(|e| e.id).collect();
+    // Sorted, so two replicas handed overlapping batches (a redelivery) claim in one order.
+    event_ids.sort_unstable();
     let fresh = petrel_db::claim_events(&mut tx, "labeler", &event_ids).await?;
     if fresh.is_empty() {
         return Ok(0);
     }
-    lock(&mut tx).await?;
-    let mut ids = Vec::new();
-    let mut models = Vec::new();
-    let mut versions = Vec::new();
-    let mut classes = Vec::new();
-    let mut times: Vec<DateTime<Utc>> = Vec::new();
-    for env in batch.iter().filter(|e| fresh.contains(&e.id)) {
-        for p in &env.data.predictions {
-            ids.push(p.inference_id.as_str());
-            models.push(env.data.model_name.as_str());
-            versions.push(env.data.model_version);
-            classes.push(p.class.as_str());
-            times.push(p.predicted_at);
-        }
-    }
-    sqlx::query(
-        "INSERT INTO predictions (inference_id, model_name, model_version, predicted_class, predicted_at) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[]) \
-         ON CONFLICT (inference_id) DO NOTHING",
-    )
-    .bind(&ids)
-    .bind(&models)
-    .bind(&versions)
-    .bind(&classes)
-    .bind(&times)
-    .execute(&mut *tx)
-    .await?;
-    let joined = join_pending(s, &mut tx, &ids).await?;
+    let mut rows: Vec<(&str, &str, i32, &str, DateTime<Utc>)> = batch
+        .iter()
+        .filter(|e| fresh.contains(&e.id))
+        .flat_map(|env| {
+            env.data.predictions.iter().map(|p| {
+                (
+                    p.inference_id.as_str(),
+                    env.data.model_name.as_str(),
+                    env.data.model_version,
+                    p.class.as_str(),
+                    p.predicted_at,
+                )
+            })
+        })
+        .collect();
+    // One row per id (an upsert may not touch a row twice), the first logged winning as it
+    // would across batches; sorted, so rows are locked in the same order as by label requests.
+    rows.sort_by(|a, b| a.0.cmp(b.0));
+    rows.dedup_by(|later, first| later.0 == first.0);
+    let ids: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let models: Vec<&str> = rows.iter().map(|r| r.1).collect();
+    let versions: Vec<i32> = rows.iter().map(|r| r.2).collect();
+    let classes: Vec<&str> = rows.iter().map(|r| r.3).collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.4).collect();
+    let completed = sqlx::query(UPSERT_PREDICTIONS)
+        .bind(&ids)
+        .bind(&models)
+        .bind(&versions)
+        .bind(&classes)
+        .bind(&times)
+        .fetch_all(&mut *tx)
+        .await?;
+    let joined = completed.iter().filter_map(joined_label).collect();
+    let joined = announce(s, &mut tx, joined).await?;
     tx.commit().await?;
     Ok(joined)
+}
+
+async fn get_stats(State(s): State<AppState>) -> Result<Json<LabelStats>, ApiError> {
+    crate::stats::stats(&s.infra.pool, s.unknown_after)
+        .await
+        .map(Json)
+        .map_err(ApiError::internal)
 }

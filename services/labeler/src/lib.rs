@@ -1,7 +1,10 @@
 //! Petrel labeler: takes ground truth over HTTP, joins it to logged predictions (whichever
 //! arrives first waits for the other), and announces each join on `labels.joined`.
 
+mod body;
 mod join;
+mod stats;
+mod upkeep;
 
 use std::time::Duration;
 
@@ -27,9 +30,30 @@ pub struct Config {
     /// Address to serve HTTP on.
     #[arg(long, env = "PETREL_LABELER_LISTEN", default_value = "127.0.0.1:8085")]
     pub listen: String,
-    /// Most labels one request may carry.
-    #[arg(long, env = "PETREL_LABELER_MAX_LABELS", default_value_t = 10_000)]
+    /// Most labels one request may carry. Each request is one transaction and one statement per
+    /// side, so bulk uploads are fast; the body limit (32 MiB) bounds it too.
+    #[arg(long, env = "PETREL_LABELER_MAX_LABELS", default_value_t = 100_000)]
     pub max_labels: usize,
+    /// Seconds a label may wait for its prediction before it counts as unknown (in
+    /// `GET /v1/labels/stats`, and in the warning logged when unknown labels grow). Predictions
+    /// reach the labeler within seconds normally, so an hour means the id was most likely never
+    /// served. Unknown labels are still joined if the prediction turns up before retention.
+    #[arg(
+        long,
+        env = "PETREL_LABELER_UNKNOWN_AFTER_SECS",
+        default_value_t = 3600
+    )]
+    pub unknown_after_secs: u64,
+    /// Hours rows are kept: a prediction older than this is deleted, joined or never
+    /// labelled, and so is a label that waited this long for its prediction. Without it, the
+    /// predictions nobody labels would grow the table forever.
+    #[arg(
+        long,
+        env = "PETREL_LABELER_RETENTION_HOURS",
+        default_value_t = 168,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub retention_hours: u32,
     #[command(flatten)]
     pub postgres: PostgresArgs,
     #[command(flatten)]
@@ -48,6 +72,10 @@ impl ServiceConfig for Config {
 pub struct AppState {
     pub infra: Infra,
     pub max_labels: usize,
+    /// `--unknown-after-secs`.
+    pub unknown_after: Duration,
+    /// `--retention-hours`.
+    pub retention_hours: u32,
 }
 
 #[derive(Debug)]
@@ -76,6 +104,8 @@ impl App {
             state: AppState {
                 infra,
                 max_labels: config.max_labels,
+                unknown_after: Duration::from_secs(config.unknown_after_secs),
+                retention_hours: config.retention_hours,
             },
             cancel,
         })
@@ -89,6 +119,15 @@ impl App {
         let mut tasks = Tasks::new(self.cancel.clone());
         tasks.spawn_http(self.listener, join::router(self.state.clone()));
         tasks.spawn_outbox(self.state.infra.relay.clone());
+        tasks.spawn(
+            "upkeep",
+            upkeep::run(
+                self.state.infra.pool.clone(),
+                self.state.retention_hours,
+                self.state.unknown_after,
+                self.cancel.clone(),
+            ),
+        );
         let state = self.state.clone();
         let mut spec = ConsumerSpec::durable("labeler", subjects::PREDICTIONS_LOGGED);
         spec.batch = 64;
