@@ -109,18 +109,20 @@ async fn store_labels(s: &AppState, env: &Envelope<LabelsJoined>) -> Result<(), 
     let correct: Vec<bool> = l.iter().map(|x| x.correct).collect();
     let predicted: Vec<&str> = l.iter().map(|x| x.predicted_class.as_str()).collect();
     let times: Vec<chrono::DateTime<chrono::Utc>> = l.iter().map(|x| x.predicted_at).collect();
+    let labelled: Vec<chrono::DateTime<chrono::Utc>> = l.iter().map(|x| x.labelled_at).collect();
     // Each label joins the window its prediction's time falls in (when that window has
     // closed; windows closing later take the labels waiting for them). A later event for the
     // same inference id (a corrected label) supersedes the earlier one.
     sqlx::query(
-        "INSERT INTO outcomes (inference_id, model_name, model_version, label, correct, predicted_class, predicted_at, report_id) \
-         SELECT u.i, u.m, u.v, u.l, u.c, u.p, u.t, \
+        "INSERT INTO outcomes (inference_id, model_name, model_version, label, correct, predicted_class, predicted_at, labelled_at, report_id) \
+         SELECT u.i, u.m, u.v, u.l, u.c, u.p, u.t, u.a, \
                 (SELECT r.id FROM reports r WHERE r.model_name = u.m AND r.model_version = u.v \
                  AND r.window_start <= u.t AND r.window_end > u.t LIMIT 1) \
-         FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::text[], $7::timestamptz[]) \
-              AS u(i, m, v, l, c, p, t) ORDER BY u.i \
-         ON CONFLICT (inference_id) DO UPDATE SET label = EXCLUDED.label, correct = EXCLUDED.correct, counted = false \
-         WHERE outcomes.label <> EXCLUDED.label",
+         FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::text[], $7::timestamptz[], \
+                     $8::timestamptz[]) AS u(i, m, v, l, c, p, t, a) ORDER BY u.i \
+         ON CONFLICT (inference_id) DO UPDATE SET label = EXCLUDED.label, correct = EXCLUDED.correct, \
+             labelled_at = EXCLUDED.labelled_at, counted = false \
+         WHERE outcomes.label <> EXCLUDED.label AND outcomes.labelled_at < EXCLUDED.labelled_at",
     )
     .bind(&ids)
     .bind(&models)
@@ -129,6 +131,7 @@ async fn store_labels(s: &AppState, env: &Envelope<LabelsJoined>) -> Result<(), 
     .bind(&correct)
     .bind(&predicted)
     .bind(&times)
+    .bind(&labelled)
     .execute(&mut *tx)
     .await?;
     tx.commit().await

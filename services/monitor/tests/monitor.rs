@@ -477,6 +477,46 @@ async fn labels_join_the_window_of_their_own_predictions() {
 }
 
 #[tokio::test]
+async fn a_newer_label_supersedes_an_older_one_and_a_stale_one_does_not() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let w = world(&[]).await;
+    let p = window("c", window_start(base(), 0), &sampled(&mut rng, 40));
+    w.publish(p.clone()).await;
+    wait_reports(&w.http, &w.monitor, 1).await;
+    // 30 of 40 labelled (not final yet), all wrong.
+    let mut first = labels(&p, |_| false);
+    first.labels.truncate(30);
+    w.publish(first.clone()).await;
+    eventually("30 labels", || async {
+        let r = reports(&w.http, &w.monitor).await;
+        (r[0].n_labels == 30).then_some(())
+    })
+    .await;
+    // The labeler announces corrections of the first 10 with a later time.
+    let mut fixed = labels(&p, |_| true);
+    fixed.labels.truncate(10);
+    for l in &mut fixed.labels {
+        l.labelled_at = Utc::now() + chrono::Duration::seconds(5);
+    }
+    w.publish(fixed).await;
+    let r = eventually("the corrections counted", || async {
+        let r = reports(&w.http, &w.monitor).await;
+        let q = r[0].detail.quality.clone()?;
+        ((q.accuracy - 10.0 / 30.0).abs() < 1e-12).then_some(r)
+    })
+    .await;
+    assert_eq!(r[0].n_labels, 30);
+    assert!(!r[0].quality_final);
+    // A redelivered stale event (the original, older labels) changes nothing.
+    w.publish(first).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let r = reports(&w.http, &w.monitor).await;
+    let q = r[0].detail.quality.as_ref().unwrap();
+    assert!((q.accuracy - 10.0 / 30.0).abs() < 1e-12, "{q:?}");
+    w.stop().await;
+}
+
+#[tokio::test]
 async fn alerts_are_posted_to_the_webhook_signed_and_once() {
     let received: Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>> = Arc::default();
     let sink = received.clone();
