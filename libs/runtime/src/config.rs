@@ -50,13 +50,42 @@ pub struct NatsArgs {
 /// The artifact store.
 #[derive(Args, Clone, Debug)]
 pub struct StoreArgs {
-    /// Where datasets and model bundles are kept: a local directory path or `file://` URL.
+    /// Where datasets and model bundles are kept: a local directory path, a `file://` URL, or
+    /// `s3://bucket/prefix` (credentials from the standard AWS chain).
     #[arg(
         long,
         env = "PETREL_ARTIFACT_ROOT",
         default_value = ".petrel/artifacts"
     )]
     pub artifact_root: String,
+    /// The S3 endpoint for S3-compatible servers (`http://127.0.0.1:8333`); AWS when unset.
+    #[arg(long, env = "PETREL_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Path-style bucket addressing (`endpoint/bucket/key`), which most S3-compatible servers
+    /// need.
+    #[arg(long, env = "PETREL_S3_FORCE_PATH_STYLE", default_value_t = false)]
+    pub s3_force_path_style: bool,
+    /// The S3 region; from the AWS chain (`AWS_REGION`) when unset, else `us-east-1`.
+    #[arg(long, env = "PETREL_S3_REGION")]
+    pub s3_region: Option<String>,
+}
+
+impl StoreArgs {
+    /// Opens the configured artifact store.
+    pub async fn open(
+        &self,
+    ) -> Result<std::sync::Arc<dyn petrel_store::ArtifactStore>, petrel_store::StoreError> {
+        petrel_store::open_with(
+            &self.artifact_root,
+            &petrel_store::S3Options {
+                endpoint: self.s3_endpoint.clone(),
+                force_path_style: self.s3_force_path_style,
+                region: self.s3_region.clone(),
+                credentials: None,
+            },
+        )
+        .await
+    }
 }
 
 /// Logging.

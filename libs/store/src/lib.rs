@@ -1,8 +1,13 @@
 //! Petrel's artifact store: where datasets and model bundles live.
 //!
-//! Services address artifacts by URI (`file:///...`), record those URIs in their tables and
-//! events, and read them back through [`ArtifactStore`]. The trait is the seam for S3: a later
-//! backend only has to map keys to objects.
+//! Services address artifacts by URI (`file:///...` or `s3://bucket/key`), record those URIs in
+//! their tables and events, and read them back through [`ArtifactStore`]. [`open_with`] picks
+//! the backend from the root's scheme: a local directory ([`LocalStore`]) or an S3 bucket and
+//! prefix ([`S3Store`]).
+
+mod s3;
+
+pub use s3::{MULTIPART_THRESHOLD, PART_SIZE, S3Options, S3Store};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,8 +27,19 @@ pub enum StoreError {
     ForeignUri(String),
     #[error("artifact {0} does not exist")]
     NotFound(String),
-    #[error("unsupported artifact root {0:?}: use a directory path or a file:// URL")]
+    #[error(
+        "unsupported artifact root {0:?}: use a directory path, a file:// URL or s3://bucket/prefix"
+    )]
     UnsupportedRoot(String),
+    /// The object store refused or failed a call (credentials, network, missing bucket).
+    #[error("the object store failed for {uri}")]
+    Remote {
+        uri: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("unexpected answer from the object store: {0}")]
+    Protocol(String),
     #[error("artifact I/O failed for {path}")]
     Io {
         path: String,
@@ -40,6 +56,10 @@ pub trait ArtifactStore: Send + Sync + std::fmt::Debug {
     async fn put(&self, key: &str, bytes: Bytes) -> Result<String, StoreError>;
     /// Reads an artifact by the URI `put` returned.
     async fn get(&self, uri: &str) -> Result<Bytes, StoreError>;
+    /// Stores the file at `path` under `key`, streaming it (a part at a time for large files).
+    async fn put_file(&self, key: &str, path: &Path) -> Result<String, StoreError>;
+    /// Writes an artifact to `path`, streaming it; returns its size in bytes.
+    async fn get_to_file(&self, uri: &str, path: &Path) -> Result<u64, StoreError>;
 }
 
 /// `sha256:<hex>` of `bytes`: how Petrel names content.
@@ -47,7 +67,16 @@ pub fn content_hash(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// Opens the store configured by `root`: a directory path or a `file://` URL.
+/// Opens the store configured by `root`: a directory path, a `file://` URL, or
+/// `s3://bucket/prefix` reached with `s3`.
+pub async fn open_with(root: &str, s3: &S3Options) -> Result<Arc<dyn ArtifactStore>, StoreError> {
+    if root.starts_with("s3://") {
+        return Ok(Arc::new(S3Store::connect(root, s3).await?));
+    }
+    open(root)
+}
+
+/// Opens a local store: a directory path or a `file://` URL (`s3://` needs [`open_with`]).
 pub fn open(root: &str) -> Result<Arc<dyn ArtifactStore>, StoreError> {
     let path = if let Some(p) = root.strip_prefix("file://") {
         PathBuf::from(p)
@@ -59,13 +88,31 @@ pub fn open(root: &str) -> Result<Arc<dyn ArtifactStore>, StoreError> {
     Ok(Arc::new(LocalStore::new(path)?))
 }
 
+/// A key is a relative path of letters, digits, `-`, `_`, `.` and `/`, with no empty, `.` or
+/// `..` segment: it can never name anything outside its store.
+pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
+    let ok = !key.is_empty()
+        && !key.starts_with('/')
+        && key
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidKey(key.to_owned()))
+    }
+}
+
 /// Artifacts as files under a directory.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.display().to_string(),
         source,
@@ -88,19 +135,7 @@ impl LocalStore {
     }
 
     fn check_key(key: &str) -> Result<(), StoreError> {
-        let ok = !key.is_empty()
-            && !key.starts_with('/')
-            && key
-                .split('/')
-                .all(|part| !part.is_empty() && part != "." && part != "..")
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-        if ok {
-            Ok(())
-        } else {
-            Err(StoreError::InvalidKey(key.to_owned()))
-        }
+        check_key(key)
     }
 
     fn path_of(&self, uri: &str) -> Result<PathBuf, StoreError> {
@@ -134,6 +169,29 @@ impl ArtifactStore for LocalStore {
         let path = self.path_of(uri)?;
         match tokio::fs::read(&path).await {
             Ok(b) => Ok(Bytes::from(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::NotFound(uri.to_owned()))
+            }
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    async fn put_file(&self, key: &str, source: &Path) -> Result<String, StoreError> {
+        Self::check_key(key)?;
+        let path = self.root.join(key);
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
+        }
+        let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::now_v7().simple()));
+        tokio::fs::copy(source, &tmp).await.map_err(io(source))?;
+        tokio::fs::rename(&tmp, &path).await.map_err(io(&path))?;
+        Ok(format!("file://{}", path.display()))
+    }
+
+    async fn get_to_file(&self, uri: &str, target: &Path) -> Result<u64, StoreError> {
+        let path = self.path_of(uri)?;
+        match tokio::fs::copy(&path, target).await {
+            Ok(n) => Ok(n),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(StoreError::NotFound(uri.to_owned()))
             }

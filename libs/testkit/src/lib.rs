@@ -15,6 +15,7 @@ mod http;
 mod nats;
 mod penguins;
 mod postgres;
+mod seaweed;
 mod service;
 
 use std::future::Future;
@@ -26,6 +27,7 @@ pub use http::{assert_error, error_message, send};
 pub use nats::ThrowawayNats;
 pub use penguins::{PENGUINS_CSV, SPECIES, bundle, penguin_rows, penguins_csv, register_model};
 pub use postgres::ThrowawayPostgres;
+pub use seaweed::{S3_ACCESS_KEY, S3_SECRET_KEY, SeaweedFs};
 pub use service::{STOP_LIMIT, Service};
 
 /// The NATS server the tests and the services under test use: the local one, so that an event

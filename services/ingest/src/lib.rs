@@ -88,7 +88,7 @@ impl App {
             &MIGRATOR,
         )
         .await?;
-        let store = petrel_store::open(&config.store.artifact_root)?;
+        let store = config.store.open().await?;
         let (listener, port) = petrel_runtime::http::bind(&config.listen).await?;
         tracing::info!(port, "ingest listening");
         let state = AppState {

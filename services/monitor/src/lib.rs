@@ -101,7 +101,7 @@ impl App {
             &MIGRATOR,
         )
         .await?;
-        let store = petrel_store::open(&config.store.artifact_root)?;
+        let store = config.store.open().await?;
         let references =
             reference::References::new(RegistryClient::new(&config.registry_url), store);
         let (listener, port) = petrel_runtime::http::bind(&config.listen).await?;

@@ -216,7 +216,7 @@ impl App {
             &MIGRATOR,
         )
         .await?;
-        let store: Arc<dyn ArtifactStore> = petrel_store::open(&config.store.artifact_root)?;
+        let store: Arc<dyn ArtifactStore> = config.store.open().await?;
         let slot = ServedSlot::default();
         let registry = RegistryClient::new(&config.registry_url);
         let loader = model::Loader::new(

@@ -117,7 +117,7 @@ impl App {
             &MIGRATOR,
         )
         .await?;
-        let store = petrel_store::open(&config.store.artifact_root)?;
+        let store = config.store.open().await?;
         let (listener, port) = petrel_runtime::http::bind(&config.listen).await?;
         tracing::info!(port, "trainer listening");
         let registry = RegistryClient::new(&config.registry_url);
