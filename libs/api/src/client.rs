@@ -46,10 +46,22 @@ impl ClientError {
 }
 
 /// A client for one service's base URL, e.g. `http://127.0.0.1:8081`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
+    /// Sent as `Authorization: Bearer <token>` when set.
+    token: Option<std::sync::Arc<str>>,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl ApiClient {
@@ -62,7 +74,15 @@ impl ApiClient {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             http,
+            token: None,
         }
+    }
+
+    /// The same client, authenticating every call with a bearer token.
+    #[must_use]
+    pub fn with_token(mut self, token: Option<&str>) -> Self {
+        self.token = token.filter(|t| !t.is_empty()).map(std::sync::Arc::from);
+        self
     }
 
     pub fn base(&self) -> &str {
@@ -78,6 +98,9 @@ impl ApiClient {
     ) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }

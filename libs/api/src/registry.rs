@@ -243,6 +243,14 @@ impl RegistryClient {
         }
     }
 
+    /// The same client, authenticating with a registry token (`None`: no token).
+    #[must_use]
+    pub fn with_token(self, token: Option<&str>) -> Self {
+        Self {
+            api: self.api.with_token(token),
+        }
+    }
+
     pub fn api(&self) -> &ApiClient {
         &self.api
     }

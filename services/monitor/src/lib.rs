@@ -50,6 +50,10 @@ pub struct Config {
         default_value = "http://127.0.0.1:8081"
     )]
     pub registry_url: String,
+    /// A registry token (`write` scope for the trainer, `read` for the others), needed when
+    /// the registry runs with `--auth on`. Never logged.
+    #[arg(long, env = "PETREL_REGISTRY_TOKEN", hide_env_values = true)]
+    pub registry_token: Option<petrel_runtime::config::Secret>,
     /// POST every alert notification here (signed when `--webhook-secret` is set).
     #[arg(long, env = "PETREL_MONITOR_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
@@ -102,8 +106,11 @@ impl App {
         )
         .await?;
         let store = config.store.open().await?;
-        let references =
-            reference::References::new(RegistryClient::new(&config.registry_url), store);
+        let references = reference::References::new(
+            RegistryClient::new(&config.registry_url)
+                .with_token(config.registry_token.as_ref().map(|t| t.expose())),
+            store,
+        );
         let (listener, port) = petrel_runtime::http::bind(&config.listen).await?;
         tracing::info!(port, "monitor listening");
         let webhook = match config.webhook_url {

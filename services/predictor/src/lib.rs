@@ -61,6 +61,10 @@ pub struct Config {
         default_value = "http://127.0.0.1:8081"
     )]
     pub registry_url: String,
+    /// A registry token (`write` scope for the trainer, `read` for the others), needed when
+    /// the registry runs with `--auth on`. Never logged.
+    #[arg(long, env = "PETREL_REGISTRY_TOKEN", hide_env_values = true)]
+    pub registry_token: Option<petrel_runtime::config::Secret>,
     /// Registered model to serve.
     #[arg(long, env = "PETREL_MODEL_NAME", default_value = "penguins")]
     pub model_name: String,
@@ -218,7 +222,8 @@ impl App {
         .await?;
         let store: Arc<dyn ArtifactStore> = config.store.open().await?;
         let slot = ServedSlot::default();
-        let registry = RegistryClient::new(&config.registry_url);
+        let registry = RegistryClient::new(&config.registry_url)
+            .with_token(config.registry_token.as_ref().map(|t| t.expose()));
         let loader = model::Loader::new(
             registry.clone(),
             store.clone(),

@@ -4,6 +4,7 @@
 //! Registering a version and moving an alias each announce themselves (`model.registered`,
 //! `model.promoted`) through the outbox, in the same transaction as the change.
 
+mod auth;
 mod error;
 mod policy;
 mod routes;
@@ -32,6 +33,8 @@ pub struct Config {
     #[arg(long, env = "PETREL_REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: String,
     #[command(flatten)]
+    pub auth: auth::AuthArgs,
+    #[command(flatten)]
     pub postgres: PostgresArgs,
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -49,6 +52,7 @@ impl ServiceConfig for Config {
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub infra: Infra,
+    pub auth: auth::Auth,
 }
 
 /// A built registry: connected, listening, not yet serving.
@@ -63,6 +67,7 @@ pub struct App {
 impl App {
     /// Connects to Postgres and NATS and binds the listener (port 0 picks a free port).
     pub async fn build(config: Config, cancel: CancellationToken) -> anyhow::Result<Self> {
+        let auth = auth::Auth::from_args(&config.auth)?;
         let infra = Infra::connect(
             "registry",
             "registry",
@@ -76,7 +81,7 @@ impl App {
         Ok(Self {
             port,
             listener,
-            state: AppState { infra },
+            state: AppState { infra, auth },
             cancel,
         })
     }

@@ -48,8 +48,21 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/models/{name}/aliases/{alias}/history",
             get(alias_history),
         )
+        .route(
+            "/api/v1/tokens",
+            post(crate::auth::issue).get(crate::auth::list),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            axum::routing::delete(crate::auth::revoke),
+        )
         .with_state(state.clone());
-    let app = api.merge(petrel_runtime::http::health_routes(state.infra.readiness()));
+    let app = api
+        .merge(petrel_runtime::http::health_routes(state.infra.readiness()))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::check,
+        ));
     petrel_runtime::http::finish(app, BODY_LIMIT)
 }
 

@@ -1152,3 +1152,162 @@ async fn deleting_an_alias_is_announced() {
     reg.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn with_auth_on_writes_need_a_write_token_and_tokens_are_scoped() {
+    use clap::Parser;
+    let env = TestEnv::new().await;
+    let admin = "admin-token-0123456789";
+    let args = env.args_without_store(
+        "petrel-registry",
+        &[
+            "--auth",
+            "on",
+            "--auth-reads",
+            "token",
+            "--admin-token",
+            admin,
+        ],
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let app =
+        petrel_registry::App::build(petrel_registry::Config::parse_from(args), cancel.clone())
+            .await
+            .unwrap();
+    let reg = Service::spawn("the registry", app.port(), cancel, app.run());
+    let http = reqwest::Client::new();
+    let call = |method: Method, path: &str, token: Option<&str>, body: Option<Value>| {
+        let mut req = http.request(method, reg.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let exp = json!({"name": "secured"});
+    let (status, body) = call(Method::POST, "/api/v1/experiments", None, Some(exp.clone())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let (status, _) = call(
+        Method::POST,
+        "/api/v1/experiments",
+        Some("nope"),
+        Some(exp.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Only an admin issues tokens.
+    let mut tokens = BTreeMap::new();
+    for scope in ["read", "write"] {
+        let (status, body) = call(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(admin),
+            Some(json!({"name": format!("{scope}-bot"), "scope": scope})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        tokens.insert(scope, body["token"].as_str().unwrap().to_owned());
+    }
+    let (status, _) = call(
+        Method::POST,
+        "/api/v1/tokens",
+        Some(&tokens["write"]),
+        Some(json!({"name": "x", "scope": "admin"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // A read token reads but does not write; a write token writes.
+    let (status, body) = call(
+        Method::POST,
+        "/api/v1/experiments",
+        Some(&tokens["read"]),
+        Some(exp.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("scope write")
+    );
+    let (status, _) = call(
+        Method::POST,
+        "/api/v1/experiments",
+        Some(&tokens["write"]),
+        Some(exp),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = call(Method::GET, "/api/v1/experiments", None, None).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "reads are protected with --auth-reads token"
+    );
+    let (status, body) = call(
+        Method::GET,
+        "/api/v1/experiments",
+        Some(&tokens["read"]),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["experiments"][0]["name"], "secured");
+    // The typed client carries a token too.
+    let client =
+        petrel_api::registry::RegistryClient::new(&reg.base).with_token(Some(&tokens["write"]));
+    assert!(
+        client
+            .create_run(&CreateRun {
+                experiment: "secured".into(),
+                ..CreateRun::default()
+            })
+            .await
+            .is_ok()
+    );
+    assert!(
+        !format!("{client:?}").contains(&tokens["write"]),
+        "a token in Debug output"
+    );
+    // Listing shows no secret; revoking takes effect at once.
+    let (_, list) = call(Method::GET, "/api/v1/tokens", Some(admin), None).await;
+    assert!(!list.to_string().contains(&tokens["write"]));
+    let id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "write-bot")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = call(
+        Method::DELETE,
+        &format!("/api/v1/tokens/{id}"),
+        Some(admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(
+        Method::POST,
+        "/api/v1/experiments",
+        Some(&tokens["write"]),
+        Some(json!({"name": "again"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Health stays open.
+    let (status, _) = call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    reg.stop().await;
+    env.cleanup().await;
+}

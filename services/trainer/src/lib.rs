@@ -43,6 +43,10 @@ pub struct Config {
         default_value = "http://127.0.0.1:8081"
     )]
     pub registry_url: String,
+    /// A registry token (`write` scope for the trainer, `read` for the others), needed when
+    /// the registry runs with `--auth on`. Never logged.
+    #[arg(long, env = "PETREL_REGISTRY_TOKEN", hide_env_values = true)]
+    pub registry_token: Option<petrel_runtime::config::Secret>,
     /// Hidden layer width of the MLP.
     #[arg(long, env = "PETREL_TRAIN_HIDDEN_SIZE", default_value_t = TrainConfig::default().hidden_size)]
     pub hidden_size: usize,
@@ -120,7 +124,8 @@ impl App {
         let store = config.store.open().await?;
         let (listener, port) = petrel_runtime::http::bind(&config.listen).await?;
         tracing::info!(port, "trainer listening");
-        let registry = RegistryClient::new(&config.registry_url);
+        let registry = RegistryClient::new(&config.registry_url)
+            .with_token(config.registry_token.as_ref().map(|t| t.expose()));
         Ok(Self {
             port,
             listener,
