@@ -5,7 +5,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Service, TestEnv, TypedClient, assert_error, start_registry};
+use common::{
+    Service, TestEnv, ThrowawayNats, TypedClient, assert_error, eventually, start_registry,
+};
 use petrel_api::registry::{
     CreateModelVersion, CreateRun, Evaluation, LogMetrics, MetricInput, ModelVersion,
     PromotionPolicy, Run, RunStatus,
@@ -1308,6 +1310,60 @@ async fn with_auth_on_writes_need_a_write_token_and_tokens_are_scoped() {
     // Health stays open.
     let (status, _) = call(Method::GET, "/healthz", None, None).await;
     assert_eq!(status, StatusCode::OK);
+    reg.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_version_registered_while_nats_is_down_is_announced_once_when_it_is_back() {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    use futures::StreamExt;
+    let mut env = TestEnv::new().await;
+    let mut nats = ThrowawayNats::start().await;
+    env.services_nats_url = nats.url();
+    let reg = start_registry(&env).await;
+    let run = new_run(&reg, "m").await;
+    nats.stop();
+    // The write is durable in Postgres with its event in the outbox: a 201 while NATS is down.
+    let v = register(&reg, "m", run.id, Some(0.9), StatusCode::CREATED).await;
+    assert_eq!(v.version, 1);
+    nats.restart().await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let ns = petrel_events::Namespace::new(Some(&env.prefix));
+    let subject = ns.subject("model.registered");
+    let count = || async {
+        let Ok(stream) = js.get_stream(ns.stream_name()).await else {
+            return 0;
+        };
+        let Ok(consumer) = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: subject.clone(),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+        else {
+            return 0;
+        };
+        let mut messages = consumer.messages().await.unwrap();
+        let mut n = 0;
+        while let Ok(Some(Ok(m))) =
+            tokio::time::timeout(Duration::from_millis(500), messages.next()).await
+        {
+            let e = registered(&m.payload);
+            assert_eq!((e.data.model_name.as_str(), e.data.version), ("m", 1));
+            n += 1;
+        }
+        n
+    };
+    eventually("the event published after the outage", || async {
+        (count().await >= 1).then_some(())
+    })
+    .await;
+    // The relay keeps running; give it time to (wrongly) publish again, then count.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count().await, 1, "published exactly once");
     reg.stop().await;
     env.cleanup().await;
 }
