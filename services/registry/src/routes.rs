@@ -41,7 +41,8 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/models/{name}/aliases/{alias}/history",
             get(alias_history),
         )
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(crate::mlflow::router(state.clone()));
     let app = api.merge(petrel_runtime::http::health_routes(state.infra.readiness()));
     petrel_runtime::http::finish(app, BODY_LIMIT)
 }
@@ -94,7 +95,7 @@ fn check_lookup(what: &str, name: &str) -> Result<()> {
     check_key(what, name)
 }
 
-fn check_alias(alias: &str) -> Result<()> {
+pub(crate) fn check_alias(alias: &str) -> Result<()> {
     let ok = !alias.is_empty()
         && alias.len() <= 64
         && alias
@@ -341,7 +342,7 @@ async fn create_version(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-async fn maybe_promote(
+pub(crate) async fn maybe_promote(
     s: &AppState,
     tx: &mut PgConnection,
     name: &str,
@@ -373,7 +374,7 @@ async fn maybe_promote(
     promote(s, tx, name, PRODUCTION, version, &req.artifact_uri, &reason).await
 }
 
-async fn promote(
+pub(crate) async fn promote(
     s: &AppState,
     tx: &mut PgConnection,
     name: &str,
