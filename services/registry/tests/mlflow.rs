@@ -510,6 +510,20 @@ async fn mlflow_calls_share_petrels_rows_refuse_bad_input_and_batch_atomically()
     assert_eq!(after.metrics.len(), 1000);
     assert!(!after.tags.contains_key("late"));
     assert_eq!(after.params["p0"], "0");
+    assert_eq!(after.params.len(), 100);
+
+    // MLflow's bodies may exceed /api/v1's 512 KiB: 150 params of 6,000 characters is 900 KB.
+    let long: Vec<Value> = (0..150)
+        .map(|i| json!({"key": format!("long{i}"), "value": "v".repeat(6000)}))
+        .collect();
+    let (status, body) = call(
+        &reg,
+        Method::POST,
+        "runs/log-batch",
+        json!({ "run_id": run, "params": long }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 
     // Statuses MLflow sets are Petrel statuses.
     let (status, _) = call(

@@ -1281,12 +1281,17 @@ mod tests {
     fn registry_filters() {
         assert_eq!(models::filter("name = 'x'").unwrap().len(), 1);
         assert!(models::filter("name LIKE '%pen%'").is_ok());
-        assert!(
-            models::filter("tags.a = 'b'")
-                .unwrap_err()
-                .0
-                .contains("not supported")
+        let prompt = models::filter("name LIKE 'm%' AND tag.`mlflow.prompt.is_prompt` != 'true'");
+        assert_eq!(prompt.unwrap()[1].expr, Expr::Constant(true));
+        assert_eq!(
+            models::filter("tags.a = 'b'").unwrap()[0].expr,
+            Expr::Constant(false)
         );
+        assert_eq!(
+            versions::filter("tags.a IS NULL").unwrap()[0].expr,
+            Expr::Constant(true)
+        );
+        assert!(models::filter("tags.a > 'b'").is_err());
         assert!(models::filter("name > 'a'").is_err());
         let id = uuid::Uuid::now_v7();
         let v = versions::filter(&format!("name='x' and run_id='{id}'")).unwrap();
