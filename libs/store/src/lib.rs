@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 pub enum StoreError {
     #[error(
         "invalid artifact key {0:?}: use relative paths of letters, digits, spaces and \
-         '-', '_', '.', '+', '=', ',', '@', '~', separated by '/'"
+         '-', '_', '.', '+', '=', ',', '@', '~', '(', ')', '!', separated by '/'"
     )]
     InvalidKey(String),
     #[error("artifact {key} is larger than the limit of {limit} bytes")]
@@ -142,8 +142,11 @@ impl LocalStore {
                 .split('/')
                 .all(|part| !part.is_empty() && part != "." && part != "..")
             && key.chars().all(|c| {
-                c.is_ascii_alphanumeric()
-                    || matches!(c, '-' | '_' | '.' | '/' | ' ' | '+' | '=' | ',' | '@' | '~')
+                c.is_alphanumeric()
+                    || matches!(
+                        c,
+                        '-' | '_' | '.' | '/' | ' ' | '+' | '=' | ',' | '@' | '~' | '(' | ')' | '!'
+                    )
             });
         if ok {
             Ok(())

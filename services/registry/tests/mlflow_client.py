@@ -254,6 +254,10 @@ with timed("artifacts"):
         "layers": [8, 8],
     }
     assert mlflow.artifacts.load_text(f"runs:/{run0}/notes.txt") == "hello from mlflow\n"
+    odd = "plots/confusion matrix (1) é.txt"
+    client.log_text(runs[1], "odd", odd)
+    assert [a.path for a in client.list_artifacts(runs[1], "plots")] == [odd]
+    assert mlflow.artifacts.load_text(f"runs:/{runs[1]}/{odd}") == "odd"
 
 # --- Model registry -----------------------------------------------------------------------
 model = os.environ.get("PETREL_MLFLOW_MODEL", "mlflow-penguins")

@@ -167,7 +167,7 @@ async fn upload(State(s): State<AppState>, uri: Uri, body: Body) -> Result<Respo
     .bind(&stored.sha256)
     .execute(&s.infra.pool)
     .await?;
-    tracing::info!(
+    tracing::debug!(
         artifact.path = %path,
         artifact.bytes = stored.size,
         duration_ms = started.elapsed().as_millis() as u64,
@@ -222,6 +222,8 @@ mod tests {
         for good in [
             "0/abc/artifacts/model/MLmodel",
             "a b/c.json",
+            "plots/confusion matrix (1).png",
+            "résumé/naïve.txt",
             "x",
             "deep/er/file.tar.gz",
         ] {

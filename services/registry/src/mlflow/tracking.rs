@@ -881,7 +881,7 @@ pub async fn create_run(State(s): State<AppState>, Msg(f): Msg) -> Result<Respon
     upsert_tags(&mut tx, id, &tags).await?;
     let run = load_run(&mut tx, id).await?;
     tx.commit().await?;
-    tracing::info!(run.id = %id, experiment.id = e.mlflow_id, "run created over the MLflow API");
+    tracing::debug!(run.id = %id, experiment.id = e.mlflow_id, "run created over the MLflow API");
     Ok(axum::Json(json!({ "run": run })).into_response())
 }
 
