@@ -139,7 +139,9 @@ fn uuid(hex: &Value) -> Uuid {
 
 #[tokio::test]
 async fn the_mlflow_client_tracks_runs_and_registers_models_in_petrel() {
-    let python = tokio::task::spawn_blocking(mlflow_python).await.unwrap();
+    let python = tokio::task::spawn_blocking(mlflow_python)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     let env = TestEnv::new().await;
     let reg = start_registry(&env).await;
     let mut events = env.events("model.>").await;

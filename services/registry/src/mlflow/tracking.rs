@@ -859,7 +859,8 @@ pub async fn create_run(State(s): State<AppState>, Msg(f): Msg) -> Result<Respon
         }
         (Some(n), _) => n,
         (None, Some(t)) if !t.is_empty() => t.clone(),
-        _ => format!("run-{}", &run_hex(id)[..8]),
+        // A v7 UUID starts with the time and ends with random bits: the tail tells runs apart.
+        _ => format!("run-{}", &run_hex(id)[24..]),
     };
     tags.insert(RUN_NAME_TAG.to_owned(), name.clone());
 
