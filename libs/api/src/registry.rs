@@ -31,6 +31,8 @@ pub enum RunStatus {
     Running,
     Finished,
     Failed,
+    /// Stopped before it finished (MLflow's `KILLED`).
+    Killed,
 }
 
 impl RunStatus {
@@ -39,6 +41,7 @@ impl RunStatus {
             RunStatus::Running => "running",
             RunStatus::Finished => "finished",
             RunStatus::Failed => "failed",
+            RunStatus::Killed => "killed",
         }
     }
 }

@@ -15,14 +15,18 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "invalid artifact key {0:?}: use relative paths of letters, digits, '-', '_', '.' and '/'"
+        "invalid artifact key {0:?}: use relative paths of letters, digits, spaces and \
+         '-', '_', '.', '+', '=', ',', '@', '~', '(', ')', '!', separated by '/'"
     )]
     InvalidKey(String),
+    #[error("artifact {key} is larger than the limit of {limit} bytes")]
+    TooLarge { key: String, limit: u64 },
     #[error("artifact URI {0:?} is not in this store")]
     ForeignUri(String),
     #[error("artifact {0} does not exist")]
@@ -60,6 +64,50 @@ pub trait ArtifactStore: Send + Sync + std::fmt::Debug {
     async fn put_file(&self, key: &str, path: &Path) -> Result<String, StoreError>;
     /// Writes an artifact to `path`, streaming it; returns its size in bytes.
     async fn get_to_file(&self, uri: &str, path: &Path) -> Result<u64, StoreError>;
+    /// Stores what `body` yields under `key` without holding it in memory, hashing it on the
+    /// way, and fails with [`StoreError::TooLarge`] (leaving nothing behind) past `max_bytes`.
+    /// Like [`ArtifactStore::put`], it replaces the key atomically.
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: &mut (dyn AsyncRead + Send + Unpin),
+        max_bytes: u64,
+    ) -> Result<Stored, StoreError>;
+    /// Opens the artifact under `key` for streaming: its size and a reader.
+    async fn open(&self, key: &str) -> Result<Opened, StoreError>;
+    /// The direct children of the directory `prefix` (`""` for the root), sorted by name;
+    /// empty when `prefix` is a file or does not exist.
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
+}
+
+/// What [`ArtifactStore::put_stream`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub uri: String,
+    pub size: u64,
+    /// Hex SHA-256 of the bytes.
+    pub sha256: String,
+}
+
+/// An artifact opened by [`ArtifactStore::open`].
+pub struct Opened {
+    pub size: u64,
+    pub reader: Box<dyn AsyncRead + Send + Unpin>,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened").field("size", &self.size).finish()
+    }
+}
+
+/// One child of a listed directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub is_dir: bool,
+    /// Bytes, for files.
+    pub size: Option<u64>,
 }
 
 /// `sha256:<hex>` of `bytes`: how Petrel names content.
@@ -88,17 +136,22 @@ pub fn open(root: &str) -> Result<Arc<dyn ArtifactStore>, StoreError> {
     Ok(Arc::new(LocalStore::new(path)?))
 }
 
-/// A key is a relative path of letters, digits, `-`, `_`, `.` and `/`, with no empty, `.` or
-/// `..` segment: it can never name anything outside its store.
+/// A key is a relative path of letters (any script), digits, spaces and `- _ . + = , @ ~ ( ) !`,
+/// separated by `/`, with no empty, `.` or `..` segment: it can never name anything outside
+/// its store.
 pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
     let ok = !key.is_empty()
         && !key.starts_with('/')
         && key
             .split('/')
             .all(|part| !part.is_empty() && part != "." && part != "..")
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+        && key.chars().all(|c| {
+            c.is_alphanumeric()
+                || matches!(
+                    c,
+                    '-' | '_' | '.' | '/' | ' ' | '+' | '=' | ',' | '@' | '~' | '(' | ')' | '!'
+                )
+        });
     if ok {
         Ok(())
     } else {
@@ -198,6 +251,128 @@ impl ArtifactStore for LocalStore {
             Err(e) => Err(io(&path)(e)),
         }
     }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: &mut (dyn AsyncRead + Send + Unpin),
+        max_bytes: u64,
+    ) -> Result<Stored, StoreError> {
+        Self::check_key(key)?;
+        let path = self.root.join(key);
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
+        }
+        let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::now_v7().simple()));
+        let written = copy_hashing(body, &tmp, key, max_bytes).await;
+        let (size, sha256) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = tokio::fs::rename(&tmp, &path).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(io(&path)(e));
+        }
+        Ok(Stored {
+            uri: format!("file://{}", path.display()),
+            size,
+            sha256,
+        })
+    }
+
+    async fn open(&self, key: &str) -> Result<Opened, StoreError> {
+        Self::check_key(key)?;
+        let path = self.root.join(key);
+        let not_found = || StoreError::NotFound(key.to_owned());
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let meta = file.metadata().await.map_err(io(&path))?;
+        if !meta.is_file() {
+            return Err(not_found());
+        }
+        Ok(Opened {
+            size: meta.len(),
+            reader: Box::new(file),
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let dir = if prefix.is_empty() {
+            self.root.clone()
+        } else {
+            Self::check_key(prefix)?;
+            self.root.join(prefix)
+        };
+        let mut read = match tokio::fs::read_dir(&dir).await {
+            Ok(r) => r,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        let mut entries = Vec::new();
+        while let Some(child) = read.next_entry().await.map_err(io(&dir))? {
+            let Ok(name) = child.file_name().into_string() else {
+                continue;
+            };
+            // Files being written (`put`, `put_stream`) are not artifacts yet.
+            if name.contains(".tmp-") || Self::check_key(&name).is_err() {
+                continue;
+            }
+            let meta = child.metadata().await.map_err(io(&child.path()))?;
+            entries.push(Entry {
+                name,
+                is_dir: meta.is_dir(),
+                size: meta.is_file().then_some(meta.len()),
+            });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+}
+
+/// Copies `body` into a new file at `path` in chunks, returning its size and hex SHA-256.
+async fn copy_hashing(
+    body: &mut (dyn AsyncRead + Send + Unpin),
+    path: &Path,
+    key: &str,
+    max_bytes: u64,
+) -> Result<(u64, String), StoreError> {
+    let mut file = tokio::fs::File::create(path).await.map_err(io(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = body.read(&mut buf).await.map_err(|source| StoreError::Io {
+            path: format!("{key} (request body)"),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        if size > max_bytes {
+            return Err(StoreError::TooLarge {
+                key: key.to_owned(),
+                limit: max_bytes,
+            });
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).await.map_err(io(path))?;
+    }
+    file.flush().await.map_err(io(path))?;
+    Ok((size, hex::encode(hasher.finalize())))
 }
 
 #[cfg(test)]
@@ -233,7 +408,16 @@ mod tests {
     async fn rejects_escapes_and_foreign_uris() {
         let root = temp_root();
         let store = LocalStore::new(root.clone()).unwrap();
-        for bad in ["../x", "/etc/passwd", "a//b", "a/./b", "", "a b"] {
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "a//b",
+            "a/./b",
+            "",
+            "a%20b",
+            "a\\b",
+            "a\nb",
+        ] {
             assert!(
                 matches!(
                     store.put(bad, Bytes::new()).await,
@@ -257,6 +441,59 @@ mod tests {
             open("s3://bucket"),
             Err(StoreError::UnsupportedRoot(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn streams_in_and_out_and_lists() {
+        let root = temp_root();
+        let store = LocalStore::new(root.clone()).unwrap();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut body: &[u8] = &data;
+        let stored = store
+            .put_stream("runs/a b/model.bin", &mut body, 2_000_000)
+            .await
+            .unwrap();
+        assert_eq!(stored.size, 1_000_000);
+        assert_eq!(format!("sha256:{}", stored.sha256), content_hash(&data));
+        assert_eq!(
+            store.get(&stored.uri).await.unwrap(),
+            Bytes::from(data.clone())
+        );
+        let mut opened = store.open("runs/a b/model.bin").await.unwrap();
+        assert_eq!(opened.size, 1_000_000);
+        let mut back = Vec::new();
+        opened.reader.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, data);
+
+        // Too large: refused, and nothing is left behind.
+        let mut body: &[u8] = &data;
+        assert!(matches!(
+            store.put_stream("runs/big.bin", &mut body, 10).await,
+            Err(StoreError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            store.open("runs/big.bin").await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        let top = store.list("runs").await.unwrap();
+        assert_eq!(
+            top,
+            vec![Entry {
+                name: "a b".into(),
+                is_dir: true,
+                size: None
+            }]
+        );
+        let inner = store.list("runs/a b").await.unwrap();
+        assert_eq!(inner[0].size, Some(1_000_000));
+        assert!(store.list("runs/a b/model.bin").await.unwrap().is_empty());
+        assert!(store.list("nope").await.unwrap().is_empty());
+        assert!(matches!(
+            store.open("runs").await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(store.list("../x").await.is_err());
     }
 
     #[test]

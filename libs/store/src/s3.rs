@@ -15,7 +15,8 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
-use crate::{ArtifactStore, StoreError, check_key};
+use crate::{ArtifactStore, Entry, Opened, StoreError, Stored, check_key};
+use sha2::{Digest, Sha256};
 
 /// Objects at least this large are uploaded in parts.
 pub const MULTIPART_THRESHOLD: usize = 16 << 20;
@@ -121,6 +122,17 @@ impl S3Store {
     }
 
     async fn put_parts(&self, object: &str, mut next: Parts<'_>) -> Result<(), StoreError> {
+        let first = next.next_part().await?.unwrap_or_default();
+        self.put_parts_with_first(object, first, &mut next).await
+    }
+
+    /// A multipart upload of `first` and then whatever `next` yields; aborted on any failure.
+    async fn put_parts_with_first(
+        &self,
+        object: &str,
+        first: Bytes,
+        next: &mut Parts<'_>,
+    ) -> Result<(), StoreError> {
         let uri = self.uri(object);
         let created = self
             .client
@@ -137,7 +149,8 @@ impl S3Store {
         let result: Result<Vec<CompletedPart>, StoreError> = async {
             let mut parts = Vec::new();
             let mut number = 1;
-            while let Some(chunk) = next.next_part().await? {
+            let mut chunk = Some(first);
+            while let Some(body) = chunk.take() {
                 let out = self
                     .client
                     .upload_part()
@@ -145,7 +158,7 @@ impl S3Store {
                     .key(object)
                     .upload_id(&upload_id)
                     .part_number(number)
-                    .body(ByteStream::from(chunk))
+                    .body(ByteStream::from(body))
                     .send()
                     .await
                     .map_err(|e| s3_error(&uri, e))?;
@@ -156,6 +169,7 @@ impl S3Store {
                         .build(),
                 );
                 number += 1;
+                chunk = next.next_part().await?;
             }
             Ok(parts)
         }
@@ -195,6 +209,15 @@ impl S3Store {
 /// Where the parts of a multipart upload come from.
 enum Parts<'a> {
     Memory(Bytes),
+    /// A request body, hashed and bounded on the way.
+    Stream {
+        body: &'a mut (dyn tokio::io::AsyncRead + Send + Unpin),
+        key: &'a str,
+        max_bytes: u64,
+        size: u64,
+        hasher: Sha256,
+        done: bool,
+    },
     File {
         file: tokio::fs::File,
         path: &'a Path,
@@ -211,6 +234,42 @@ impl Parts<'_> {
                 }
                 let n = PART_SIZE.min(bytes.len());
                 Ok(Some(bytes.split_to(n)))
+            }
+            Parts::Stream {
+                body,
+                key,
+                max_bytes,
+                size,
+                hasher,
+                done,
+            } => {
+                if *done {
+                    return Ok(None);
+                }
+                let mut buf = Vec::with_capacity(PART_SIZE);
+                while buf.len() < PART_SIZE {
+                    let n = (&mut **body)
+                        .take((PART_SIZE - buf.len()) as u64)
+                        .read_to_end(&mut buf)
+                        .await
+                        .map_err(|source| StoreError::Io {
+                            path: format!("{key} (request body)"),
+                            source,
+                        })?;
+                    if n == 0 {
+                        *done = true;
+                        break;
+                    }
+                }
+                *size += buf.len() as u64;
+                if *size > *max_bytes {
+                    return Err(StoreError::TooLarge {
+                        key: (*key).to_owned(),
+                        limit: *max_bytes,
+                    });
+                }
+                hasher.update(&buf);
+                Ok((!buf.is_empty()).then(|| Bytes::from(buf)))
             }
             Parts::File { file, path, done } => {
                 if *done {
@@ -305,6 +364,130 @@ impl ArtifactStore for S3Store {
             })?;
         let data = out.body.collect().await.map_err(|e| s3_error(uri, e))?;
         Ok(data.into_bytes())
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
+        max_bytes: u64,
+    ) -> Result<Stored, StoreError> {
+        check_key(key)?;
+        let object = format!("{}{key}", self.prefix);
+        let uri = self.uri(&object);
+        let mut parts = Parts::Stream {
+            body,
+            key,
+            max_bytes,
+            size: 0,
+            hasher: Sha256::new(),
+            done: false,
+        };
+        // A body that fits one part goes up in one request; a longer one in parts.
+        let first = parts.next_part().await?.unwrap_or_default();
+        let single = matches!(&parts, Parts::Stream { done: true, .. });
+        if single {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&object)
+                .body(ByteStream::from(first))
+                .send()
+                .await
+                .map_err(|e| s3_error(&uri, e))?;
+        } else {
+            self.put_parts_with_first(&object, first, &mut parts)
+                .await?;
+        }
+        let Parts::Stream { size, hasher, .. } = parts else {
+            unreachable!("built as a stream above")
+        };
+        Ok(Stored {
+            uri,
+            size,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    }
+
+    async fn open(&self, key: &str) -> Result<Opened, StoreError> {
+        check_key(key)?;
+        let object = format!("{}{key}", self.prefix);
+        let uri = self.uri(&object);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error() {
+                Some(se) if se.is_no_such_key() => StoreError::NotFound(key.to_owned()),
+                _ => s3_error(&uri, e),
+            })?;
+        let size = out.content_length().unwrap_or(0).max(0) as u64;
+        Ok(Opened {
+            size,
+            reader: Box::new(out.body.into_async_read()),
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        if !prefix.is_empty() {
+            check_key(prefix)?;
+        }
+        let dir = if prefix.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}{}/", self.prefix, prefix.trim_end_matches('/'))
+        };
+        let uri = self.uri(&dir);
+        let mut entries = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&dir)
+                .delimiter("/")
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| s3_error(&uri, e))?;
+            for p in out.common_prefixes() {
+                if let Some(name) = p
+                    .prefix()
+                    .and_then(|p| p.strip_prefix(dir.as_str()))
+                    .map(|n| n.trim_end_matches('/'))
+                    .filter(|n| !n.is_empty())
+                {
+                    entries.push(Entry {
+                        name: name.to_owned(),
+                        is_dir: true,
+                        size: None,
+                    });
+                }
+            }
+            for o in out.contents() {
+                if let Some(name) = o
+                    .key()
+                    .and_then(|k| k.strip_prefix(dir.as_str()))
+                    .filter(|n| !n.is_empty() && !n.contains('/'))
+                {
+                    entries.push(Entry {
+                        name: name.to_owned(),
+                        is_dir: false,
+                        size: o.size().map(|s| s.max(0) as u64),
+                    });
+                }
+            }
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
     }
 
     async fn get_to_file(&self, uri: &str, path: &Path) -> Result<u64, StoreError> {

@@ -66,7 +66,8 @@ impl TestEnv {
     }
 
     /// As [`TestEnv::args`] but without `--artifact-root`, which services without an artifact
-    /// store (the registry, the labeler) refuse.
+    /// store (the labeler) refuse, and which the others may do without (the registry keeps
+    /// only MLflow clients' artifacts there).
     pub fn args_without_store(&self, bin: &str, extra: &[&str]) -> Vec<String> {
         [
             bin,

@@ -3,15 +3,21 @@
 //!
 //! Registering a version and moving an alias each announce themselves (`model.registered`,
 //! `model.promoted`) through the outbox, in the same transaction as the change.
+//!
+//! Beside Petrel's own `/api/v1`, the same tables answer MLflow's REST API 2.0 and its artifact
+//! proxy ([`mlflow`]), so unchanged MLflow clients can track runs and register models here.
 
 mod auth;
 mod error;
+mod mlflow;
 mod policy;
 mod routes;
 mod store;
 
+use std::sync::Arc;
+
 use clap::Parser;
-use petrel_runtime::config::{LogArgs, NatsArgs, PostgresArgs};
+use petrel_runtime::config::{LogArgs, NatsArgs, PostgresArgs, StoreArgs};
 use petrel_runtime::infra::Infra;
 use petrel_runtime::service::{ServiceConfig, Tasks};
 use tokio::net::TcpListener;
@@ -38,6 +44,12 @@ pub struct Config {
     pub postgres: PostgresArgs,
     #[command(flatten)]
     pub nats: NatsArgs,
+    /// Where MLflow clients' artifacts go (under `mlflow/`), through the artifact proxy.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Largest file one MLflow artifact upload may write, in MiB.
+    #[arg(long, env = "PETREL_REGISTRY_MAX_ARTIFACT_MB", default_value_t = 2048)]
+    pub max_artifact_mb: u64,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -53,6 +65,9 @@ impl ServiceConfig for Config {
 pub struct AppState {
     pub infra: Infra,
     pub auth: auth::Auth,
+    /// MLflow's artifacts, streamed in and out by the artifact proxy.
+    pub store: Arc<dyn petrel_store::ArtifactStore>,
+    pub max_artifact_bytes: u64,
 }
 
 /// A built registry: connected, listening, not yet serving.
@@ -76,12 +91,18 @@ impl App {
             &MIGRATOR,
         )
         .await?;
+        let store = config.store.open().await?;
         let (listener, port) = petrel_runtime::http::bind(&config.listen).await?;
         tracing::info!(port, "registry listening");
         Ok(Self {
             port,
             listener,
-            state: AppState { infra, auth },
+            state: AppState {
+                infra,
+                auth,
+                store,
+                max_artifact_bytes: config.max_artifact_mb.saturating_mul(1024 * 1024),
+            },
             cancel,
         })
     }

@@ -92,6 +92,10 @@ pub fn decide(
     let Some(value) = candidate else {
         return decision(false, format!("the version declares no {metric}"));
     };
+    // Versions registered through MLflow carry the run's metrics unchecked.
+    if let Err(e) = check_metric_bounds(&BTreeMap::from([(metric.to_owned(), value)])) {
+        return decision(false, format!("not promoted: {e}"));
+    }
     let rows = eval_rows(metrics, evaluation);
     if let Some(n) = rows
         && n < policy.min_eval_rows

@@ -56,7 +56,8 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/tokens/{id}",
             axum::routing::delete(crate::auth::revoke),
         )
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(crate::mlflow::router(state.clone()));
     let app = api
         .merge(petrel_runtime::http::health_routes(state.infra.readiness()))
         .layer(axum::middleware::from_fn_with_state(
@@ -167,7 +168,7 @@ fn check_lookup(what: &str, name: &str) -> Result<()> {
     check_key(what, name)
 }
 
-fn check_alias(alias: &str) -> Result<()> {
+pub(crate) fn check_alias(alias: &str) -> Result<()> {
     let ok = !alias.is_empty()
         && alias.len() <= 64
         && alias
@@ -428,7 +429,7 @@ async fn create_version(
 }
 
 /// Applies the model's promotion policy to a new version and records the decision.
-async fn maybe_promote(
+pub(crate) async fn maybe_promote(
     s: &AppState,
     tx: &mut PgConnection,
     name: &str,
@@ -473,7 +474,7 @@ async fn maybe_promote(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn promote(
+pub(crate) async fn promote(
     s: &AppState,
     tx: &mut PgConnection,
     name: &str,

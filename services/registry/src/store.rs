@@ -73,6 +73,7 @@ fn parse_status(s: &str) -> RunStatus {
     match s {
         "finished" => RunStatus::Finished,
         "failed" => RunStatus::Failed,
+        "killed" => RunStatus::Killed,
         _ => RunStatus::Running,
     }
 }
@@ -217,12 +218,12 @@ pub async fn set_run_status(conn: &mut PgConnection, run: Uuid, status: RunStatu
     Ok(())
 }
 
-const VERSION_COLUMNS: &str = "v.model_name, v.version, v.run_id, v.artifact_uri, v.dataset_id, v.metrics, \
+pub(crate) const VERSION_COLUMNS: &str = "v.model_name, v.version, v.run_id, v.artifact_uri, v.dataset_id, v.metrics, \
      v.description, v.created_at, v.evaluation, v.promotion, \
      COALESCE((SELECT array_agg(a.alias ORDER BY a.alias) FROM model_aliases a \
                WHERE a.model_name = v.model_name AND a.version = v.version), '{}') AS aliases";
 
-fn version_from_row(r: &sqlx::postgres::PgRow) -> ModelVersion {
+pub(crate) fn version_from_row(r: &sqlx::postgres::PgRow) -> ModelVersion {
     let metrics: serde_json::Value = r.get("metrics");
     ModelVersion {
         model_name: r.get("model_name"),

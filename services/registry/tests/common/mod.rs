@@ -8,7 +8,12 @@ use tokio_util::sync::CancellationToken;
 
 /// Starts the registry under test in the test's world.
 pub async fn start_registry(env: &TestEnv) -> Service {
-    let args = env.args_without_store("petrel-registry", &[]);
+    start_registry_with(env, &[]).await
+}
+
+/// Starts the registry with extra flags; its artifact root is the test's.
+pub async fn start_registry_with(env: &TestEnv, extra: &[&str]) -> Service {
+    let args = env.args("petrel-registry", extra);
     let cancel = CancellationToken::new();
     let app =
         petrel_registry::App::build(petrel_registry::Config::parse_from(args), cancel.clone())
