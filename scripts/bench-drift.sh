@@ -16,7 +16,7 @@ SIZES=("$@")
 [[ ${#SIZES[@]} -gt 0 ]] || SIZES=(10000 100000 1000000)
 
 [[ -x "$VENV/bin/python" ]] || { "$PY" -m venv "$VENV"; "$VENV/bin/pip" install -q "evidently==0.7.*" "pandas<3"; }
-cargo build --release -q -p petrel-cli
+cargo build --release -q --locked --bins  # the workspace: `-p` would re-resolve features and rebuild every dependency
 BIN=${CARGO_TARGET_DIR:-target}/release/petrel
 
 echo "evidently $("$VENV/bin/python" -c 'import evidently; print(evidently.__version__)'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
