@@ -103,6 +103,25 @@ impl S3Store {
         })
     }
 
+    /// `GetObject`, with a missing key as [`StoreError::NotFound`] naming `missing`.
+    async fn get_object(
+        &self,
+        object: &str,
+        missing: &str,
+        uri: &str,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StoreError> {
+        self.client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(object)
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error() {
+                Some(se) if se.is_no_such_key() => StoreError::NotFound(missing.to_owned()),
+                _ => s3_error(uri, e),
+            })
+    }
+
     fn uri(&self, object: &str) -> String {
         format!("s3://{}/{object}", self.bucket)
     }
@@ -351,17 +370,7 @@ impl ArtifactStore for S3Store {
 
     async fn get(&self, uri: &str) -> Result<Bytes, StoreError> {
         let object = self.object_of(uri)?;
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&object)
-            .send()
-            .await
-            .map_err(|e| match e.as_service_error() {
-                Some(se) if se.is_no_such_key() => StoreError::NotFound(uri.to_owned()),
-                _ => s3_error(uri, e),
-            })?;
+        let out = self.get_object(&object, uri, uri).await?;
         let data = out.body.collect().await.map_err(|e| s3_error(uri, e))?;
         Ok(data.into_bytes())
     }
@@ -413,17 +422,7 @@ impl ArtifactStore for S3Store {
         check_key(key)?;
         let object = format!("{}{key}", self.prefix);
         let uri = self.uri(&object);
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&object)
-            .send()
-            .await
-            .map_err(|e| match e.as_service_error() {
-                Some(se) if se.is_no_such_key() => StoreError::NotFound(key.to_owned()),
-                _ => s3_error(&uri, e),
-            })?;
+        let out = self.get_object(&object, key, &uri).await?;
         let size = out.content_length().unwrap_or(0).max(0) as u64;
         Ok(Opened {
             size,
@@ -492,17 +491,7 @@ impl ArtifactStore for S3Store {
 
     async fn get_to_file(&self, uri: &str, path: &Path) -> Result<u64, StoreError> {
         let object = self.object_of(uri)?;
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&object)
-            .send()
-            .await
-            .map_err(|e| match e.as_service_error() {
-                Some(se) if se.is_no_such_key() => StoreError::NotFound(uri.to_owned()),
-                _ => s3_error(uri, e),
-            })?;
+        let out = self.get_object(&object, uri, uri).await?;
         let mut reader = out.body.into_async_read();
         let mut file = tokio::fs::File::create(path)
             .await

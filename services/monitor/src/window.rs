@@ -594,15 +594,7 @@ fn conditions(
                 names.join(", ")
             ),
         );
-        c.evidence = drifted
-            .iter()
-            .map(|d| Evidence {
-                column: Some(d.column.clone()),
-                metric: d.method.name().to_owned(),
-                value: d.score,
-                threshold: d.threshold,
-            })
-            .collect();
+        c.evidence = evidence_of(&drifted);
         c.details = json!({ "rule": v.rule, "drifted_features": names });
         out.push(c);
     }
@@ -625,15 +617,7 @@ fn conditions(
                 names.join(", ")
             ),
         );
-        c.evidence = drifted
-            .iter()
-            .map(|d| Evidence {
-                column: Some(d.column.clone()),
-                metric: d.method.name().to_owned(),
-                value: d.score,
-                threshold: d.threshold,
-            })
-            .collect();
+        c.evidence = evidence_of(&drifted);
         out.push(c);
     }
     for q in &a.data_quality {
@@ -744,6 +728,19 @@ fn conditions(
         out.push(c);
     }
     out
+}
+
+/// One evidence line per drifted column: its method, the score judged and the threshold.
+fn evidence_of(drifted: &[&petrel_drift::ColumnVerdict]) -> Vec<Evidence> {
+    drifted
+        .iter()
+        .map(|d| Evidence {
+            column: Some(d.column.clone()),
+            metric: d.method.name().to_owned(),
+            value: d.score,
+            threshold: d.threshold,
+        })
+        .collect()
 }
 
 /// Critical when the value is more than 0.1 below its threshold.

@@ -41,6 +41,9 @@ pub struct Admission {
     pub timeout: Duration,
 }
 
+/// Longest wait for the database when looking up earlier answers of a caller's ids.
+const REPLAY_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub fn router(state: AppState) -> Router {
     let admission = state.admission.clone();
     let scoring = Router::new()
@@ -319,7 +322,15 @@ pub async fn score(
     // Ids this process has not seen may have been logged by another replica or before a restart.
     let unknown: Vec<&str> = tickets.iter().flatten().map(Ticket::id).collect();
     if !unknown.is_empty() {
-        let found = store::answers(&s.infra.pool, &unknown).await.map_err(|e| {
+        // Bounded well inside the request timeout, so an unreachable database answers with
+        // this message rather than a generic timeout.
+        let lookup = tokio::time::timeout(
+            REPLAY_LOOKUP_TIMEOUT,
+            store::answers(&s.infra.pool, &unknown),
+        )
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+        let found = lookup.map_err(|e| {
             tracing::warn!(error = %e, "cannot look up earlier answers");
             ScoreError::Api(ApiError::unavailable(
                 "cannot check whether these inference ids were answered before (the database \

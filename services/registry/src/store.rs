@@ -24,6 +24,14 @@ pub async fn get_or_create_experiment(conn: &mut PgConnection, name: &str) -> Re
         .ok_or_else(|| Error::NotFound(format!("experiment {name:?} does not exist")))
 }
 
+fn experiment_from_row(r: &sqlx::postgres::PgRow) -> Experiment {
+    Experiment {
+        id: r.get("id"),
+        name: r.get("name"),
+        created_at: r.get("created_at"),
+    }
+}
+
 /// Creates an experiment; `None` when one with that name already exists.
 pub async fn create_experiment(conn: &mut PgConnection, name: &str) -> Result<Option<Experiment>> {
     let row = sqlx::query(
@@ -34,11 +42,7 @@ pub async fn create_experiment(conn: &mut PgConnection, name: &str) -> Result<Op
     .bind(name)
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|r| Experiment {
-        id: r.get("id"),
-        name: r.get("name"),
-        created_at: r.get("created_at"),
-    }))
+    Ok(row.as_ref().map(experiment_from_row))
 }
 
 /// Every experiment, by name (at most 10,000).
@@ -47,14 +51,7 @@ pub async fn list_experiments(conn: &mut PgConnection) -> Result<Vec<Experiment>
         sqlx::query("SELECT id, name, created_at FROM experiments ORDER BY name LIMIT 10000")
             .fetch_all(conn)
             .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Experiment {
-            id: r.get("id"),
-            name: r.get("name"),
-            created_at: r.get("created_at"),
-        })
-        .collect())
+    Ok(rows.iter().map(experiment_from_row).collect())
 }
 
 pub async fn find_experiment(conn: &mut PgConnection, name: &str) -> Result<Option<Experiment>> {
@@ -62,11 +59,7 @@ pub async fn find_experiment(conn: &mut PgConnection, name: &str) -> Result<Opti
         .bind(name)
         .fetch_optional(conn)
         .await?;
-    Ok(row.map(|r| Experiment {
-        id: r.get("id"),
-        name: r.get("name"),
-        created_at: r.get("created_at"),
-    }))
+    Ok(row.as_ref().map(experiment_from_row))
 }
 
 fn parse_status(s: &str) -> RunStatus {
