@@ -112,13 +112,30 @@ fn required(method: &Method, path: &str, protect_reads: bool) -> Option<Scope> {
     }
 }
 
-fn deny(status: StatusCode, message: &str) -> Response {
-    let code = if status == StatusCode::UNAUTHORIZED {
-        "unauthorized"
+/// A refusal in the caller's API's own words: MLflow's error shape on MLflow routes (so its
+/// client reports `UNAUTHENTICATED` or `PERMISSION_DENIED`), Petrel's elsewhere.
+fn deny(status: StatusCode, message: &str, path: &str) -> Response {
+    let unauthorized = status == StatusCode::UNAUTHORIZED;
+    let mlflow = path.starts_with("/api/2.0/mlflow") || path.starts_with("/ajax-api/");
+    let mut r = if mlflow {
+        let code = if unauthorized {
+            "UNAUTHENTICATED"
+        } else {
+            "PERMISSION_DENIED"
+        };
+        (
+            status,
+            axum::Json(serde_json::json!({ "error_code": code, "message": message })),
+        )
+            .into_response()
     } else {
-        "forbidden"
+        let code = if unauthorized {
+            "unauthorized"
+        } else {
+            "forbidden"
+        };
+        ApiError::new(status, code, message).into_response()
     };
-    let mut r = ApiError::new(status, code, message).into_response();
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
             axum::http::header::WWW_AUTHENTICATE,
@@ -134,7 +151,8 @@ pub async fn check(State(s): State<AppState>, req: Request<Body>, next: Next) ->
     if !auth.enabled {
         return next.run(req).await;
     }
-    let Some(needed) = required(req.method(), req.uri().path(), auth.protect_reads) else {
+    let path = req.uri().path().to_owned();
+    let Some(needed) = required(req.method(), &path, auth.protect_reads) else {
         return next.run(req).await;
     };
     let presented = req
@@ -150,6 +168,7 @@ pub async fn check(State(s): State<AppState>, req: Request<Body>, next: Next) ->
         return deny(
             StatusCode::UNAUTHORIZED,
             "this call needs a bearer token (Authorization: Bearer <token>)",
+            &path,
         );
     };
     let h = hash(token);
@@ -168,7 +187,11 @@ pub async fn check(State(s): State<AppState>, req: Request<Body>, next: Next) ->
         }
     };
     match scope {
-        None => deny(StatusCode::UNAUTHORIZED, "the bearer token is not valid"),
+        None => deny(
+            StatusCode::UNAUTHORIZED,
+            "the bearer token is not valid",
+            &path,
+        ),
         Some(have) if have < needed => deny(
             StatusCode::FORBIDDEN,
             &format!(
@@ -176,6 +199,7 @@ pub async fn check(State(s): State<AppState>, req: Request<Body>, next: Next) ->
                 needed.as_str(),
                 have.as_str()
             ),
+            &path,
         ),
         Some(_) => next.run(req).await,
     }

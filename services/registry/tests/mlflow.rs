@@ -841,3 +841,81 @@ async fn mlflow_calls_share_petrels_rows_refuse_bad_input_and_batch_atomically()
     reg.stop().await;
     env.cleanup().await;
 }
+
+/// With `--auth on`, the unchanged client authenticates with `MLFLOW_TRACKING_TOKEN`, and is
+/// refused without it.
+#[tokio::test]
+async fn the_mlflow_client_authenticates_with_mlflow_tracking_token() {
+    let python = tokio::task::spawn_blocking(mlflow_python)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let env = TestEnv::new().await;
+    let admin = "admin-token-for-the-mlflow-test";
+    let reg = start_registry_with(&env, &["--auth", "on", "--admin-token", admin]).await;
+    let http = reqwest::Client::new();
+    let issued: Value = http
+        .post(reg.url("/api/v1/tokens"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"name": "notebook", "scope": "write"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = issued["token"].as_str().unwrap().to_owned();
+    let script = r#"
+import mlflow, sys
+mlflow.set_experiment("secured")
+with mlflow.start_run() as run:
+    mlflow.log_metric("loss", 0.5, step=1)
+print(run.info.run_id)
+"#;
+    let run = |token: Option<&str>| {
+        let mut cmd = tokio::process::Command::new(&python);
+        cmd.arg("-c")
+            .arg(script)
+            .env("MLFLOW_TRACKING_URI", &reg.base)
+            .env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            .env("DO_NOT_TRACK", "true")
+            .env("MLFLOW_DISABLE_TELEMETRY", "true")
+            .env_remove("MLFLOW_TRACKING_TOKEN")
+            .current_dir(&env.dir)
+            .kill_on_drop(true);
+        if let Some(t) = token {
+            cmd.env("MLFLOW_TRACKING_TOKEN", t);
+        }
+        cmd.output()
+    };
+    let ok = tokio::time::timeout(SCRIPT_LIMIT, run(Some(&token)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "with a token:\n{}\n{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // The last line: MLflow may print its own lines first.
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    let run_id = stdout.lines().last().unwrap_or_default().trim().to_owned();
+    let stored = reg
+        .client()
+        .get_run(uuid(&Value::String(run_id)))
+        .await
+        .unwrap();
+    assert_eq!(stored.metrics[0].key, "loss");
+    let refused = tokio::time::timeout(SCRIPT_LIMIT, run(None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "writes without a token must fail"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("UNAUTHENTICATED"), "{stderr}");
+    reg.stop().await;
+    env.cleanup().await;
+}
