@@ -1,0 +1,94 @@
+"""The client side of scripts/bench-registry.sh: the same MLflow REST API 2.0 calls, timed
+against one server (Petrel's registry or `mlflow server`), printed as one JSON line.
+
+    python scripts/bench_registry.py URL [--runs N] [--batches 10] [--singles 300]
+"""
+
+import argparse
+import http.client
+import json
+import random
+import statistics
+import time
+import urllib.parse
+import uuid
+
+parser = argparse.ArgumentParser()
+parser.add_argument("url")
+parser.add_argument("--runs", type=int, default=2000)
+parser.add_argument("--batches", type=int, default=10)
+parser.add_argument("--singles", type=int, default=300)
+parser.add_argument("--searches", type=int, default=20)
+args = parser.parse_args()
+u = urllib.parse.urlparse(args.url)
+conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+
+
+def call(method, path, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"} if data else {}
+    conn.request(method, "/api/2.0/mlflow/" + path, body=data, headers=headers)
+    resp = conn.getresponse()
+    text = resp.read()
+    if resp.status != 200:
+        raise SystemExit(f"{method} {path}: {resp.status} {text[:300]!r}")
+    return json.loads(text or b"{}")
+
+
+exp = call("POST", "experiments/create", {"name": f"bench-{uuid.uuid4().hex[:8]}"})["experiment_id"]
+now = int(time.time() * 1000)
+run = call("POST", "runs/create", {"experiment_id": exp, "start_time": now})["run"]["info"]["run_id"]
+
+# Batched writes: `batches` requests of 1,000 metric points, three times; median of the rates.
+rates = []
+step = 0
+for _ in range(3):
+    bodies = []
+    for _ in range(args.batches):
+        metrics = [{"key": "loss", "value": random.random(), "timestamp": now, "step": step + i} for i in range(1000)]
+        step += 1000
+        bodies.append({"run_id": run, "metrics": metrics})
+    t = time.perf_counter()
+    for b in bodies:
+        call("POST", "runs/log-batch", b)
+    rates.append(args.batches * 1000 / (time.perf_counter() - t))
+
+# Single metric writes: one point a request.
+lat = []
+for i in range(args.singles):
+    t = time.perf_counter()
+    call("POST", "runs/log-metric", {"run_id": run, "key": "acc", "value": random.random(), "timestamp": now, "step": i})
+    lat.append((time.perf_counter() - t) * 1000)
+lat.sort()
+
+# Search: `runs` runs with a metric and a param, then a filtered, ordered search.
+t = time.perf_counter()
+for i in range(args.runs):
+    r = call("POST", "runs/create", {"experiment_id": exp, "start_time": now})["run"]["info"]["run_id"]
+    call("POST", "runs/log-batch", {
+        "run_id": r,
+        "metrics": [{"key": "accuracy", "value": random.random(), "timestamp": now, "step": 0}],
+        "params": [{"key": "lr", "value": random.choice(["0.01", "0.001"])}],
+    })
+populate_s = time.perf_counter() - t
+search = []
+for _ in range(args.searches):
+    t = time.perf_counter()
+    got = call("POST", "runs/search", {
+        "experiment_ids": [exp],
+        "filter": "metrics.accuracy > 0.9 and params.lr = '0.01'",
+        "order_by": ["metrics.accuracy DESC"],
+        "max_results": 100,
+    })
+    search.append((time.perf_counter() - t) * 1000)
+    assert all(float(next(m["value"] for m in r["data"]["metrics"] if m["key"] == "accuracy")) > 0.9 for r in got.get("runs", []))
+search.sort()
+print(json.dumps({
+    "batched_points_per_s": statistics.median(rates),
+    "single_write_ms_p50": lat[len(lat) // 2],
+    "single_write_ms_p99": lat[int(len(lat) * 0.99) - 1],
+    "runs": args.runs,
+    "populate_s": populate_s,
+    "search_ms_p50": search[len(search) // 2],
+    "search_hits": len(got.get("runs", [])),
+}))
