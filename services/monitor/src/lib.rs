@@ -83,6 +83,8 @@ pub struct AppState {
     pub infra: Infra,
     pub references: reference::References,
     pub thresholds: Thresholds,
+    /// The drift rules the thresholds describe, parsed once at start.
+    pub drift_config: petrel_drift::DriftConfig,
     pub webhook: Option<webhook::Webhook>,
 }
 
@@ -127,9 +129,11 @@ impl App {
             }
             None => None,
         };
+        let drift_config = config.thresholds.drift_config()?;
         let state = AppState {
             infra,
             references,
+            drift_config,
             thresholds: config.thresholds,
             webhook,
         };

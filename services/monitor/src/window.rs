@@ -383,8 +383,13 @@ async fn close_window(
             })
         })
         .collect();
-    let config = t.drift_config()?;
-    let a = analysis::analyse(reference, &sample, &config, t.limits(), t.min_window);
+    let a = analysis::analyse(
+        reference,
+        &sample,
+        &s.drift_config,
+        t.limits(),
+        t.min_window,
+    );
     let enough = n as usize >= t.min_window;
     let estimated = a.estimated_accuracy.as_ref().map(|e| e.accuracy);
 

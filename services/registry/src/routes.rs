@@ -111,7 +111,9 @@ fn check_artifact_uri(uri: &str) -> Result<()> {
     } else {
         return bad("must be file:///absolute/path or s3://bucket/key");
     };
-    let decoded = percent_decode(path);
+    let Some(decoded) = percent_decode(path) else {
+        return bad("has a malformed percent-encoding");
+    };
     if decoded
         .split(['/', '\\'])
         .any(|seg| seg == ".." || seg == ".")
@@ -121,25 +123,23 @@ fn check_artifact_uri(uri: &str) -> Result<()> {
     Ok(())
 }
 
-/// `%XX` decoding, enough to see through encoded dots and slashes.
-fn percent_decode(s: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
+/// Decodes `%XX` escapes once; `None` for a malformed escape or text that is not UTF-8.
+/// Shared by artifact URIs here and MLflow's artifact paths.
+pub(crate) fn percent_decode(raw: &str) -> Option<String> {
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push(h * 16 + l);
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = raw.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
-            continue;
+        } else {
+            out.push(b[i]);
+            i += 1;
         }
-        out.push(bytes[i]);
-        i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).ok()
 }
 
 /// Free text (a parameter value, a description): anything Postgres TEXT can hold, so no NUL.

@@ -80,25 +80,11 @@ pub fn check_path(path: &str) -> Result<()> {
 
 /// Decodes `%XX` escapes once, refusing malformed ones and anything that is not UTF-8.
 fn percent_decode(raw: &str) -> Result<String> {
-    let bad = || {
+    crate::routes::percent_decode(raw).ok_or_else(|| {
         MlflowError::invalid(format!(
             "Invalid artifact path {raw:?}: bad percent-encoding"
         ))
-    };
-    let b = raw.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = raw.get(i + 1..i + 3).ok_or_else(bad)?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad())
+    })
 }
 
 /// The artifact path of a request to `/artifacts/<path>`, decoded and checked.

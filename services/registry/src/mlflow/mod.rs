@@ -529,6 +529,21 @@ pub fn page_offset(token: Option<String>) -> Result<i64> {
 }
 
 /// `max_results`, defaulting to `default` and at most `limit`.
+/// A page of `items` under `field`, with MLflow's `next_page_token` when `more` follow.
+pub fn page<T: serde::Serialize>(
+    field: &str,
+    items: T,
+    more: bool,
+    offset: i64,
+    limit: i64,
+) -> Response {
+    let mut body = json!({ field: items });
+    if more {
+        body["next_page_token"] = json!((offset + limit).to_string());
+    }
+    axum::Json(body).into_response()
+}
+
 pub fn max_results(f: &Fields, default: i64, limit: i64) -> Result<i64> {
     let n = f.opt_i64("max_results")?.unwrap_or(default);
     if n < 1 || n > limit {

@@ -300,11 +300,13 @@ pub async fn search_registered_models(State(s): State<AppState>, Msg(f): Msg) ->
     let more = names.len() as i64 > limit;
     names.truncate(limit as usize);
     let models = load_models(&mut conn, &names).await?;
-    let mut body = json!({ "registered_models": models });
-    if more {
-        body["next_page_token"] = json!((offset + limit).to_string());
-    }
-    Ok(axum::Json(body).into_response())
+    Ok(super::page(
+        "registered_models",
+        models,
+        more,
+        offset,
+        limit,
+    ))
 }
 
 /// The latest version, for stage `None` (every version's stage here), or for no stage given.
@@ -501,11 +503,7 @@ pub async fn search_model_versions(State(s): State<AppState>, Msg(f): Msg) -> Re
         .take(limit as usize)
         .map(|r| version_out(store::version_from_row(r)))
         .collect();
-    let mut body = json!({ "model_versions": versions });
-    if more {
-        body["next_page_token"] = json!((offset + limit).to_string());
-    }
-    Ok(axum::Json(body).into_response())
+    Ok(super::page("model_versions", versions, more, offset, limit))
 }
 
 /// Points an alias at a version and, when it moves, announces `model.promoted`, exactly as

@@ -417,6 +417,30 @@ pub async fn create_experiment(State(s): State<AppState>, Msg(f): Msg) -> Result
     Ok(axum::Json(json!({ "experiment_id": mlflow_id.to_string() })).into_response())
 }
 
+/// Sets `tags` of the row `owner` in a tag table (`experiment_tags` or `run_tags`), replacing
+/// values, in one statement.
+async fn upsert_tag_rows(
+    conn: &mut PgConnection,
+    table: &'static str,
+    owner_column: &'static str,
+    owner: Uuid,
+    tags: &BTreeMap<String, String>,
+) -> Result<()> {
+    let keys: Vec<&String> = tags.keys().collect();
+    let values: Vec<&String> = tags.values().collect();
+    sqlx::query(&format!(
+        "INSERT INTO {table} ({owner_column}, key, value) \
+         SELECT $1, k, v FROM UNNEST($2::text[], $3::text[]) AS t(k, v) \
+         ON CONFLICT ({owner_column}, key) DO UPDATE SET value = EXCLUDED.value"
+    ))
+    .bind(owner)
+    .bind(&keys)
+    .bind(&values)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 async fn upsert_experiment_tags(
     conn: &mut PgConnection,
     experiment: Uuid,
@@ -425,18 +449,7 @@ async fn upsert_experiment_tags(
     if tags.is_empty() {
         return Ok(());
     }
-    let keys: Vec<&String> = tags.keys().collect();
-    let values: Vec<&String> = tags.values().collect();
-    sqlx::query(
-        "INSERT INTO experiment_tags (experiment_id, key, value) \
-         SELECT $1, k, v FROM UNNEST($2::text[], $3::text[]) AS t(k, v) \
-         ON CONFLICT (experiment_id, key) DO UPDATE SET value = EXCLUDED.value",
-    )
-    .bind(experiment)
-    .bind(&keys)
-    .bind(&values)
-    .execute(&mut *conn)
-    .await?;
+    upsert_tag_rows(conn, "experiment_tags", "experiment_id", experiment, tags).await?;
     sqlx::query("UPDATE experiments SET last_update_time = now() WHERE id = $1")
         .bind(experiment)
         .execute(conn)
@@ -493,11 +506,7 @@ pub async fn search_experiments(State(s): State<AppState>, Msg(f): Msg) -> Resul
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let experiments = experiments_out(&mut conn, rows).await?;
-    let mut body = json!({ "experiments": experiments });
-    if more {
-        body["next_page_token"] = json!((offset + limit).to_string());
-    }
-    Ok(axum::Json(body).into_response())
+    Ok(super::page("experiments", experiments, more, offset, limit))
 }
 
 /// Soft-deletes an experiment and its runs, as MLflow does: they stay, marked deleted.
@@ -771,18 +780,7 @@ async fn upsert_tags(
     if tags.is_empty() {
         return Ok(());
     }
-    let keys: Vec<&String> = tags.keys().collect();
-    let values: Vec<&String> = tags.values().collect();
-    sqlx::query(
-        "INSERT INTO run_tags (run_id, key, value) \
-         SELECT $1, k, v FROM UNNEST($2::text[], $3::text[]) AS t(k, v) \
-         ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value",
-    )
-    .bind(run)
-    .bind(&keys)
-    .bind(&values)
-    .execute(&mut *conn)
-    .await?;
+    upsert_tag_rows(conn, "run_tags", "run_id", run, tags).await?;
     if let Some(name) = tags.get(RUN_NAME_TAG) {
         sqlx::query("UPDATE runs SET name = $2 WHERE id = $1")
             .bind(run)
@@ -1074,11 +1072,7 @@ pub async fn search_runs(State(s): State<AppState>, Msg(f): Msg) -> Result<Respo
     let more = ids.len() as i64 > limit;
     ids.truncate(limit as usize);
     let runs = load_runs(&mut conn, &ids).await?;
-    let mut body = json!({ "runs": runs });
-    if more {
-        body["next_page_token"] = json!((offset + limit).to_string());
-    }
-    Ok(axum::Json(body).into_response())
+    Ok(super::page("runs", runs, more, offset, limit))
 }
 
 /// Every value of one metric, by step then time, in pages.
@@ -1108,11 +1102,7 @@ pub async fn get_metric_history(State(s): State<AppState>, Msg(f): Msg) -> Resul
     .await?;
     let more = rows.len() as i64 > limit;
     let metrics: Vec<MetricOut> = rows.iter().take(limit as usize).map(metric_out).collect();
-    let mut body = json!({ "metrics": metrics });
-    if more {
-        body["next_page_token"] = json!((offset + limit).to_string());
-    }
-    Ok(axum::Json(body).into_response())
+    Ok(super::page("metrics", metrics, more, offset, limit))
 }
 
 /// A run's artifacts, when they are kept by this registry's artifact proxy.
