@@ -8,7 +8,6 @@
 //! not a failure; read the verdict, or `drifted` in `--json`), 2 when the input is unusable
 //! (unreadable file, bad schema, a column missing from one file, a column with no value).
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -342,51 +341,8 @@ fn numbers(cells: &[Option<String>]) -> anyhow::Result<Vec<Option<f64>>> {
     Ok(values)
 }
 
-/// Most distinct categories counted by linear search before switching to a hash map.
-const LINEAR_CATEGORIES: usize = 32;
-
-/// Counts categories. Typical categorical features have a handful of values, so a short list
-/// searched from the last hit beats hashing every cell; past [`LINEAR_CATEGORIES`] distinct
-/// values the counting moves to a hash map.
 fn categorical(cells: &[Option<String>]) -> CategoricalSample {
-    let mut small: Vec<(&str, u64)> = Vec::new();
-    let mut large: Option<HashMap<&str, u64>> = None;
-    let mut missing = 0;
-    let mut last = 0;
-    for cell in cells {
-        let Some(s) = cell.as_deref() else {
-            missing += 1;
-            continue;
-        };
-        if let Some(map) = large.as_mut() {
-            *map.entry(s).or_insert(0) += 1;
-            continue;
-        }
-        if small.get(last).is_some_and(|(k, _)| *k == s) {
-            small[last].1 += 1;
-            continue;
-        }
-        match small.iter().position(|(k, _)| *k == s) {
-            Some(i) => {
-                small[i].1 += 1;
-                last = i;
-            }
-            None if small.len() < LINEAR_CATEGORIES => {
-                small.push((s, 1));
-                last = small.len() - 1;
-            }
-            None => {
-                let mut map: HashMap<&str, u64> = small.drain(..).collect();
-                map.insert(s, 1);
-                large = Some(map);
-            }
-        }
-    }
-    let counts = match large {
-        Some(map) => map.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-        None => small.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-    };
-    CategoricalSample::from_counts(counts, missing)
+    CategoricalSample::from_values(cells.iter().map(Option::as_deref))
 }
 
 fn fmt_num(x: f64) -> String {
