@@ -214,7 +214,7 @@ impl ArtifactStore for LocalStore {
         // Write aside and rename, so a crash never leaves a truncated artifact under the key.
         let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::now_v7().simple()));
         tokio::fs::write(&tmp, &bytes).await.map_err(io(&tmp))?;
-        tokio::fs::rename(&tmp, &path).await.map_err(io(&path))?;
+        commit_file(&tmp, &path).await?;
         Ok(format!("file://{}", path.display()))
     }
 
@@ -237,7 +237,7 @@ impl ArtifactStore for LocalStore {
         }
         let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::now_v7().simple()));
         tokio::fs::copy(source, &tmp).await.map_err(io(source))?;
-        tokio::fs::rename(&tmp, &path).await.map_err(io(&path))?;
+        commit_file(&tmp, &path).await?;
         Ok(format!("file://{}", path.display()))
     }
 
@@ -272,10 +272,7 @@ impl ArtifactStore for LocalStore {
                 return Err(e);
             }
         };
-        if let Err(e) = tokio::fs::rename(&tmp, &path).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(io(&path)(e));
-        }
+        commit_file(&tmp, &path).await?;
         Ok(Stored {
             uri: format!("file://{}", path.display()),
             size,
@@ -340,6 +337,36 @@ impl ArtifactStore for LocalStore {
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
     }
+}
+
+/// Makes the file written at `tmp` durable under `path`: its data is synced, it is renamed
+/// over `path`, and the directory is synced so the rename survives a crash too. A caller that
+/// answers 200 after this has the artifact on disk, not in the page cache. On failure `tmp` is
+/// removed.
+async fn commit_file(tmp: &Path, path: &Path) -> Result<(), StoreError> {
+    let result = async {
+        tokio::fs::File::open(tmp)
+            .await
+            .map_err(io(tmp))?
+            .sync_all()
+            .await
+            .map_err(io(tmp))?;
+        tokio::fs::rename(tmp, path).await.map_err(io(path))?;
+        if let Some(dir) = path.parent() {
+            tokio::fs::File::open(dir)
+                .await
+                .map_err(io(dir))?
+                .sync_all()
+                .await
+                .map_err(io(dir))?;
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(tmp).await;
+    }
+    result
 }
 
 /// Copies `body` into a new file at `path` in chunks, returning its size and hex SHA-256.
