@@ -35,10 +35,14 @@ impl ClientError {
         }
     }
 
-    /// Whether retrying later may help (the service is down, overloaded or failed internally).
+    /// Whether retrying later may help: the service is down, overloaded or failed internally,
+    /// or answered a 409 with code `retry` (a concurrent request won a race for the same
+    /// resource).
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+            ClientError::Api { status, code, .. } => {
+                *status >= 500 || *status == 429 || (*status == 409 && code == "retry")
+            }
             ClientError::Transport { .. } => true,
             ClientError::Decode { .. } => false,
         }
@@ -181,6 +185,22 @@ pub fn segment(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::ClientError;
+
+    #[test]
+    fn only_a_retry_conflict_is_transient() {
+        let api = |status, code: &str| ClientError::Api {
+            status,
+            code: code.into(),
+            message: String::new(),
+        };
+        assert!(api(409, "retry").is_transient());
+        assert!(!api(409, "conflict").is_transient());
+        assert!(api(503, "unavailable").is_transient());
+        assert!(api(429, "too_many_requests").is_transient());
+        assert!(!api(422, "invalid").is_transient());
+    }
+
     #[test]
     fn encodes_segments() {
         assert_eq!(super::segment("pen guins/1"), "pen%20guins%2F1");

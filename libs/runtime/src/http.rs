@@ -25,6 +25,9 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// The error code of [`ApiError::conflict_retry`].
+pub const CONFLICT_RETRY: &str = "retry";
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -44,6 +47,12 @@ impl ApiError {
     }
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+    /// A 409 that a retry resolves: a concurrent request won a race for the same resource.
+    /// Its code, `retry`, tells clients apart from a [`conflict`](Self::conflict) that
+    /// retrying cannot fix.
+    pub fn conflict_retry(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, CONFLICT_RETRY, message)
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)

@@ -21,7 +21,7 @@ impl IntoResponse for Error {
             Error::Conflict(m) => ApiError::conflict(m),
             Error::Invalid(m) => ApiError::invalid(m),
             Error::Db(e) if petrel_db::is_unique_violation(&e) => {
-                ApiError::conflict("a concurrent request created the same resource; retry")
+                ApiError::conflict_retry("a concurrent request created the same resource; retry")
             }
             Error::Db(e) => ApiError::internal(e),
         }

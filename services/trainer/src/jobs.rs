@@ -165,14 +165,21 @@ async fn run_job(state: &AppState, job: Uuid, data: &DataReady) -> Result<(), Jo
         }
         other => JobError::Transient(format!("artifact store: {other}")),
     })?;
-    let report = parse_csv(&bytes, &data.schema).map_err(|e| JobError::Permanent(e.to_string()))?;
+    let schema = data.schema.clone();
+    let table = tokio::task::spawn_blocking(move || parse_csv(&bytes, &schema))
+        .await
+        .map_err(|e| JobError::Transient(format!("parsing task: {e}")))?
+        .map_err(|e| JobError::Permanent(e.to_string()))?
+        .table;
     let model_name = data.name.clone();
-    tracing::info!(job.id = %job, dataset.name = %data.name, rows = report.table.len(), "training started");
+    tracing::info!(job.id = %job, dataset.name = %data.name, rows = table.len(), "training started");
 
     // Train off the async runtime; report progress to the job row once a second meanwhile.
+    // Progress is best effort: a failed update is logged and training goes on, because
+    // returning early would leave the blocking task training, detached, while a redelivery
+    // starts the same job again.
     let progress = Arc::new(Mutex::new((0usize, f64::NAN)));
     let config = state.train.clone();
-    let table = report.table;
     let p = progress.clone();
     let started = std::time::Instant::now();
     let training = tokio::task::spawn_blocking(move || {
@@ -184,19 +191,23 @@ async fn run_job(state: &AppState, job: Uuid, data: &DataReady) -> Result<(), Jo
     });
     tokio::pin!(training);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let report = |progress: &Mutex<(usize, f64)>| {
+        let (epoch, loss) = progress.lock().map(|g| *g).unwrap_or((0, f64::NAN));
+        async move {
+            if let Err(e) = record_progress(state, job, epoch, loss).await {
+                tracing::warn!(job.id = %job, error = %e, "cannot record training progress; training goes on");
+            }
+        }
+    };
     let bundle = loop {
         tokio::select! {
             done = &mut training => break done,
-            _ = tick.tick() => {
-                let (epoch, loss) = progress.lock().map(|g| *g).unwrap_or((0, f64::NAN));
-                record_progress(state, job, epoch, loss).await?;
-            }
+            _ = tick.tick() => report(&progress).await,
         }
     }
     .map_err(|e| JobError::Transient(format!("training task: {e}")))?
     .map_err(|e| JobError::Permanent(e.to_string()))?;
-    let (epoch, loss) = progress.lock().map(|g| *g).unwrap_or((0, f64::NAN));
-    record_progress(state, job, epoch, loss).await?;
+    report(&progress).await;
     let m = &bundle.metrics;
     tracing::info!(
         job.id = %job,
