@@ -204,6 +204,9 @@ pub struct ModelVersion {
     /// The automatic promotion decision made when it was registered.
     #[serde(default)]
     pub promotion: Option<PromotionDecision>,
+    /// Free-form tags (MLflow's model version tags).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -213,6 +216,9 @@ pub struct RegisteredModel {
     pub created_at: DateTime<Utc>,
     pub latest_version: Option<i32>,
     pub aliases: BTreeMap<String, i32>,
+    /// Free-form tags (MLflow's registered model tags).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// The answer to `POST /api/v1/runs/{id}/metrics`.

@@ -230,6 +230,7 @@ mod tests {
             created_at: Utc::now(),
             evaluation: e,
             promotion: None,
+            tags: BTreeMap::new(),
         }
     }
 

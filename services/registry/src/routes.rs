@@ -41,6 +41,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/models/{name}/versions/{version}", get(get_version))
         .route(
+            "/api/v1/models/{name}/tags/{key}",
+            axum::routing::put(put_model_tag).delete(delete_model_tag),
+        )
+        .route(
+            "/api/v1/models/{name}/versions/{version}/tags/{key}",
+            axum::routing::put(put_version_tag).delete(delete_version_tag),
+        )
+        .route(
             "/api/v1/models/{name}/aliases/{alias}",
             get(get_alias).put(set_alias).delete(delete_alias),
         )
@@ -339,6 +347,106 @@ async fn get_version(
     check_lookup("model name", &name)?;
     let mut conn = s.infra.pool.acquire().await?;
     Ok(Json(store::get_version(&mut conn, &name, version).await?))
+}
+
+/// The body of `PUT .../tags/{key}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TagValue {
+    value: String,
+}
+
+/// Longest tag key and value, as MLflow allows.
+const MAX_TAG_KEY: usize = 250;
+const MAX_TAG_VALUE: usize = 8000;
+
+fn check_tag(key: &str, value: Option<&str>) -> Result<()> {
+    if key.is_empty() || key.chars().count() > MAX_TAG_KEY {
+        return Err(Error::Invalid(format!(
+            "a tag key is 1 to {MAX_TAG_KEY} characters"
+        )));
+    }
+    check_key("a tag key", key)?;
+    if let Some(v) = value {
+        if v.chars().count() > MAX_TAG_VALUE {
+            return Err(Error::Invalid(format!(
+                "a tag value is at most {MAX_TAG_VALUE} characters"
+            )));
+        }
+        check_text("a tag value", v)?;
+    }
+    Ok(())
+}
+
+/// Sets a registered model's tag; answers with the model.
+async fn put_model_tag(
+    State(s): State<AppState>,
+    Path((name, key)): Path<(String, String)>,
+    Json(req): Json<TagValue>,
+) -> Result<impl IntoResponse> {
+    check_lookup("model name", &name)?;
+    check_tag(&key, Some(&req.value))?;
+    let mut tx = s.infra.pool.begin().await?;
+    store::get_model(&mut tx, &name).await?;
+    let tags = std::collections::BTreeMap::from([(key, req.value)]);
+    store::set_model_tags(&mut tx, store::TagOwner::Model(&name), &tags).await?;
+    let model = store::get_model(&mut tx, &name).await?;
+    tx.commit().await?;
+    Ok(Json(model))
+}
+
+async fn delete_model_tag(
+    State(s): State<AppState>,
+    Path((name, key)): Path<(String, String)>,
+) -> Result<impl IntoResponse> {
+    check_lookup("model name", &name)?;
+    check_tag(&key, None)?;
+    let mut tx = s.infra.pool.begin().await?;
+    store::get_model(&mut tx, &name).await?;
+    if !store::delete_model_tag(&mut tx, store::TagOwner::Model(&name), &key).await? {
+        return Err(Error::NotFound(format!(
+            "model {name:?} has no tag {key:?}"
+        )));
+    }
+    let model = store::get_model(&mut tx, &name).await?;
+    tx.commit().await?;
+    Ok(Json(model))
+}
+
+/// Sets a model version's tag; answers with the version.
+async fn put_version_tag(
+    State(s): State<AppState>,
+    Path((name, version, key)): Path<(String, i32, String)>,
+    Json(req): Json<TagValue>,
+) -> Result<impl IntoResponse> {
+    check_lookup("model name", &name)?;
+    check_tag(&key, Some(&req.value))?;
+    let mut tx = s.infra.pool.begin().await?;
+    store::get_version(&mut tx, &name, version).await?;
+    let tags = std::collections::BTreeMap::from([(key, req.value)]);
+    store::set_model_tags(&mut tx, store::TagOwner::Version(&name, version), &tags).await?;
+    let updated = store::get_version(&mut tx, &name, version).await?;
+    tx.commit().await?;
+    Ok(Json(updated))
+}
+
+async fn delete_version_tag(
+    State(s): State<AppState>,
+    Path((name, version, key)): Path<(String, i32, String)>,
+) -> Result<impl IntoResponse> {
+    check_lookup("model name", &name)?;
+    check_tag(&key, None)?;
+    let mut tx = s.infra.pool.begin().await?;
+    store::get_version(&mut tx, &name, version).await?;
+    let owner = store::TagOwner::Version(&name, version);
+    if !store::delete_model_tag(&mut tx, owner, &key).await? {
+        return Err(Error::NotFound(format!(
+            "version {version} of model {name:?} has no tag {key:?}"
+        )));
+    }
+    let updated = store::get_version(&mut tx, &name, version).await?;
+    tx.commit().await?;
+    Ok(Json(updated))
 }
 
 /// Registers a version. In the same transaction: announces `model.registered`, and moves the

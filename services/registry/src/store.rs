@@ -214,7 +214,9 @@ pub async fn set_run_status(conn: &mut PgConnection, run: Uuid, status: RunStatu
 pub(crate) const VERSION_COLUMNS: &str = "v.model_name, v.version, v.run_id, v.artifact_uri, v.dataset_id, v.metrics, \
      v.description, v.created_at, v.evaluation, v.promotion, \
      COALESCE((SELECT array_agg(a.alias ORDER BY a.alias) FROM model_aliases a \
-               WHERE a.model_name = v.model_name AND a.version = v.version), '{}') AS aliases";
+               WHERE a.model_name = v.model_name AND a.version = v.version), '{}') AS aliases, \
+     COALESCE((SELECT jsonb_object_agg(t.key, t.value) FROM model_version_tags t \
+               WHERE t.model_name = v.model_name AND t.version = v.version), '{}') AS tags";
 
 pub(crate) fn version_from_row(r: &sqlx::postgres::PgRow) -> ModelVersion {
     let metrics: serde_json::Value = r.get("metrics");
@@ -234,7 +236,80 @@ pub(crate) fn version_from_row(r: &sqlx::postgres::PgRow) -> ModelVersion {
         promotion: r
             .get::<Option<serde_json::Value>, _>("promotion")
             .and_then(|v| serde_json::from_value::<PromotionDecision>(v).ok()),
+        tags: tags_from_row(r),
     }
+}
+
+fn tags_from_row(r: &sqlx::postgres::PgRow) -> BTreeMap<String, String> {
+    serde_json::from_value(r.get("tags")).unwrap_or_default()
+}
+
+/// Which tags: of a registered model, or of one of its versions.
+#[derive(Debug, Clone, Copy)]
+pub enum TagOwner<'a> {
+    Model(&'a str),
+    Version(&'a str, i32),
+}
+
+/// Sets tags (a key already present takes the new value).
+pub async fn set_model_tags(
+    conn: &mut PgConnection,
+    owner: TagOwner<'_>,
+    tags: &BTreeMap<String, String>,
+) -> Result<()> {
+    if tags.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&String> = tags.keys().collect();
+    let values: Vec<&String> = tags.values().collect();
+    let (name, version) = match owner {
+        TagOwner::Model(n) => (n, None),
+        TagOwner::Version(n, v) => (n, Some(v)),
+    };
+    let sql = match version {
+        None => {
+            "INSERT INTO registered_model_tags (model_name, key, value) \
+             SELECT $1, k, v FROM UNNEST($2::text[], $3::text[]) AS t(k, v) \
+             ON CONFLICT (model_name, key) DO UPDATE SET value = EXCLUDED.value"
+        }
+        Some(_) => {
+            "INSERT INTO model_version_tags (model_name, version, key, value) \
+             SELECT $1, $4, k, v FROM UNNEST($2::text[], $3::text[]) AS t(k, v) \
+             ON CONFLICT (model_name, version, key) DO UPDATE SET value = EXCLUDED.value"
+        }
+    };
+    let mut q = sqlx::query(sql).bind(name).bind(&keys).bind(&values);
+    if let Some(v) = version {
+        q = q.bind(v);
+    }
+    q.execute(conn).await?;
+    Ok(())
+}
+
+/// Deletes one tag; `false` when there was none with that key.
+pub async fn delete_model_tag(
+    conn: &mut PgConnection,
+    owner: TagOwner<'_>,
+    key: &str,
+) -> Result<bool> {
+    let done = match owner {
+        TagOwner::Model(name) => {
+            sqlx::query("DELETE FROM registered_model_tags WHERE model_name = $1 AND key = $2")
+                .bind(name)
+                .bind(key)
+                .execute(conn)
+                .await?
+        }
+        TagOwner::Version(name, version) => sqlx::query(
+            "DELETE FROM model_version_tags WHERE model_name = $1 AND version = $2 AND key = $3",
+        )
+        .bind(name)
+        .bind(version)
+        .bind(key)
+        .execute(conn)
+        .await?,
+    };
+    Ok(done.rows_affected() > 0)
 }
 
 /// Records what a version was evaluated on.
@@ -492,7 +567,9 @@ pub async fn alias_history(
 const MODEL_SELECT: &str = "SELECT m.name, m.description, m.created_at, \
      (SELECT MAX(version) FROM model_versions WHERE model_name = m.name) AS latest, \
      COALESCE((SELECT jsonb_object_agg(alias, version) FROM model_aliases \
-               WHERE model_name = m.name), '{}') AS aliases \
+               WHERE model_name = m.name), '{}') AS aliases, \
+     COALESCE((SELECT jsonb_object_agg(t.key, t.value) FROM registered_model_tags t \
+               WHERE t.model_name = m.name), '{}') AS tags \
      FROM registered_models m";
 
 fn model_from_row(r: &sqlx::postgres::PgRow) -> RegisteredModel {
@@ -503,6 +580,7 @@ fn model_from_row(r: &sqlx::postgres::PgRow) -> RegisteredModel {
         created_at: r.get("created_at"),
         latest_version: r.get("latest"),
         aliases: serde_json::from_value(aliases).unwrap_or_default(),
+        tags: tags_from_row(r),
     }
 }
 

@@ -1157,6 +1157,99 @@ async fn deleting_an_alias_is_announced() {
 }
 
 #[tokio::test]
+async fn models_and_versions_carry_tags() {
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
+    let run = new_run(&reg, "m").await;
+    register(&reg, "m", run.id, Some(0.9), StatusCode::CREATED).await;
+
+    let (status, body) = reg
+        .send(
+            Method::PUT,
+            "/api/v1/models/m/tags/team",
+            Some(json!({"value": "petrel"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["tags"], json!({"team": "petrel"}));
+    let (status, body) = reg
+        .send(
+            Method::PUT,
+            "/api/v1/models/m/versions/1/tags/validated%20by",
+            Some(json!({"value": "alice"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["tags"], json!({"validated by": "alice"}));
+    // A new value replaces the old one; reads show the tags.
+    reg.send(
+        Method::PUT,
+        "/api/v1/models/m/tags/team",
+        Some(json!({"value": "ml"})),
+    )
+    .await;
+    let (_, model) = reg.send(Method::GET, "/api/v1/models/m", None).await;
+    assert_eq!(model["tags"], json!({"team": "ml"}));
+    let (_, version) = reg
+        .send(Method::GET, "/api/v1/models/m/versions/1", None)
+        .await;
+    assert_eq!(version["tags"], json!({"validated by": "alice"}));
+
+    let (status, body) = reg
+        .send(
+            Method::DELETE,
+            "/api/v1/models/m/versions/1/tags/validated%20by",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["tags"], json!({}));
+    let r = reg
+        .send(
+            Method::DELETE,
+            "/api/v1/models/m/versions/1/tags/validated%20by",
+            None,
+        )
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = reg
+        .send(
+            Method::PUT,
+            "/api/v1/models/m/versions/9/tags/a",
+            Some(json!({"value": "b"})),
+        )
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = reg
+        .send(
+            Method::PUT,
+            "/api/v1/models/nope/tags/a",
+            Some(json!({"value": "b"})),
+        )
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let long = "k".repeat(251);
+    let r = reg
+        .send(
+            Method::PUT,
+            &format!("/api/v1/models/m/tags/{long}"),
+            Some(json!({"value": "b"})),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    let r = reg
+        .send(
+            Method::PUT,
+            "/api/v1/models/m/tags/a",
+            Some(json!({"valeu": "b"})),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_json");
+    reg.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn with_auth_on_writes_need_a_write_token_and_tokens_are_scoped() {
     use clap::Parser;
     let env = TestEnv::new().await;

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 client = MlflowClient()
@@ -143,6 +143,37 @@ with timed("log_batch_1000"):
         batch.info.run_id,
         params=[Param("p1", "another")],
     )
+
+# --- Latest values: the highest step wins, whenever it was logged --------------------------
+with timed("latest_metric"):
+    with mlflow.start_run(run_name="latest") as latest:
+        client.log_metric(latest.info.run_id, "late", 1.0, timestamp=ts, step=5)
+        client.log_metric(latest.info.run_id, "late", 9.0, timestamp=ts + 10, step=2)
+        client.log_metric(latest.info.run_id, "late", 0.5, timestamp=ts - 10, step=5)
+    # step 5 beats step 2; at step 5 the later timestamp wins.
+    assert client.get_run(latest.info.run_id).data.metrics["late"] == 1.0
+    low = client.search_runs([exp_id], "metrics.late < 2")
+    assert [h.info.run_id for h in low] == [latest.info.run_id], low
+    assert len(client.search_runs([exp_id], "metrics.late > 2")) == 0
+
+# --- Dataset inputs: logged, shown on the run, searched -----------------------------------
+with timed("log_inputs"):
+    train = Dataset("penguins", "d1g3st", "local", '{"uri": "data/penguins.csv"}', schema='{"x": 1}')
+    held = Dataset("penguins-test", "e2f4", "local", '{"uri": "data/test.csv"}')
+    client.log_inputs(latest.info.run_id, [
+        DatasetInput(train, [InputTag("mlflow.data.context", "training")]),
+        DatasetInput(held, [InputTag("mlflow.data.context", "evaluation")]),
+    ])
+    # The same dataset again changes nothing.
+    client.log_inputs(latest.info.run_id, [DatasetInput(train, [InputTag("mlflow.data.context", "x")])])
+    got = client.get_run(latest.info.run_id).inputs.dataset_inputs
+    assert [(d.dataset.name, d.dataset.digest, d.dataset.schema) for d in got][0] == (
+        "penguins", "d1g3st", '{"x": 1}'), got
+    assert {d.dataset.name: d.tags[0].value for d in got} == {
+        "penguins": "training", "penguins-test": "evaluation"}, got
+    used = client.search_runs([exp_id], "datasets.name = 'penguins' and datasets.context = 'training'")
+    assert [h.info.run_id for h in used] == [latest.info.run_id], used
+    assert len(client.search_runs([exp_id], "dataset.digest = 'nope'")) == 0
 
 # --- Metric history, whole and paged ------------------------------------------------------
 with timed("metric_history"):
@@ -305,6 +336,26 @@ with timed("registry"):
     by_run_both = client.search_model_versions(f"run_id='{runs[2]}'")
     assert {(v.name, v.version) for v in by_run_both} == {(model, "2"), (other, "1")}
     expect_error("INVALID_PARAMETER_VALUE", client.search_model_versions, "name = 'x' or 1")
+
+    # Tags of registered models and versions: set, shown, searched, deleted.
+    client.set_registered_model_tag(model, "team", "petrel")
+    client.set_model_version_tag(model, "2", "validated", "yes")
+    tagged = client.create_registered_model("mlflow-tagged", tags={"team": "other", "tier": "1"})
+    assert tagged.tags == {"team": "other", "tier": "1"}, tagged.tags
+    assert client.get_registered_model(model).tags == {"team": "petrel"}
+    assert client.get_model_version(model, "2").tags == {"validated": "yes"}
+    by_tag = client.search_registered_models(filter_string="tags.team = 'petrel'")
+    assert [m.name for m in by_tag] == [model], by_tag
+    # MLflow 3's prompt filter (`tags.mlflow.prompt.is_prompt != 'true'`) keeps untagged models.
+    assert {m.name for m in client.search_registered_models()} >= {model, other, "mlflow-tagged"}
+    validated = client.search_model_versions(f"name = '{model}' and tags.validated = 'yes'")
+    assert [v.version for v in validated] == ["2"], validated
+    client.delete_model_version_tag(model, "2", "validated")
+    assert client.get_model_version(model, "2").tags == {}
+    client.delete_registered_model_tag(model, "team")
+    assert client.get_registered_model(model).tags == {}
+    expect_error("RESOURCE_DOES_NOT_EXIST", client.delete_registered_model_tag, model, "team")
+    expect_error("RESOURCE_DOES_NOT_EXIST", client.set_model_version_tag, model, "9", "k", "v")
 
     # A models:/ URI resolves through the registry and downloads through the proxy.
     fetched = mlflow.artifacts.download_artifacts(

@@ -21,7 +21,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, OriginalUri, Request};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{delete, get, patch, post};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/set-tag", post(tracking::set_tag))
         .route("/runs/delete-tag", post(tracking::delete_tag))
         .route("/runs/log-batch", post(tracking::log_batch))
+        .route("/runs/log-inputs", post(tracking::log_inputs))
         .route("/metrics/get-history", get(tracking::get_metric_history))
         .route("/artifacts/list", get(tracking::list_artifacts))
         // MLflow 3 clients look for logged models when they list a run's artifacts.
@@ -89,6 +90,16 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/registered-models/search",
             get(registry::search_registered_models),
+        )
+        .route("/registered-models/set-tag", post(registry::set_model_tag))
+        .route(
+            "/registered-models/delete-tag",
+            delete(registry::delete_model_tag),
+        )
+        .route("/model-versions/set-tag", post(registry::set_version_tag))
+        .route(
+            "/model-versions/delete-tag",
+            delete(registry::delete_version_tag),
         )
         .route(
             "/registered-models/get-latest-versions",
@@ -463,6 +474,17 @@ impl Fields {
                 })
                 .collect(),
             Some(v) => Err(self.bad(key, v, "a list of objects")),
+        }
+    }
+
+    /// A nested message field.
+    pub fn object(&self, key: &str) -> Result<Option<Fields>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Object(m)) => {
+                Ok(Some(Fields::new(m.clone(), format!("{}.", self.name(key)))))
+            }
+            Some(v) => Err(self.bad(key, v, "an object")),
         }
     }
 

@@ -5,7 +5,7 @@
 //! the registering transaction.
 //!
 //! What Petrel's registry does not keep is refused with a message rather than dropped:
-//! model and version tags, logged models (`model_id`), and versions without a run. Stages
+//! logged models (`model_id`) and versions without a run. Stages
 //! are MLflow's deprecated mechanism; every version is in stage `None`, and aliases do that
 //! job.
 
@@ -21,11 +21,13 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::search::{self, push_order, push_where};
+use super::search::{self, MetricJoins, push_order, push_where};
+use super::tracking::{self, KeyValue};
 use super::{
     Fields, MlflowError, Msg, Result, check_plain, check_text, max_results, millis, page_offset,
     parse_run_id, run_hex,
 };
+use crate::store::TagOwner;
 use crate::{AppState, routes, store};
 
 /// Longest model name (as `/api/v1`'s) and source URI. The source travels in
@@ -53,6 +55,24 @@ struct VersionOut {
     run_id: String,
     status: &'static str,
     aliases: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<KeyValue>,
+}
+
+fn tags_out(tags: BTreeMap<String, String>) -> Vec<KeyValue> {
+    tags.into_iter()
+        .map(|(key, value)| KeyValue { key, value })
+        .collect()
+}
+
+/// The `tags` of a create request, validated like run tags; the last value of a key wins.
+fn tags_in(f: &Fields) -> Result<BTreeMap<String, String>> {
+    Ok(tracking::last_wins(
+        f.objects("tags")?
+            .iter()
+            .map(tracking::tag_in)
+            .collect::<Result<_>>()?,
+    ))
 }
 
 fn version_out(v: ModelVersion) -> VersionOut {
@@ -67,6 +87,7 @@ fn version_out(v: ModelVersion) -> VersionOut {
         // Petrel registers a version in one transaction: it is ready once it exists.
         status: "READY",
         aliases: v.aliases,
+        tags: tags_out(v.tags),
         name: v.model_name,
     }
 }
@@ -88,6 +109,8 @@ struct ModelOut {
     latest_versions: Vec<VersionOut>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     aliases: Vec<AliasOut>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<KeyValue>,
 }
 
 /// A model name as MLflow and `/api/v1` both accept it.
@@ -163,7 +186,9 @@ async fn load_models(conn: &mut PgConnection, names: &[String]) -> Result<Vec<Mo
         "SELECT m.name, m.description, m.created_at, {} AS updated_at, \
          COALESCE((SELECT jsonb_agg(jsonb_build_object('alias', a.alias, 'version', a.version) \
                    ORDER BY a.alias) FROM model_aliases a WHERE a.model_name = m.name), '[]') \
-         AS aliases \
+         AS aliases, \
+         COALESCE((SELECT jsonb_object_agg(t.key, t.value) FROM registered_model_tags t \
+                   WHERE t.model_name = m.name), '{{}}') AS tags \
          FROM registered_models m WHERE m.name = ANY($1)",
         search::models::UPDATED
     ))
@@ -188,6 +213,8 @@ async fn load_models(conn: &mut PgConnection, names: &[String]) -> Result<Vec<Mo
     for r in rows {
         let name: String = r.get("name");
         let aliases: Value = r.get("aliases");
+        let tags: BTreeMap<String, String> =
+            serde_json::from_value(r.get("tags")).unwrap_or_default();
         let aliases = aliases
             .as_array()
             .map(|items| {
@@ -208,6 +235,7 @@ async fn load_models(conn: &mut PgConnection, names: &[String]) -> Result<Vec<Mo
                 description: r.get("description"),
                 latest_versions: latest.remove(&name).map(version_out).into_iter().collect(),
                 aliases,
+                tags: tags_out(tags),
                 name,
             },
         );
@@ -225,11 +253,7 @@ async fn load_model(conn: &mut PgConnection, name: &str) -> Result<ModelOut> {
 pub async fn create_registered_model(State(s): State<AppState>, Msg(f): Msg) -> Result<Response> {
     let name = f.str("name")?;
     check_model_name(&name)?;
-    if !f.objects("tags")?.is_empty() {
-        return Err(MlflowError::invalid(
-            "registered model tags are not supported by this registry",
-        ));
-    }
+    let tags = tags_in(&f)?;
     let description = f.opt_str("description")?;
     if let Some(d) = &description {
         check_text("description", d)?;
@@ -248,6 +272,7 @@ pub async fn create_registered_model(State(s): State<AppState>, Msg(f): Msg) -> 
             "Registered Model (name={name}) already exists."
         )));
     }
+    store::set_model_tags(&mut tx, TagOwner::Model(&name), &tags).await?;
     let model = load_model(&mut tx, &name).await?;
     tx.commit().await?;
     tracing::info!(model.name = %name, "registered model created over the MLflow API");
@@ -289,8 +314,8 @@ pub async fn search_registered_models(State(s): State<AppState>, Msg(f): Msg) ->
     let limit = max_results(&f, 100, 1000)?;
     let offset = page_offset(f.opt_str("page_token")?)?;
     let mut qb = QueryBuilder::<Postgres>::new("SELECT m.name FROM registered_models m WHERE TRUE");
-    push_where(&mut qb, &clauses);
-    push_order(&mut qb, &orders);
+    push_where(&mut qb, &clauses, &MetricJoins::default());
+    push_order(&mut qb, &orders, &MetricJoins::default());
     qb.push(" LIMIT ")
         .push_bind(limit + 1)
         .push(" OFFSET ")
@@ -328,13 +353,11 @@ pub async fn get_latest_versions(State(s): State<AppState>, Msg(f): Msg) -> Resu
 /// The run's latest finite metrics, as a version carries them (and `model.registered` with
 /// it): at most [`MAX_VERSION_METRICS`], the promotion metric always among them.
 async fn version_metrics(conn: &mut PgConnection, run: Uuid) -> Result<BTreeMap<String, f64>> {
-    let rows = sqlx::query(
-        "SELECT DISTINCT ON (key) key, value FROM run_metrics WHERE run_id = $1 \
-         ORDER BY key, step DESC, timestamp DESC, value DESC",
-    )
-    .bind(run)
-    .fetch_all(conn)
-    .await?;
+    let rows =
+        sqlx::query("SELECT key, value FROM run_latest_metrics WHERE run_id = $1 ORDER BY key")
+            .bind(run)
+            .fetch_all(conn)
+            .await?;
     let mut all: Vec<(String, f64)> = rows
         .iter()
         .map(|r| (r.get::<String, _>("key"), r.get::<f64, _>("value")))
@@ -365,11 +388,7 @@ pub async fn create_model_version(State(s): State<AppState>, Msg(f): Msg) -> Res
         ));
     };
     let run = parse_run_id(&run_id)?;
-    if !f.objects("tags")?.is_empty() {
-        return Err(MlflowError::invalid(
-            "model version tags are not supported by this registry",
-        ));
-    }
+    let tags = tags_in(&f)?;
     if f.opt_nonempty("model_id")?.is_some() {
         return Err(MlflowError::invalid(
             "logged models (model_id) are not supported by this registry; register a run's \
@@ -408,6 +427,7 @@ pub async fn create_model_version(State(s): State<AppState>, Msg(f): Msg) -> Res
         description.as_deref(),
     )
     .await?;
+    store::set_model_tags(&mut tx, TagOwner::Version(&name, version), &tags).await?;
     let registered = ModelRegistered {
         model_name: name.clone(),
         version,
@@ -490,8 +510,8 @@ pub async fn search_model_versions(State(s): State<AppState>, Msg(f): Msg) -> Re
         "SELECT {} FROM model_versions v WHERE TRUE",
         store::VERSION_COLUMNS
     ));
-    push_where(&mut qb, &clauses);
-    push_order(&mut qb, &orders);
+    push_where(&mut qb, &clauses, &MetricJoins::default());
+    push_order(&mut qb, &orders, &MetricJoins::default());
     qb.push(" LIMIT ")
         .push_bind(limit + 1)
         .push(" OFFSET ")
@@ -596,6 +616,76 @@ pub async fn get_model_version_by_alias(
         })?;
     let v = store::get_version(&mut conn, &name, version).await?;
     Ok(axum::Json(json!({ "model_version": version_out(v) })).into_response())
+}
+
+/// Sets a tag of a registered model (`registered-models/set-tag`) or of one of its versions
+/// (`model-versions/set-tag`, with `version`).
+async fn set_tag(s: &AppState, f: &Fields, of_version: bool) -> Result<Response> {
+    let name = f.str("name")?;
+    check_plain("name", &name)?;
+    let (key, value) = tracking::tag_in(f)?;
+    let mut tx = s.infra.pool.begin().await?;
+    let owner = tag_owner(&mut tx, f, &name, of_version).await?;
+    store::set_model_tags(&mut tx, owner, &BTreeMap::from([(key, value)])).await?;
+    tx.commit().await?;
+    Ok(ok())
+}
+
+async fn delete_tag(s: &AppState, f: &Fields, of_version: bool) -> Result<Response> {
+    let name = f.str("name")?;
+    check_plain("name", &name)?;
+    let key = f.str("key")?;
+    check_plain("key", &key)?;
+    let mut tx = s.infra.pool.begin().await?;
+    let owner = tag_owner(&mut tx, f, &name, of_version).await?;
+    if !store::delete_model_tag(&mut tx, owner, &key).await? {
+        let of = match owner {
+            TagOwner::Model(n) => format!("registered model {n}"),
+            TagOwner::Version(n, v) => format!("model version (name={n}, version={v})"),
+        };
+        return Err(MlflowError::not_found(format!(
+            "No tag with key {key} on {of}"
+        )));
+    }
+    tx.commit().await?;
+    Ok(ok())
+}
+
+/// The model or version a tag request names, which must exist.
+async fn tag_owner<'a>(
+    conn: &mut PgConnection,
+    f: &Fields,
+    name: &'a str,
+    of_version: bool,
+) -> Result<TagOwner<'a>> {
+    if of_version {
+        let version = parse_version(f)?;
+        if store::find_version(conn, name, version).await?.is_none() {
+            return Err(version_not_found(name, version));
+        }
+        Ok(TagOwner::Version(name, version))
+    } else {
+        if !model_exists(conn, name).await? {
+            return Err(model_not_found(name));
+        }
+        Ok(TagOwner::Model(name))
+    }
+}
+
+pub async fn set_model_tag(State(s): State<AppState>, Msg(f): Msg) -> Result<Response> {
+    set_tag(&s, &f, false).await
+}
+
+pub async fn delete_model_tag(State(s): State<AppState>, Msg(f): Msg) -> Result<Response> {
+    delete_tag(&s, &f, false).await
+}
+
+pub async fn set_version_tag(State(s): State<AppState>, Msg(f): Msg) -> Result<Response> {
+    set_tag(&s, &f, true).await
+}
+
+pub async fn delete_version_tag(State(s): State<AppState>, Msg(f): Msg) -> Result<Response> {
+    delete_tag(&s, &f, true).await
 }
 
 #[cfg(test)]

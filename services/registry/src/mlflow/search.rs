@@ -489,9 +489,13 @@ pub enum Expr {
     Tag(String),
     /// An experiment's tag.
     ExperimentTag(String),
-    /// A clause whose answer is known without looking: a tag of a registered model or
-    /// version, which this registry does not keep.
-    Constant(bool),
+    /// A column of one of the run's dataset inputs (aliased `di`): the clause holds when any
+    /// input matches.
+    Dataset(&'static str),
+    /// A registered model's tag.
+    ModelTag(String),
+    /// A model version's tag.
+    VersionTag(String),
 }
 
 /// What a value is compared with.
@@ -613,9 +617,18 @@ pub mod runs {
             Some("metric") => Ok((Expr::LatestMetric(key.to_owned()), Kind::Number, "")),
             Some("param") => Ok((Expr::Param(key.to_owned()), Kind::Keyed, "")),
             Some("tag") => Ok((Expr::Tag(key.to_owned()), Kind::Keyed, "")),
-            Some("dataset") => err(format!(
-                "'{what}': dataset filters are not supported by this registry"
-            )),
+            Some("dataset") => match key {
+                "name" => Ok((Expr::Dataset("di.name"), Kind::Text, "")),
+                "digest" => Ok((Expr::Dataset("di.digest"), Kind::Text, "")),
+                "context" => Ok((
+                    Expr::Dataset("(di.tags ->> 'mlflow.data.context')"),
+                    Kind::Text,
+                    "",
+                )),
+                _ => err(format!(
+                    "invalid dataset key '{what}'; valid keys are 'name', 'digest' and 'context'"
+                )),
+            },
             Some("unknown") => err(format!(
                 "invalid entity type '{}' in '{what}'; use attributes, metrics, params or tags",
                 entity.unwrap_or_default()
@@ -693,6 +706,11 @@ pub mod runs {
                 .map_err(|e| SearchError(format!("Invalid order_by clause {raw:?}: {}", e.0)))?;
             let expr = match expr {
                 Expr::Column(_) => Expr::Column(sort),
+                Expr::Dataset(_) => {
+                    return err(format!(
+                        "Invalid order_by clause {raw:?}: runs cannot be ordered by a dataset"
+                    ));
+                }
                 other => other,
             };
             if seen.contains(&expr) {
@@ -803,30 +821,17 @@ pub mod experiments {
     }
 }
 
-/// The MLflow client's marker of prompts, which it excludes from model searches.
-const PROMPT_TAG: &str = "mlflow.prompt.is_prompt";
-
-/// A tag clause on registered models or versions, which carry no tags here: like MLflow with
-/// an untagged model, every comparison fails and `IS NULL` holds, except that an untagged
-/// model is not a prompt (`tags.`mlflow.prompt.is_prompt` != 'true'`, which MLflow 3 clients
-/// add to every model search).
-fn untagged(what: &str, c: &Comparison) -> Result<Clause> {
+/// A tag clause on registered models (`ModelTag`) or versions (`VersionTag`).
+fn tag_clause(what: &str, c: &Comparison, expr: fn(String) -> Expr) -> Result<Clause> {
     let value = check(&format!("'{what}'"), Kind::Keyed, c.op, c.value.clone())?;
-    let holds = match (&value, c.op) {
-        (_, Op::IsNull) => true,
-        (Bound::Text(v), Op::Ne) if c.key == PROMPT_TAG => v == "true",
-        (Bound::Text(v), Op::Eq) if c.key == PROMPT_TAG => v == "false",
-        _ => false,
-    };
     Ok(Clause {
-        expr: Expr::Constant(holds),
+        expr: expr(c.key.clone()),
         op: c.op,
         value,
     })
 }
 
-/// Registered model searches: `name` (on registered models aliased `m`), and tags, of which
-/// this registry keeps none.
+/// Registered model searches: `name` (on registered models aliased `m`) and tags.
 pub mod models {
     use super::*;
 
@@ -842,10 +847,10 @@ pub mod models {
                 let what = display(&c.entity, &c.key);
                 match (entity_kind(c.entity.as_deref()), c.key.as_str()) {
                     (None | Some("attribute"), "name") => {}
-                    (Some("tag"), _) => return untagged(&what, &c).map_err(&wrap),
+                    (Some("tag"), _) => return tag_clause(&what, &c, Expr::ModelTag).map_err(&wrap),
                     _ => {
                         return Err(wrap(SearchError(format!(
-                            "invalid search key '{what}'; registered models are searched by 'name'"
+                            "invalid search key '{what}'; registered models are searched by 'name' and tags"
                         ))));
                     }
                 }
@@ -889,7 +894,7 @@ pub mod models {
 }
 
 /// Model version searches: `name`, `version_number`, `run_id` and `source_path` (on model
-/// versions aliased `v`), and tags, of which this registry keeps none.
+/// versions aliased `v`) and tags.
 pub mod versions {
     use super::*;
 
@@ -906,10 +911,12 @@ pub mod versions {
                         ("replace(v.run_id::text, '-', '')", Kind::Id)
                     }
                     (None | Some("attribute"), "source_path") => ("v.artifact_uri", Kind::Text),
-                    (Some("tag"), _) => return untagged(&what, &c).map_err(&wrap),
+                    (Some("tag"), _) => {
+                        return tag_clause(&what, &c, Expr::VersionTag).map_err(&wrap);
+                    }
                     _ => {
                         return Err(wrap(SearchError(format!(
-                            "invalid search key '{what}'; valid keys are {}",
+                            "invalid search key '{what}'; valid keys are {} and tags",
                             quoted_list(&["name", "version_number", "run_id", "source_path"])
                         ))));
                     }
@@ -977,18 +984,72 @@ pub mod versions {
     }
 }
 
-fn push_latest_metric(qb: &mut QueryBuilder<'_, Postgres>, key: &str) {
-    qb.push("(SELECT m.value FROM run_metrics m WHERE m.run_id = r.id AND m.key = ")
-        .push_bind(key.to_owned())
-        .push(" ORDER BY m.step DESC, m.timestamp DESC, m.value DESC LIMIT 1)");
+/// The metric keys a run search filters or orders on, each joined once to its run's latest
+/// value (`run_latest_metrics`, kept by a trigger on every metric insert), so that the filter
+/// and the order read one indexed row per run instead of ranking each run's history per row
+/// and per mention.
+#[derive(Debug, Default)]
+pub struct MetricJoins(Vec<String>);
+
+impl MetricJoins {
+    /// The distinct metric keys of `clauses` and `orders`, in order of appearance.
+    #[must_use]
+    pub fn new(clauses: &[Clause], orders: &[Order]) -> Self {
+        let mut keys: Vec<String> = Vec::new();
+        let exprs = clauses
+            .iter()
+            .map(|c| &c.expr)
+            .chain(orders.iter().map(|o| &o.expr));
+        for e in exprs {
+            if let Expr::LatestMetric(k) = e
+                && !keys.contains(k)
+            {
+                keys.push(k.clone());
+            }
+        }
+        Self(keys)
+    }
+
+    /// Appends one ` LEFT JOIN` per key, on the run aliased `r`.
+    pub fn push(&self, qb: &mut QueryBuilder<'_, Postgres>) {
+        for (i, key) in self.0.iter().enumerate() {
+            qb.push(format!(
+                " LEFT JOIN run_latest_metrics lm{i} ON lm{i}.run_id = r.id AND lm{i}.key = "
+            ))
+            .push_bind(key.clone());
+        }
+    }
 }
 
-/// `(table, foreign key, owner)` of a key-value expression.
-fn keyed(expr: &Expr) -> Option<(&'static str, &'static str, &'static str, &str)> {
+fn push_latest_metric(qb: &mut QueryBuilder<'_, Postgres>, joins: &MetricJoins, key: &str) {
+    match joins.0.iter().position(|k| k == key) {
+        Some(i) => {
+            qb.push(format!("lm{i}.value"));
+        }
+        None => {
+            qb.push("(SELECT m.value FROM run_latest_metrics m WHERE m.run_id = r.id AND m.key = ")
+                .push_bind(key.to_owned())
+                .push(")");
+        }
+    }
+}
+
+/// A key-value expression's table, the condition joining a row of it to the searched row,
+/// its key, and whether a missing key counts as "not equal" (model and version tags: MLflow 3
+/// clients add `tags.`mlflow.prompt.is_prompt` != 'true'` to every model search and expect
+/// untagged models back).
+fn keyed(expr: &Expr) -> Option<(&'static str, &'static str, &str, bool)> {
     match expr {
-        Expr::Param(k) => Some(("run_params", "run_id", "r.id", k)),
-        Expr::Tag(k) => Some(("run_tags", "run_id", "r.id", k)),
-        Expr::ExperimentTag(k) => Some(("experiment_tags", "experiment_id", "e.id", k)),
+        Expr::Param(k) => Some(("run_params", "kv.run_id = r.id", k, false)),
+        Expr::Tag(k) => Some(("run_tags", "kv.run_id = r.id", k, false)),
+        Expr::ExperimentTag(k) => Some(("experiment_tags", "kv.experiment_id = e.id", k, false)),
+        Expr::ModelTag(k) => Some(("registered_model_tags", "kv.model_name = m.name", k, true)),
+        Expr::VersionTag(k) => Some((
+            "model_version_tags",
+            "kv.model_name = v.model_name AND kv.version = v.version",
+            k,
+            true,
+        )),
         _ => None,
     }
 }
@@ -1030,32 +1091,40 @@ fn push_comparison(qb: &mut QueryBuilder<'_, Postgres>, op: Op, value: &Bound) {
 }
 
 /// Appends ` AND <clause>` for each clause.
-pub fn push_where(qb: &mut QueryBuilder<'_, Postgres>, clauses: &[Clause]) {
+pub fn push_where(qb: &mut QueryBuilder<'_, Postgres>, clauses: &[Clause], joins: &MetricJoins) {
     for c in clauses {
         qb.push(" AND ");
-        if let Some((table, fk, owner, key)) = keyed(&c.expr) {
-            let exists = if c.op == Op::IsNull {
+        if let Some((table, on, key, missing_differs)) = keyed(&c.expr) {
+            let negated = missing_differs && c.op == Op::Ne;
+            let exists = if c.op == Op::IsNull || negated {
                 "NOT EXISTS"
             } else {
                 "EXISTS"
             };
             qb.push(format!(
-                "{exists} (SELECT 1 FROM {table} kv WHERE kv.{fk} = {owner} AND kv.key = "
+                "{exists} (SELECT 1 FROM {table} kv WHERE {on} AND kv.key = "
             ))
             .push_bind(key.to_owned());
-            if !matches!(c.op, Op::IsNull | Op::IsNotNull) {
+            if negated {
+                qb.push(" AND kv.value = ");
+                push_value(qb, &c.value);
+            } else if !matches!(c.op, Op::IsNull | Op::IsNotNull) {
                 qb.push(" AND kv.value");
                 push_comparison(qb, c.op, &c.value);
             }
             qb.push(")");
             continue;
         }
+        if let Expr::Dataset(column) = &c.expr {
+            qb.push(format!(
+                "EXISTS (SELECT 1 FROM run_inputs di WHERE di.run_id = r.id AND {column}"
+            ));
+            push_comparison(qb, c.op, &c.value);
+            qb.push(")");
+            continue;
+        }
         match &c.expr {
-            Expr::Constant(holds) => {
-                qb.push(if *holds { "TRUE" } else { "FALSE" });
-                continue;
-            }
-            Expr::LatestMetric(key) => push_latest_metric(qb, key),
+            Expr::LatestMetric(key) => push_latest_metric(qb, joins, key),
             Expr::Column(sql) => {
                 qb.push(format!("({sql})"));
             }
@@ -1067,7 +1136,7 @@ pub fn push_where(qb: &mut QueryBuilder<'_, Postgres>, clauses: &[Clause]) {
 
 /// Appends ` ORDER BY ...`: missing values last in either direction, and NaN metrics after
 /// numbers, as MLflow sorts.
-pub fn push_order(qb: &mut QueryBuilder<'_, Postgres>, orders: &[Order]) {
+pub fn push_order(qb: &mut QueryBuilder<'_, Postgres>, orders: &[Order], joins: &MetricJoins) {
     qb.push(" ORDER BY ");
     for (i, o) in orders.iter().enumerate() {
         if i > 0 {
@@ -1080,17 +1149,17 @@ pub fn push_order(qb: &mut QueryBuilder<'_, Postgres>, orders: &[Order]) {
             }
             Expr::LatestMetric(key) => {
                 qb.push("CASE WHEN ");
-                push_latest_metric(qb, key);
+                push_latest_metric(qb, joins, key);
                 qb.push(" IS NULL THEN 2 WHEN ");
-                push_latest_metric(qb, key);
+                push_latest_metric(qb, joins, key);
                 qb.push(" = 'NaN'::float8 THEN 1 ELSE 0 END, ");
-                push_latest_metric(qb, key);
+                push_latest_metric(qb, joins, key);
                 qb.push(dir);
             }
             other => {
-                let (table, fk, owner, key) = keyed(other).expect("a key-value expression");
+                let (table, on, key, _) = keyed(other).expect("a key-value expression");
                 qb.push(format!(
-                    "(SELECT kv.value FROM {table} kv WHERE kv.{fk} = {owner} AND kv.key = "
+                    "(SELECT kv.value FROM {table} kv WHERE {on} AND kv.key = "
                 ))
                 .push_bind(key.to_owned())
                 .push(format!("){dir} NULLS LAST"));
@@ -1232,7 +1301,7 @@ mod tests {
             ("tags.x IN ('a')", "cannot be compared with a list"),
             ("attributes.nope = 'x'", "invalid attribute key 'nope'"),
             ("things.x = 'y'", "invalid entity type 'things'"),
-            ("datasets.name = 'd'", "dataset filters are not supported"),
+            ("datasets.size = 'd'", "invalid dataset key"),
             ("status > 'A'", "cannot compare"),
             ("start_time = 'yesterday'", "compared with a number"),
             ("metrics.acc IS NULL", "cannot compare"),
@@ -1278,18 +1347,48 @@ mod tests {
     }
 
     #[test]
+    fn dataset_filters() {
+        let c =
+            runs::filter("datasets.name = 'penguins' and dataset.context = 'training'").unwrap();
+        assert_eq!(c[0].expr, Expr::Dataset("di.name"));
+        assert!(runs::filter("datasets.size = 3").is_err());
+        assert!(runs::order(&["datasets.name".into()]).is_err());
+        let mut qb = QueryBuilder::<Postgres>::new("SELECT r.id FROM runs r WHERE TRUE");
+        push_where(&mut qb, &c, &MetricJoins::default());
+        assert!(
+            qb.sql().contains(
+                "EXISTS (SELECT 1 FROM run_inputs di WHERE di.run_id = r.id AND di.name = $1)"
+            ),
+            "{}",
+            qb.sql()
+        );
+    }
+
+    #[test]
     fn registry_filters() {
         assert_eq!(models::filter("name = 'x'").unwrap().len(), 1);
         assert!(models::filter("name LIKE '%pen%'").is_ok());
         let prompt = models::filter("name LIKE 'm%' AND tag.`mlflow.prompt.is_prompt` != 'true'");
-        assert_eq!(prompt.unwrap()[1].expr, Expr::Constant(true));
         assert_eq!(
-            models::filter("tags.a = 'b'").unwrap()[0].expr,
-            Expr::Constant(false)
+            prompt.unwrap()[1].expr,
+            Expr::ModelTag("mlflow.prompt.is_prompt".into())
         );
         assert_eq!(
-            versions::filter("tags.a IS NULL").unwrap()[0].expr,
-            Expr::Constant(true)
+            models::filter("tags.a = 'b'").unwrap()[0].expr,
+            Expr::ModelTag("a".into())
+        );
+        let untagged = versions::filter("tags.a IS NULL").unwrap();
+        assert_eq!(untagged[0].expr, Expr::VersionTag("a".into()));
+        // A missing model or version tag is "not equal", so MLflow's prompt filter keeps
+        // untagged models.
+        let mut qb =
+            QueryBuilder::<Postgres>::new("SELECT m.name FROM registered_models m WHERE TRUE");
+        let clauses = models::filter("tags.`mlflow.prompt.is_prompt` != 'true'").unwrap();
+        push_where(&mut qb, &clauses, &MetricJoins::default());
+        assert!(
+            qb.sql().contains("NOT EXISTS (SELECT 1 FROM registered_model_tags kv WHERE kv.model_name = m.name AND kv.key = $1 AND kv.value = $2)"),
+            "{}",
+            qb.sql()
         );
         assert!(models::filter("tags.a > 'b'").is_err());
         assert!(models::filter("name > 'a'").is_err());
@@ -1311,11 +1410,21 @@ mod tests {
         let clauses =
             runs::filter("metrics.acc > 0.9 and params.lr = 'x''; DROP TABLE runs; --'").unwrap();
         let orders = runs::order(&["metrics.acc DESC".into()]).unwrap();
-        let mut qb = QueryBuilder::<Postgres>::new("SELECT r.id FROM runs r WHERE TRUE");
-        push_where(&mut qb, &clauses);
-        push_order(&mut qb, &orders);
+        let joins = MetricJoins::new(&clauses, &orders);
+        let mut qb = QueryBuilder::<Postgres>::new("SELECT r.id FROM runs r");
+        joins.push(&mut qb);
+        qb.push(" WHERE TRUE");
+        push_where(&mut qb, &clauses, &joins);
+        push_order(&mut qb, &orders, &joins);
         let sql = qb.sql();
         assert!(!sql.contains("DROP"), "{sql}");
+        // One join for `acc`, named in the filter and the order alike.
+        assert_eq!(
+            sql.matches("LEFT JOIN run_latest_metrics").count(),
+            1,
+            "{sql}"
+        );
+        assert!(sql.contains("AND lm0.value > $"), "{sql}");
         assert!(sql.contains("EXISTS (SELECT 1 FROM run_params kv"), "{sql}");
         assert!(sql.contains("ORDER BY CASE WHEN"), "{sql}");
         assert!(

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::search::{self, push_order, push_where};
+use super::search::{self, MetricJoins, push_order, push_where};
 use super::{
     Fields, MlflowError, Msg, Result, check_plain, check_text, double, from_millis, max_results,
     millis, page_offset, parse_experiment_id, run_hex,
@@ -192,7 +192,7 @@ fn param_in(f: &Fields) -> Result<(String, String)> {
     Ok((key, value))
 }
 
-fn tag_in(f: &Fields) -> Result<(String, String)> {
+pub(crate) fn tag_in(f: &Fields) -> Result<(String, String)> {
     let key = f.str("key")?;
     check_key("tag", &key)?;
     let value = f.opt_str("value")?.unwrap_or_default();
@@ -201,7 +201,7 @@ fn tag_in(f: &Fields) -> Result<(String, String)> {
 }
 
 /// Keeps the last value of each tag key, as applying them in order would.
-fn last_wins(tags: Vec<(String, String)>) -> BTreeMap<String, String> {
+pub(crate) fn last_wins(tags: Vec<(String, String)>) -> BTreeMap<String, String> {
     tags.into_iter().collect()
 }
 
@@ -489,8 +489,8 @@ pub async fn search_experiments(State(s): State<AppState>, Msg(f): Msg) -> Resul
         "{EXPERIMENT_SELECT} WHERE e.lifecycle_stage = ANY("
     ));
     qb.push_bind(stages).push(")");
-    push_where(&mut qb, &clauses);
-    push_order(&mut qb, &orders);
+    push_where(&mut qb, &clauses, &MetricJoins::default());
+    push_order(&mut qb, &orders, &MetricJoins::default());
     qb.push(" LIMIT ")
         .push_bind(limit + 1)
         .push(" OFFSET ")
@@ -665,8 +665,8 @@ pub async fn load_runs(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<RunO
         }
     }
     let latest = sqlx::query(
-        "SELECT DISTINCT ON (run_id, key) run_id, key, value, step, timestamp FROM run_metrics \
-         WHERE run_id = ANY($1) ORDER BY run_id, key, step DESC, timestamp DESC, value DESC",
+        "SELECT run_id, key, value, step, timestamp FROM run_latest_metrics \
+         WHERE run_id = ANY($1) ORDER BY run_id, key",
     )
     .bind(ids)
     .fetch_all(&mut *conn)
@@ -677,6 +677,37 @@ pub async fn load_runs(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<RunO
             .metrics
             .push(metric_out(&r));
     }
+    let mut inputs: HashMap<Uuid, Vec<Value>> = HashMap::new();
+    let rows = sqlx::query(
+        "SELECT run_id, name, digest, source_type, source, schema, profile, tags FROM run_inputs \
+         WHERE run_id = ANY($1) ORDER BY run_id, logged_at, name, digest",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in rows {
+        let tags: BTreeMap<String, String> =
+            serde_json::from_value(r.get("tags")).unwrap_or_default();
+        let mut dataset = json!({
+            "name": r.get::<String, _>("name"),
+            "digest": r.get::<String, _>("digest"),
+            "source_type": r.get::<String, _>("source_type"),
+            "source": r.get::<String, _>("source"),
+        });
+        for key in ["schema", "profile"] {
+            if let Some(v) = r.get::<Option<String>, _>(key) {
+                dataset[key] = json!(v);
+            }
+        }
+        let tags: Vec<KeyValue> = tags
+            .into_iter()
+            .map(|(key, value)| KeyValue { key, value })
+            .collect();
+        inputs
+            .entry(r.get("run_id"))
+            .or_default()
+            .push(json!({ "tags": tags, "dataset": dataset }));
+    }
     Ok(ids
         .iter()
         .filter_map(|id| {
@@ -684,7 +715,10 @@ pub async fn load_runs(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<RunO
             Some(RunOut {
                 info,
                 data: data.remove(id).unwrap_or_default(),
-                inputs: json!({}),
+                inputs: match inputs.remove(id) {
+                    Some(d) => json!({ "dataset_inputs": d }),
+                    None => json!({}),
+                },
                 outputs: json!({}),
             })
         })
@@ -1005,6 +1039,100 @@ pub async fn delete_tag(State(s): State<AppState>, Msg(f): Msg) -> Result<Respon
     Ok(ok())
 }
 
+/// Most datasets one `runs/log-inputs` request may log, and the limits MLflow sets on a
+/// dataset's fields.
+const MAX_INPUTS: usize = 1000;
+const MAX_DATASET_NAME: usize = 500;
+const MAX_DATASET_DIGEST: usize = 36;
+const MAX_DATASET_SOURCE: usize = 65_535;
+const MAX_DATASET_DOC: usize = 1 << 20;
+
+/// One dataset input of `runs/log-inputs`, validated.
+struct DatasetIn {
+    name: String,
+    digest: String,
+    source_type: String,
+    source: String,
+    schema: Option<String>,
+    profile: Option<String>,
+    tags: BTreeMap<String, String>,
+}
+
+fn dataset_in(item: &Fields) -> Result<DatasetIn> {
+    let d = item
+        .object("dataset")?
+        .ok_or_else(|| item.missing("dataset"))?;
+    let bounded = |key: &str, max: usize, required: bool| -> Result<Option<String>> {
+        let v = if required {
+            Some(d.str(key)?)
+        } else {
+            d.opt_str(key)?
+        };
+        if let Some(v) = &v {
+            check_value("dataset field", key, v, max)?;
+        }
+        Ok(v)
+    };
+    let name = bounded("name", MAX_DATASET_NAME, true)?.unwrap_or_default();
+    check_plain("a dataset name", &name)?;
+    let digest = bounded("digest", MAX_DATASET_DIGEST, true)?.unwrap_or_default();
+    check_plain("a dataset digest", &digest)?;
+    Ok(DatasetIn {
+        name,
+        digest,
+        source_type: bounded("source_type", MAX_KEY, true)?.unwrap_or_default(),
+        source: bounded("source", MAX_DATASET_SOURCE, true)?.unwrap_or_default(),
+        schema: bounded("schema", MAX_DATASET_DOC, false)?,
+        profile: bounded("profile", MAX_DATASET_DOC, false)?,
+        tags: last_wins(
+            item.objects("tags")?
+                .iter()
+                .map(tag_in)
+                .collect::<Result<_>>()?,
+        ),
+    })
+}
+
+/// The datasets a run read (`mlflow.log_input`), each with its input tags such as
+/// `mlflow.data.context`. All are written in one transaction; a dataset (name and digest)
+/// the run already has is left as it was, as MLflow does.
+pub async fn log_inputs(State(s): State<AppState>, Msg(f): Msg) -> Result<Response> {
+    let id = f.run_id()?;
+    let items = f.objects("datasets")?;
+    if items.len() > MAX_INPUTS {
+        return Err(MlflowError::invalid(format!(
+            "A request may log at most {MAX_INPUTS} datasets; this one has {}.",
+            items.len()
+        )));
+    }
+    if !f.objects("models")?.is_empty() {
+        return Err(MlflowError::invalid(
+            "logged models (models) are not supported by this registry",
+        ));
+    }
+    let inputs = items.iter().map(dataset_in).collect::<Result<Vec<_>>>()?;
+    let mut tx = s.infra.pool.begin().await?;
+    active_run(&mut tx, id).await?;
+    for d in &inputs {
+        sqlx::query(
+            "INSERT INTO run_inputs (run_id, name, digest, source_type, source, schema, profile, tags) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (run_id, name, digest) DO NOTHING",
+        )
+        .bind(id)
+        .bind(&d.name)
+        .bind(&d.digest)
+        .bind(&d.source_type)
+        .bind(&d.source)
+        .bind(&d.schema)
+        .bind(&d.profile)
+        .bind(json!(d.tags))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(ok())
+}
+
 /// Metrics, params and tags in one transaction: all of them are written, or none.
 pub async fn log_batch(State(s): State<AppState>, Msg(f): Msg) -> Result<Response> {
     let id = f.run_id()?;
@@ -1054,16 +1182,18 @@ pub async fn search_runs(State(s): State<AppState>, Msg(f): Msg) -> Result<Respo
     let limit = max_results(&f, 1000, 50_000)?;
     let offset = page_offset(f.opt_str("page_token")?)?;
     let mut conn = s.infra.pool.acquire().await?;
+    let joins = MetricJoins::new(&clauses, &orders);
     let mut qb = QueryBuilder::<Postgres>::new(
-        "SELECT r.id FROM runs r JOIN experiments e ON e.id = r.experiment_id \
-         WHERE e.mlflow_id = ANY(",
+        "SELECT r.id FROM runs r JOIN experiments e ON e.id = r.experiment_id",
     );
-    qb.push_bind(experiment_ids)
+    joins.push(&mut qb);
+    qb.push(" WHERE e.mlflow_id = ANY(")
+        .push_bind(experiment_ids)
         .push(") AND r.lifecycle_stage = ANY(")
         .push_bind(stages)
         .push(")");
-    push_where(&mut qb, &clauses);
-    push_order(&mut qb, &orders);
+    push_where(&mut qb, &clauses, &joins);
+    push_order(&mut qb, &orders, &joins);
     qb.push(" LIMIT ")
         .push_bind(limit + 1)
         .push(" OFFSET ")
