@@ -6,6 +6,7 @@
 #
 #   scripts/bench-registry.sh              # 2,000 runs for the search
 #   RUNS=10000 scripts/bench-registry.sh
+#   PETREL_ONLY=1 RUNS=100000 scripts/bench-registry.sh   # Petrel alone (MLflow would take hours to fill)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-2000}
@@ -29,16 +30,17 @@ PETREL_DATABASE_URL=postgres://postgres@127.0.0.1:5432/petrel_bench_registry PET
   "$bin/petrel-registry" >"$work/registry.log" 2>&1 &
 pids+=($!)
 PATH="$venv/bin:$PATH" mlflow server --backend-store-uri "sqlite:///$PWD/$work/mlflow.db" \
-  --default-artifact-root "$PWD/$work/mlruns" --host 127.0.0.1 --port 18382 >"$work/mlflow.log" 2>&1 &
+  --default-artifact-root "$PWD/$work/mlruns" --artifacts-destination "$PWD/$work/mlartifacts" --host 127.0.0.1 --port 18382 >"$work/mlflow.log" 2>&1 &
 pids+=($!)
 for url in http://127.0.0.1:18381/readyz http://127.0.0.1:18382/health; do
   for _ in $(seq 1 300); do curl -fs "$url" >/dev/null && break; sleep 0.2; done
 done
 sleep 20  # mlflow server's workers are slow for their first seconds
 echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $("$venv/bin/python" -c 'import mlflow; print("mlflow", mlflow.__version__)')"
-petrel=$("$venv/bin/python" scripts/bench_registry.py http://127.0.0.1:18381 --runs "$runs")
-mlflow=$("$venv/bin/python" scripts/bench_registry.py http://127.0.0.1:18382 --runs "$runs")
+petrel=$("$venv/bin/python" scripts/bench_registry.py http://127.0.0.1:18381 --runs "$runs" --scratch "$work")
 echo "petrel $petrel"
+if [ -n "${PETREL_ONLY:-}" ]; then exit 0; fi
+mlflow=$("$venv/bin/python" scripts/bench_registry.py http://127.0.0.1:18382 --runs "$runs" --scratch "$work")
 echo "mlflow $mlflow"
 "$venv/bin/python" - "$petrel" "$mlflow" <<'PY'
 import json, sys
@@ -46,4 +48,7 @@ p, m = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(f"batched writes: {p['batched_points_per_s']:,.0f} vs {m['batched_points_per_s']:,.0f} points/s = {p['batched_points_per_s']/m['batched_points_per_s']:.1f}x")
 print(f"single write p50: {p['single_write_ms_p50']:.2f} ms vs {m['single_write_ms_p50']:.2f} ms = {m['single_write_ms_p50']/p['single_write_ms_p50']:.1f}x")
 print(f"search over {p['runs']} runs p50: {p['search_ms_p50']:.1f} ms vs {m['search_ms_p50']:.1f} ms = {m['search_ms_p50']/p['search_ms_p50']:.1f}x")
+if p.get("upload_mb_s"):
+    print(f"artifact upload ({p['artifact_mb']} MB): {p['upload_mb_s']:.0f} MB/s vs {m['upload_mb_s']:.0f} MB/s = {p['upload_mb_s']/m['upload_mb_s']:.1f}x; "
+          f"disk ceiling (write + fsync) {p['disk_mb_s']:.0f} MB/s, Petrel at {p['upload_mb_s']/p['disk_mb_s']:.0%} of it")
 PY

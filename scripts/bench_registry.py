@@ -7,9 +7,12 @@ against one server (Petrel's registry or `mlflow server`), printed as one JSON l
 import argparse
 import http.client
 import json
+import os
 import random
 import statistics
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 import urllib.parse
 import uuid
 
@@ -19,12 +22,20 @@ parser.add_argument("--runs", type=int, default=2000)
 parser.add_argument("--batches", type=int, default=10)
 parser.add_argument("--singles", type=int, default=300)
 parser.add_argument("--searches", type=int, default=20)
+parser.add_argument("--scratch", default="/tmp",
+                    help="a directory on the servers' filesystem, for the disk-speed ceiling")
+parser.add_argument("--artifact-mb", type=int, default=256,
+                    help="size of the artifact uploaded through the mlflow-artifacts proxy (0: skip)")
+parser.add_argument("--populate-threads", type=int, default=4,
+                    help="clients creating the search's runs at once (the search itself is timed alone)")
 args = parser.parse_args()
 u = urllib.parse.urlparse(args.url)
 conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+local = threading.local()
 
 
-def call(method, path, body=None):
+def call(method, path, body=None, conn=None):
+    conn = conn or getattr(local, "conn", None) or globals()["conn"]
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"} if data else {}
     conn.request(method, "/api/2.0/mlflow/" + path, body=data, headers=headers)
@@ -62,14 +73,22 @@ for i in range(args.singles):
 lat.sort()
 
 # Search: `runs` runs with a metric and a param, then a filtered, ordered search.
+def populate(count):
+    local.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    for _ in range(count):
+        r = call("POST", "runs/create", {"experiment_id": exp, "start_time": now})["run"]["info"]["run_id"]
+        call("POST", "runs/log-batch", {
+            "run_id": r,
+            "metrics": [{"key": "accuracy", "value": random.random(), "timestamp": now, "step": 0}],
+            "params": [{"key": "lr", "value": random.choice(["0.01", "0.001"])}],
+        })
+
+
 t = time.perf_counter()
-for i in range(args.runs):
-    r = call("POST", "runs/create", {"experiment_id": exp, "start_time": now})["run"]["info"]["run_id"]
-    call("POST", "runs/log-batch", {
-        "run_id": r,
-        "metrics": [{"key": "accuracy", "value": random.random(), "timestamp": now, "step": 0}],
-        "params": [{"key": "lr", "value": random.choice(["0.01", "0.001"])}],
-    })
+threads = max(1, args.populate_threads)
+shares = [args.runs // threads + (1 if i < args.runs % threads else 0) for i in range(threads)]
+with ThreadPoolExecutor(threads) as pool:
+    list(pool.map(populate, shares))
 populate_s = time.perf_counter() - t
 search = []
 for _ in range(args.searches):
@@ -83,6 +102,35 @@ for _ in range(args.searches):
     search.append((time.perf_counter() - t) * 1000)
     assert all(float(next(m["value"] for m in r["data"]["metrics"] if m["key"] == "accuracy")) > 0.9 for r in got.get("runs", []))
 search.sort()
+
+# Artifact upload through the proxy (`mlflow.log_artifact` with a tracking server), against
+# the disk's own speed: the same bytes written to a file on the same filesystem and synced,
+# as a server must before it answers 200 for a durable upload.
+upload_mb_s = disk_mb_s = None
+if args.artifact_mb:
+    blob = os.urandom(args.artifact_mb << 20)
+    times, disk = [], []
+    for i in range(3):
+        t = time.perf_counter()
+        up = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+        up.request("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{exp}/{run}/artifacts/blob{i}.bin",
+                   body=blob, headers={"Content-Type": "application/octet-stream"})
+        resp = up.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise SystemExit(f"artifact upload: {resp.status}")
+        times.append(time.perf_counter() - t)
+        path = os.path.join(args.scratch, f"disk-ceiling-{i}.bin")
+        t = time.perf_counter()
+        with open(path, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        disk.append(time.perf_counter() - t)
+        os.remove(path)
+    upload_mb_s = args.artifact_mb / statistics.median(times)
+    disk_mb_s = args.artifact_mb / statistics.median(disk)
+
 print(json.dumps({
     "batched_points_per_s": statistics.median(rates),
     "single_write_ms_p50": lat[len(lat) // 2],
@@ -91,4 +139,7 @@ print(json.dumps({
     "populate_s": populate_s,
     "search_ms_p50": search[len(search) // 2],
     "search_hits": len(got.get("runs", [])),
+    "artifact_mb": args.artifact_mb,
+    "upload_mb_s": upload_mb_s,
+    "disk_mb_s": disk_mb_s,
 }))
