@@ -37,10 +37,16 @@ for url in http://127.0.0.1:18381/readyz http://127.0.0.1:18382/health; do
 done
 sleep 20  # mlflow server's workers are slow for their first seconds
 echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $("$venv/bin/python" -c 'import mlflow; print("mlflow", mlflow.__version__)')"
-petrel=$("$venv/bin/python" scripts/bench_registry.py http://127.0.0.1:18381 --runs "$runs" --scratch "$work")
+# Populating the search's runs is not timed; MLflow's SQLite store gets one client (parallel
+# writers would meet "database is locked").
+# Between populating and searching, each database refreshes its planner statistics, as a
+# running one would (Postgres's autovacuum analyses, and is off on some development machines).
+petrel=$("$venv/bin/python" scripts/bench_registry.py http://127.0.0.1:18381 --runs "$runs" --scratch "$work" --populate-threads 4 \
+  --after-populate "psql -h 127.0.0.1 -U postgres -d petrel_bench_registry -qc ANALYZE")
 echo "petrel $petrel"
 if [ -n "${PETREL_ONLY:-}" ]; then exit 0; fi
-mlflow=$("$venv/bin/python" scripts/bench_registry.py http://127.0.0.1:18382 --runs "$runs" --scratch "$work")
+mlflow=$("$venv/bin/python" scripts/bench_registry.py http://127.0.0.1:18382 --runs "$runs" --scratch "$work" --populate-threads 1 \
+  --after-populate "$venv/bin/python -c \"import sqlite3; c = sqlite3.connect('$work/mlflow.db'); c.execute('ANALYZE'); c.commit()\"")
 echo "mlflow $mlflow"
 "$venv/bin/python" - "$petrel" "$mlflow" <<'PY'
 import json, sys

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,9 @@ parser.add_argument("--scratch", default="/tmp",
                     help="a directory on the servers' filesystem, for the disk-speed ceiling")
 parser.add_argument("--artifact-mb", type=int, default=256,
                     help="size of the artifact uploaded through the mlflow-artifacts proxy (0: skip)")
+parser.add_argument("--after-populate", default=None,
+                    help="a shell command run once the search's runs exist (not timed): refreshing "
+                         "the database's statistics, as autovacuum or SQLite's ANALYZE would")
 parser.add_argument("--populate-threads", type=int, default=4,
                     help="clients creating the search's runs at once (the search itself is timed alone)")
 args = parser.parse_args()
@@ -34,12 +38,25 @@ conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
 local = threading.local()
 
 
-def call(method, path, body=None, conn=None):
-    conn = conn or getattr(local, "conn", None) or globals()["conn"]
+def call(method, path, body=None):
+    """One API call on this thread's keep-alive connection. A server may close a connection
+    that sat idle (uvicorn does after 5 s, for example while other threads populate runs): the
+    call then reconnects once and is sent again."""
+    if getattr(local, "conn", None) is None:
+        local.conn = conn if threading.current_thread() is threading.main_thread() else \
+            http.client.HTTPConnection(u.hostname, u.port, timeout=120)
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"} if data else {}
-    conn.request(method, "/api/2.0/mlflow/" + path, body=data, headers=headers)
-    resp = conn.getresponse()
+    for attempt in range(2):
+        try:
+            local.conn.request(method, "/api/2.0/mlflow/" + path, body=data, headers=headers)
+            resp = local.conn.getresponse()
+            break
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            if attempt:
+                raise
+            local.conn.close()
+            local.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
     text = resp.read()
     if resp.status != 200:
         raise SystemExit(f"{method} {path}: {resp.status} {text[:300]!r}")
@@ -74,7 +91,6 @@ lat.sort()
 
 # Search: `runs` runs with a metric and a param, then a filtered, ordered search.
 def populate(count):
-    local.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
     for _ in range(count):
         r = call("POST", "runs/create", {"experiment_id": exp, "start_time": now})["run"]["info"]["run_id"]
         call("POST", "runs/log-batch", {
@@ -90,6 +106,8 @@ shares = [args.runs // threads + (1 if i < args.runs % threads else 0) for i in 
 with ThreadPoolExecutor(threads) as pool:
     list(pool.map(populate, shares))
 populate_s = time.perf_counter() - t
+if args.after_populate:
+    subprocess.run(args.after_populate, shell=True, check=True)
 search = []
 for _ in range(args.searches):
     t = time.perf_counter()
