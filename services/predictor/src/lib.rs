@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod batch;
 pub mod container;
+pub mod fence;
 pub mod log;
 mod model;
 pub mod protocol;
@@ -163,6 +164,9 @@ pub struct AppState {
     pub loader: model::Loader,
     pub logger: log::Logger,
     pub replay: replay::Replay,
+    /// Open once the Postgres copy of the log holds what was logged before this process
+    /// started; replay lookups wait for it.
+    pub log_fence: fence::LogFence,
     pub max_rows: usize,
     pub reject_unseen: bool,
     pub admission: routes::Admission,
@@ -194,6 +198,7 @@ pub struct App {
     listener: TcpListener,
     state: AppState,
     shipper: log::Shipper,
+    fence_keeper: fence::FenceKeeper,
     loader: model::Loader,
     reconcile: Duration,
     cancel: CancellationToken,
@@ -249,6 +254,7 @@ impl App {
         );
         let (listener, port) = petrel_runtime::http::bind(&config.listen).await?;
         tracing::info!(port, "predictor listening");
+        let (log_fence, fence_keeper) = fence::fence();
         let state = AppState {
             infra,
             backend: backend::from_config(&config).await?,
@@ -256,6 +262,7 @@ impl App {
             loader: loader.clone(),
             logger,
             replay: replay::Replay::new(config.replay_capacity),
+            log_fence,
             max_rows: config.max_rows,
             reject_unseen: config.unseen_categories == UnseenCategories::Reject,
             admission: routes::Admission {
@@ -276,6 +283,7 @@ impl App {
             listener,
             state,
             shipper,
+            fence_keeper,
             loader,
             reconcile: Duration::from_secs(config.reconcile_secs.max(1)),
             cancel,
@@ -307,12 +315,26 @@ impl App {
             Ok(())
         });
         let state = self.state;
+        let (keeper, bus, cancel) = (
+            self.fence_keeper,
+            state.infra.bus.clone(),
+            self.cancel.clone(),
+        );
+        // Opening the fence is a one-off; the task then waits for shutdown like the others
+        // (a task that ends early stops the service).
+        tasks.spawn("log-fence", async move {
+            keeper.run(bus, cancel.clone()).await;
+            cancel.cancelled().await;
+            Ok(())
+        });
         // This service's copy of the log, written downstream in bulk.
         let pool = state.infra.pool.clone();
-        let mut spec = ConsumerSpec::durable("predictor-log", subjects::PREDICTIONS_LOGGED);
+        let mut spec = ConsumerSpec::durable(fence::LOG_CONSUMER, subjects::PREDICTIONS_LOGGED);
         spec.batch = 64;
-        // Bulk inserts take milliseconds; a batch held by a crashed replica comes back soon.
-        spec.ack_wait = Duration::from_secs(10);
+        // Bulk inserts take milliseconds and a fetch collects for at most 2 s; a batch held
+        // by a stopped or crashed process comes back soon, which also bounds how long the
+        // replay fence of the next process stays closed.
+        spec.ack_wait = Duration::from_secs(5);
         tasks.spawn_batch_consumer("log-store", state.infra.bus.clone(), spec, move |batch| {
             let pool = pool.clone();
             async move { store::on_logged(&pool, batch).await }

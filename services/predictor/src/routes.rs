@@ -321,6 +321,19 @@ pub async fn score(
     }
     // Ids this process has not seen may have been logged by another replica or before a restart.
     let unknown: Vec<&str> = tickets.iter().flatten().map(Ticket::id).collect();
+    if !unknown.is_empty() && !s.log_fence.is_open() {
+        // Just started: what the previous process logged last may not be in Postgres yet.
+        if tokio::time::timeout(REPLAY_LOOKUP_TIMEOUT, s.log_fence.wait())
+            .await
+            .is_err()
+        {
+            return Err(ScoreError::Api(ApiError::unavailable(
+                "this predictor is still catching up with the prediction log, so it cannot \
+                 yet tell whether these inference ids were answered before; retry in a moment, \
+                 or send the rows without inference ids",
+            )));
+        }
+    }
     if !unknown.is_empty() {
         // Bounded well inside the request timeout, so an unreachable database answers with
         // this message rather than a generic timeout.

@@ -868,12 +868,28 @@ async fn retried_ids_get_the_logged_answer_even_after_a_restart_and_a_new_versio
     );
     assert_eq!(again.predictions[1].model_version, 2);
 
-    // A new process has an empty memory: the answer comes from the log's copy in Postgres.
+    // A new process has an empty memory: the answer comes from the log's copy in Postgres,
+    // once that copy holds what the last process logged. Until then caller ids get a 503 to
+    // retry, never a second answer.
     predictor.stop().await;
     let predictor = start_predictor(&env, &registry).await;
     wait_for_version(&http, &predictor, 2).await;
-    let (status, body) = predict(&http, &predictor, &retry).await;
-    assert_eq!(status, 200, "{body}");
+    let body = eventually("the retry to be answered after the restart", || {
+        let (http, predictor, retry) = (http.clone(), &predictor, &retry);
+        async move {
+            let (status, body) = predict(&http, predictor, retry).await;
+            if status == 503 {
+                assert!(
+                    error_message(&body, "unavailable").contains("catching up"),
+                    "{body}"
+                );
+                return None;
+            }
+            assert_eq!(status, 200, "{body}");
+            Some(body)
+        }
+    })
+    .await;
     let third: PredictResponse = serde_json::from_value(body).unwrap();
     assert_eq!(third.predictions, again.predictions);
 
