@@ -59,6 +59,10 @@ pub struct CreateRun {
     /// Makes the call idempotent: a second call with the same token returns the first run.
     #[serde(default)]
     pub client_token: Option<String>,
+    /// The run this one belongs to, such as the sweep a trial is part of. MLflow clients see
+    /// it as the `mlflow.parentRunId` tag.
+    #[serde(default)]
+    pub parent_run_id: Option<Uuid>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,6 +103,9 @@ pub struct Run {
     pub metrics: Vec<Metric>,
     pub start_time: DateTime<Utc>,
     pub end_time: Option<DateTime<Utc>>,
+    /// The run this one belongs to, if any.
+    #[serde(default)]
+    pub parent_run_id: Option<Uuid>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -116,6 +123,12 @@ pub struct CreateModelVersion {
     /// promotion only when they were evaluated on the same data.
     #[serde(default)]
     pub evaluation: Option<Evaluation>,
+    /// The features the model takes, in order, and its target column.
+    #[serde(default)]
+    pub input_schema: Option<petrel_ml::Schema>,
+    /// The classes the model answers with, in output order.
+    #[serde(default)]
+    pub class_names: Vec<String>,
 }
 
 /// The held-out data a version's metrics come from.
@@ -207,6 +220,12 @@ pub struct ModelVersion {
     /// Free-form tags (MLflow's model version tags).
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// The features the model takes and its target, when the registering client said.
+    #[serde(default)]
+    pub input_schema: Option<petrel_ml::Schema>,
+    /// The classes the model answers with, in output order (empty when not given).
+    #[serde(default)]
+    pub class_names: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -7,9 +7,22 @@ use crate::{
     TrainConfig,
 };
 
-/// The bundle layout this build writes and reads; bumped on any incompatible change so an old
-/// predictor refuses a newer bundle instead of misreading it.
-pub const BUNDLE_FORMAT_VERSION: u32 = 1;
+/// The newest bundle layout this build writes and reads; bumped on any incompatible change so
+/// an old predictor refuses a newer bundle instead of misreading it.
+///
+/// Version 2 added hidden layers beyond the first (`weights.deeper`). A network of one hidden
+/// layer is still written as version 1, which every earlier build reads; a deeper one is
+/// version 2, which a version-1 build refuses rather than serving it without its extra layers.
+pub const BUNDLE_FORMAT_VERSION: u32 = 2;
+
+/// The oldest bundle layout this build reads.
+pub const MIN_BUNDLE_FORMAT_VERSION: u32 = 1;
+
+/// The version a bundle with these weights is written as: the oldest that can hold them.
+#[must_use]
+pub fn format_version_for(weights: &MlpWeights) -> u32 {
+    if weights.deeper.is_empty() { 1 } else { 2 }
+}
 
 /// Everything needed to serve, audit and monitor one trained model.
 ///
@@ -18,7 +31,7 @@ pub const BUNDLE_FORMAT_VERSION: u32 = 1;
 /// a decoded bundle predicts exactly what the original did.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ModelBundle {
-    /// Always [`BUNDLE_FORMAT_VERSION`] for bundles written by this build.
+    /// [`format_version_for`] its weights, for bundles written by this build.
     pub format_version: u32,
     /// The schema the model was trained on; requests are validated against it.
     pub schema: Schema,
@@ -62,10 +75,10 @@ impl ModelBundle {
                 "not a Petrel model bundle (expected a JSON object with a format_version)".into(),
             )
         })?;
-        if probe.format_version != BUNDLE_FORMAT_VERSION {
+        if !(MIN_BUNDLE_FORMAT_VERSION..=BUNDLE_FORMAT_VERSION).contains(&probe.format_version) {
             return Err(MlError::Bundle(format!(
-                "unsupported bundle format_version {} (this build reads version {})",
-                probe.format_version, BUNDLE_FORMAT_VERSION
+                "unsupported bundle format_version {} (this build reads versions {} to {})",
+                probe.format_version, MIN_BUNDLE_FORMAT_VERSION, BUNDLE_FORMAT_VERSION
             )));
         }
         let bundle: ModelBundle = serde_json::from_slice(bytes)
@@ -89,8 +102,12 @@ impl ModelBundle {
     /// would either panic or silently mispredict.
     fn check(&self) -> Result<(), MlError> {
         let bad = |m: String| Err(MlError::Bundle(format!("inconsistent model bundle: {m}")));
-        if self.format_version != BUNDLE_FORMAT_VERSION {
-            return bad(format!("format_version is {}", self.format_version));
+        if self.format_version != format_version_for(&self.weights) {
+            return bad(format!(
+                "format_version is {} but its network needs version {}",
+                self.format_version,
+                format_version_for(&self.weights)
+            ));
         }
         self.schema
             .validate()

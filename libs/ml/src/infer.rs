@@ -153,7 +153,7 @@ impl LoadedModel {
         let width = self.preprocessor.width();
         let classes = self.class_names.len();
         let mut x = vec![0.0f32; width];
-        let mut hidden = Vec::with_capacity(self.weights.hidden.outputs);
+        let mut hidden = Vec::with_capacity(2 * self.weights.widest_hidden());
         let mut probs = vec![0.0f32; classes];
         for (i, row) in rows.iter().enumerate() {
             x.fill(0.0);
@@ -206,6 +206,7 @@ mod tests {
                     weight: vec![10.0],
                     bias: vec![0.0],
                 },
+                deeper: Vec::new(),
                 output: DenseLayer {
                     inputs: 1,
                     outputs: 2,

@@ -21,8 +21,11 @@ mod preprocess;
 mod schema;
 mod split;
 mod train;
+mod tune;
 
-pub use bundle::{BUNDLE_FORMAT_VERSION, ModelBundle};
+pub use bundle::{
+    BUNDLE_FORMAT_VERSION, MIN_BUNDLE_FORMAT_VERSION, ModelBundle, format_version_for,
+};
 pub use csv_json::{JsonRows, csv_cell_to_json, csv_to_json_rows};
 pub use dataset::{
     FeatureRow, ParseReport, RowError, Table, Value, is_missing_token, parse_csv, row_from_json,
@@ -35,4 +38,8 @@ pub use package::{BUNDLE_FILE, MANIFEST_FILE, PackageManifest};
 pub use preprocess::{ColumnTransform, Preprocessor};
 pub use schema::{Column, ColumnKind, DatasetPurpose, Schema};
 pub use split::stratified_split;
-pub use train::{HeldOut, Metrics, ReferenceProfile, TrainConfig, train_classifier};
+pub use train::{HeldOut, Metrics, ReferenceProfile, Scores, TrainConfig, train_classifier};
+pub use tune::{
+    CrossValidation, FoldScore, MAX_FOLDS, MAX_TRIALS, Spread, SweepGrid, SweepOutcome, SweepSpec,
+    Trial, cross_validate, stratified_folds, sweep,
+};

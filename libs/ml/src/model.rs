@@ -11,16 +11,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::MlError;
 
-/// A two-layer perceptron, `Linear -> ReLU -> Linear`, producing class logits.
+/// A multilayer perceptron, `Linear -> ReLU` once per hidden layer, then `Linear` to class
+/// logits.
 ///
 /// Burn 0.22 modules carry their backend in the [`Device`] rather than a type parameter, so the
-/// same struct trains on an autodiff device and runs inference on a plain one. No dropout: the
-/// tabular data sets this serves are small, and weight decay regularises enough.
+/// same struct trains on an autodiff device and runs inference on a plain one. Dropout is
+/// applied in training only, by [`Mlp::forward_with`], with masks drawn from the trainer's own
+/// seeded generator.
 #[derive(Module, Debug)]
 pub struct Mlp {
-    /// Input features to hidden units.
+    /// Input features to the first hidden layer.
     pub hidden: Linear,
-    /// Hidden units to class logits.
+    /// Further hidden layers, each as wide as the first (empty for one hidden layer).
+    pub deeper: Vec<Linear>,
+    /// Last hidden layer to class logits.
     pub output: Linear,
 }
 
@@ -67,22 +71,31 @@ fn dense_from(linear: &Linear) -> Result<DenseLayer, MlError> {
 }
 
 impl Mlp {
-    /// A freshly initialised network whose weights depend only on the sizes and `seed`.
-    pub fn init(inputs: usize, hidden: usize, classes: usize, seed: u64, device: &Device) -> Mlp {
+    /// A freshly initialised network of `depth` hidden layers `hidden` wide, whose weights
+    /// depend only on the sizes and `seed`. With `depth` 1 the draws are those of the
+    /// two-layer network earlier versions trained.
+    pub fn init(
+        inputs: usize,
+        hidden: usize,
+        depth: usize,
+        classes: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Mlp {
         let mut rng = StdRng::seed_from_u64(seed);
+        let mut dense = |inputs: usize, outputs: usize| DenseLayer {
+            inputs,
+            outputs,
+            weight: uniform(&mut rng, inputs * outputs, inputs),
+            bias: uniform(&mut rng, outputs, inputs),
+        };
+        let first = dense(inputs, hidden);
+        let deeper: Vec<DenseLayer> = (1..depth.max(1)).map(|_| dense(hidden, hidden)).collect();
+        let output = dense(hidden, classes);
         let weights = MlpWeights {
-            hidden: DenseLayer {
-                inputs,
-                outputs: hidden,
-                weight: uniform(&mut rng, inputs * hidden, inputs),
-                bias: uniform(&mut rng, hidden, inputs),
-            },
-            output: DenseLayer {
-                inputs: hidden,
-                outputs: classes,
-                weight: uniform(&mut rng, hidden * classes, hidden),
-                bias: uniform(&mut rng, classes, hidden),
-            },
+            hidden: first,
+            deeper,
+            output,
         };
         Mlp::from_weights(&weights, device)
     }
@@ -91,19 +104,43 @@ impl Mlp {
     pub fn from_weights(weights: &MlpWeights, device: &Device) -> Mlp {
         Mlp {
             hidden: linear_from(&weights.hidden, device),
+            deeper: weights
+                .deeper
+                .iter()
+                .map(|l| linear_from(l, device))
+                .collect(),
             output: linear_from(&weights.output, device),
         }
     }
 
     /// Class logits for a `[batch, inputs]` matrix.
     pub fn forward(&self, input: Tensor<2>) -> Tensor<2> {
-        self.output.forward(relu(self.hidden.forward(input)))
+        self.forward_with(input, &mut |_, h| h)
+    }
+
+    /// [`forward`](Self::forward) with `after(layer, activations)` applied to each hidden
+    /// layer's activations after the ReLU: the training loop's dropout.
+    pub fn forward_with(
+        &self,
+        input: Tensor<2>,
+        after: &mut dyn FnMut(usize, Tensor<2>) -> Tensor<2>,
+    ) -> Tensor<2> {
+        let mut h = after(0, relu(self.hidden.forward(input)));
+        for (i, layer) in self.deeper.iter().enumerate() {
+            h = after(i + 1, relu(layer.forward(h)));
+        }
+        self.output.forward(h)
     }
 
     /// Copies the parameters out of burn into plain vectors for storage and serving.
     pub fn to_weights(&self) -> Result<MlpWeights, MlError> {
         Ok(MlpWeights {
             hidden: dense_from(&self.hidden)?,
+            deeper: self
+                .deeper
+                .iter()
+                .map(dense_from)
+                .collect::<Result<_, _>>()?,
             output: dense_from(&self.output)?,
         })
     }
@@ -162,9 +199,13 @@ impl DenseLayer {
 /// The weights of an [`Mlp`] as plain data: what a bundle stores and what serving runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MlpWeights {
-    /// Input to hidden layer.
+    /// Input to first hidden layer.
     pub hidden: DenseLayer,
-    /// Hidden to output layer.
+    /// Further hidden layers, in order; absent from bundles of one hidden layer (and from
+    /// every bundle written before deeper networks existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deeper: Vec<DenseLayer>,
+    /// Last hidden to output layer.
     pub output: DenseLayer,
 }
 
@@ -172,11 +213,30 @@ impl MlpWeights {
     /// Checks that layer shapes chain up and the values are usable.
     pub fn validate(&self) -> Result<(), String> {
         self.hidden.validate("hidden")?;
+        let mut width = self.hidden.outputs;
+        for (i, layer) in self.deeper.iter().enumerate() {
+            layer.validate(&format!("hidden layer {}", i + 2))?;
+            if layer.inputs != width {
+                return Err(format!(
+                    "hidden layer {} does not connect to the one before",
+                    i + 2
+                ));
+            }
+            width = layer.outputs;
+        }
         self.output.validate("output")?;
-        if self.hidden.outputs != self.output.inputs {
+        if width != self.output.inputs {
             return Err("hidden and output layers do not connect".to_string());
         }
         Ok(())
+    }
+
+    /// Widest hidden layer, the scratch space one row needs.
+    pub fn widest_hidden(&self) -> usize {
+        self.deeper
+            .iter()
+            .map(|l| l.outputs)
+            .fold(self.hidden.outputs, usize::max)
     }
 
     /// Input width.
@@ -195,12 +255,24 @@ impl MlpWeights {
     /// `hidden` is scratch space reused across rows to avoid an allocation per row; `probs`
     /// must be `classes()` long.
     pub fn probabilities_into(&self, x: &[f32], hidden: &mut Vec<f32>, probs: &mut [f32]) {
-        hidden.resize(self.hidden.outputs, 0.0);
-        self.hidden.apply(x, hidden);
-        for h in hidden.iter_mut() {
+        // Two halves of one scratch buffer, for a layer's input and its output.
+        let wide = self.widest_hidden();
+        hidden.resize(2 * wide, 0.0);
+        let (mut a, mut b) = hidden.split_at_mut(wide);
+        let mut width = self.hidden.outputs;
+        self.hidden.apply(x, &mut a[..width]);
+        for h in a[..width].iter_mut() {
             *h = h.max(0.0);
         }
-        self.output.apply(hidden, probs);
+        for layer in &self.deeper {
+            layer.apply(&a[..width], &mut b[..layer.outputs]);
+            width = layer.outputs;
+            for h in b[..width].iter_mut() {
+                *h = h.max(0.0);
+            }
+            std::mem::swap(&mut a, &mut b);
+        }
+        self.output.apply(&a[..width], probs);
         let max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
         for p in probs.iter_mut() {
@@ -293,7 +365,7 @@ mod tests {
     #[test]
     fn plain_forward_matches_burn_forward() {
         let device = device();
-        let model = Mlp::init(7, 16, 4, 3, &device);
+        let model = Mlp::init(7, 16, 1, 4, 3, &device);
         let weights = model.to_weights().unwrap();
         weights.validate().unwrap();
         let mut rng = StdRng::seed_from_u64(9);
@@ -321,11 +393,42 @@ mod tests {
     }
 
     #[test]
+    fn deeper_networks_forward_the_same_in_burn_and_plain_rust() {
+        let device = device();
+        let model = Mlp::init(6, 10, 3, 4, 11, &device);
+        let weights = model.to_weights().unwrap();
+        weights.validate().unwrap();
+        assert_eq!(weights.deeper.len(), 2);
+        let mut rng = StdRng::seed_from_u64(2);
+        let input: Vec<f32> = (0..6 * 9).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let burn_probs = softmax(
+            model.forward(Tensor::<2>::from_data(
+                TensorData::new(input.clone(), [9, 6]),
+                &device,
+            )),
+            1,
+        )
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+        for (a, b) in weights.probabilities(&input).iter().zip(&burn_probs) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        // One hidden layer stores no `deeper` field, so older bundles read as before.
+        let shallow = Mlp::init(6, 10, 1, 4, 11, &device).to_weights().unwrap();
+        let json = serde_json::to_value(&shallow).unwrap();
+        assert!(json.get("deeper").is_none(), "{json}");
+        let mut broken = weights.clone();
+        broken.deeper[1].inputs = 3;
+        assert!(broken.validate().is_err());
+    }
+
+    #[test]
     fn init_is_a_function_of_the_seed() {
         let device = device();
-        let a = Mlp::init(5, 8, 3, 1, &device).to_weights().unwrap();
-        let b = Mlp::init(5, 8, 3, 1, &device).to_weights().unwrap();
-        let c = Mlp::init(5, 8, 3, 2, &device).to_weights().unwrap();
+        let a = Mlp::init(5, 8, 1, 3, 1, &device).to_weights().unwrap();
+        let b = Mlp::init(5, 8, 1, 3, 1, &device).to_weights().unwrap();
+        let c = Mlp::init(5, 8, 1, 3, 2, &device).to_weights().unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -352,7 +455,7 @@ mod tests {
     #[test]
     fn validate_rejects_bad_shapes_and_values() {
         let device = device();
-        let good = Mlp::init(3, 4, 2, 0, &device).to_weights().unwrap();
+        let good = Mlp::init(3, 4, 1, 2, 0, &device).to_weights().unwrap();
         let mut bad = good.clone();
         bad.hidden.weight.pop();
         assert!(bad.validate().is_err());

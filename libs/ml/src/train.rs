@@ -6,16 +6,16 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::BUNDLE_FORMAT_VERSION;
+use crate::bundle::format_version_for;
 use crate::preprocess::as_category;
 use crate::{
-    ColumnKind, FeatureRow, MlError, Mlp, ModelBundle, Preprocessor, Schema, Table, Value,
-    stratified_split,
+    ColumnKind, FeatureRow, MlError, Mlp, MlpWeights, ModelBundle, Preprocessor, Schema, Table,
+    Value, stratified_split,
 };
 
 /// Fewest rows worth training on; below this, a test split says nothing.
@@ -31,10 +31,20 @@ pub const REFERENCE_SAMPLE_CAP: usize = 10_000;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TrainConfig {
-    /// Hidden units of the MLP.
+    /// Hidden units of each hidden layer of the MLP.
     pub hidden_size: usize,
-    /// Full-batch optimisation steps.
+    /// Hidden layers (1 is the classic two-layer perceptron).
+    pub depth: usize,
+    /// Share of hidden activations dropped in each training step (0 disables dropout).
+    pub dropout: f64,
+    /// Full-batch optimisation steps (the most, when early stopping is on).
     pub epochs: usize,
+    /// Early stopping: stop after this many epochs without a lower validation loss and keep
+    /// the weights of the best epoch (0 disables it and trains every epoch).
+    pub patience: usize,
+    /// Share of the training split (per class) set aside to measure the validation loss when
+    /// early stopping is on.
+    pub validation_fraction: f64,
     /// Adam step size.
     pub learning_rate: f64,
     /// L2 penalty added to the gradients (0 disables it).
@@ -50,7 +60,11 @@ impl Default for TrainConfig {
     fn default() -> TrainConfig {
         TrainConfig {
             hidden_size: 32,
+            depth: 1,
+            dropout: 0.0,
             epochs: 200,
+            patience: 0,
+            validation_fraction: 0.1,
             learning_rate: 0.01,
             weight_decay: 1e-4,
             test_fraction: 0.2,
@@ -67,8 +81,26 @@ impl TrainConfig {
         if !(1..=4096).contains(&self.hidden_size) {
             return bad("hidden_size must be between 1 and 4096");
         }
+        if !(1..=8).contains(&self.depth) {
+            return bad("depth must be between 1 and 8 hidden layers");
+        }
+        if !(self.dropout.is_finite() && (0.0..0.95).contains(&self.dropout)) {
+            return bad("dropout must be a share in [0, 0.95)");
+        }
         if !(1..=100_000).contains(&self.epochs) {
             return bad("epochs must be between 1 and 100000");
+        }
+        if self.patience > 100_000 {
+            return bad("patience must be at most 100000 epochs");
+        }
+        if self.patience > 0
+            && !(self.validation_fraction.is_finite()
+                && self.validation_fraction > 0.0
+                && self.validation_fraction < 1.0)
+        {
+            return bad(
+                "validation_fraction must be strictly between 0 and 1 when patience is set",
+            );
         }
         if !(self.learning_rate.is_finite()
             && self.learning_rate > 0.0
@@ -104,6 +136,12 @@ pub struct Metrics {
     pub n_train: usize,
     /// Rows in the test split.
     pub n_test: usize,
+    /// Epochs trained (fewer than `epochs` when early stopping ended training).
+    #[serde(default)]
+    pub epochs_run: usize,
+    /// The epoch whose weights were kept, when early stopping was on.
+    #[serde(default)]
+    pub best_epoch: Option<usize>,
 }
 
 /// Training-split raw feature profile used by the monitor as drift reference: numeric column ->
@@ -225,90 +263,154 @@ pub(crate) fn training_device() -> Device {
     Device::ndarray()
 }
 
-/// Splits (stratified), fits preprocessing on the train split, trains the MLP with Adam
-/// full-batch on burn's autodiff NdArray backend, evaluates on the test split, and returns the
-/// bundle. Calls `progress(epoch, train_loss)` every so often so callers can report progress.
-/// Error if < 2 classes or too few rows.
-///
-/// Determinism: the split, the weight initialisation and the reference sampling all derive from
-/// `config.seed` through our own generators, and burn's own RNG is never used, so two runs with
-/// the same table and config give identical weights and metrics, even when several trainings run
-/// concurrently in one process. `progress` is called about 20 times, with 1-based epochs, and
-/// always for the last epoch.
-pub fn train_classifier(
-    table: &Table,
+/// A table checked for training, with its classes and each row's label index.
+pub(crate) struct Prepared<'a> {
+    pub table: &'a Table,
+    pub class_names: Vec<String>,
+    pub labels: Vec<usize>,
+}
+
+impl<'a> Prepared<'a> {
+    /// Checks that `table` can be learnt from: enough rows, two classes or more.
+    pub fn new(table: &'a Table) -> Result<Prepared<'a>, MlError> {
+        let schema = &table.schema;
+        schema.validate()?;
+        if table.rows.len() != table.targets.len() {
+            return Err(MlError::Training(format!(
+                "the table has {} rows but {} targets",
+                table.rows.len(),
+                table.targets.len()
+            )));
+        }
+        if table.rows.len() < MIN_TRAINING_ROWS {
+            return Err(MlError::Training(format!(
+                "need at least {MIN_TRAINING_ROWS} rows to train, got {}",
+                table.rows.len()
+            )));
+        }
+        let class_names: Vec<String> = table
+            .targets
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if class_names.len() < 2 {
+            return Err(MlError::Training(format!(
+                "need at least 2 classes in '{}', found {}",
+                schema.target,
+                class_names.len()
+            )));
+        }
+        let labels: Vec<usize> = table
+            .targets
+            .iter()
+            .map(|t| class_names.binary_search(t).unwrap_or(0))
+            .collect();
+        Ok(Prepared {
+            table,
+            class_names,
+            labels,
+        })
+    }
+
+    /// The stratified (train, test) split of `config`, refusing one with no test row.
+    pub fn split(&self, config: &TrainConfig) -> Result<(Vec<usize>, Vec<usize>), MlError> {
+        let (train, test) = stratified_split(&self.labels, config.test_fraction, config.seed);
+        if test.is_empty() {
+            return Err(MlError::Training(
+                "no class has 2 or more rows, so nothing can be held out for evaluation".into(),
+            ));
+        }
+        Ok((train, test))
+    }
+
+    pub fn rows(&self, idx: &[usize]) -> Vec<FeatureRow> {
+        idx.iter().map(|&i| self.table.rows[i].clone()).collect()
+    }
+
+    pub fn labels_of(&self, idx: &[usize]) -> Vec<usize> {
+        idx.iter().map(|&i| self.labels[i]).collect()
+    }
+
+    pub fn classes(&self) -> usize {
+        self.class_names.len()
+    }
+}
+
+/// A network fitted on some rows: its preprocessing, weights and how training went.
+pub(crate) struct Fitted {
+    pub preprocessor: Preprocessor,
+    pub weights: MlpWeights,
+    /// The rows the preprocessing and weights were fitted on (without the early-stopping
+    /// validation rows).
+    pub fit_rows: usize,
+    pub epochs_run: usize,
+    pub best_epoch: Option<usize>,
+}
+
+/// Accuracy, log loss and macro F1 of probabilities against labels.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    pub accuracy: f64,
+    pub log_loss: f64,
+    pub macro_f1: f64,
+}
+
+impl Scores {
+    pub(crate) fn of(probs: &[f32], labels: &[usize], k: usize) -> Scores {
+        Scores {
+            accuracy: accuracy(probs, labels, k),
+            log_loss: log_loss(probs, labels, k),
+            macro_f1: macro_f1(probs, labels, k),
+        }
+    }
+}
+
+/// Fits preprocessing and the MLP on `rows`: Adam, full batch, on burn's autodiff NdArray
+/// backend, with `config`'s dropout, weight decay and early stopping. `progress(epoch, loss)`
+/// is called about 20 times and for the last epoch.
+pub(crate) fn fit(
+    schema: &Schema,
+    rows: &[FeatureRow],
+    labels: &[usize],
+    classes: usize,
     config: &TrainConfig,
     progress: &mut dyn FnMut(usize, f64),
-) -> Result<ModelBundle, MlError> {
-    config.validate()?;
-    let schema = &table.schema;
-    schema.validate()?;
-    if table.rows.len() != table.targets.len() {
-        return Err(MlError::Training(format!(
-            "the table has {} rows but {} targets",
-            table.rows.len(),
-            table.targets.len()
-        )));
-    }
-    if table.rows.len() < MIN_TRAINING_ROWS {
-        return Err(MlError::Training(format!(
-            "need at least {MIN_TRAINING_ROWS} rows to train, got {}",
-            table.rows.len()
-        )));
-    }
-    let class_names: Vec<String> = table
-        .targets
-        .iter()
-        .cloned()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if class_names.len() < 2 {
-        return Err(MlError::Training(format!(
-            "need at least 2 classes in '{}', found {}",
-            schema.target,
-            class_names.len()
-        )));
-    }
-    let labels: Vec<usize> = table
-        .targets
-        .iter()
-        .map(|t| class_names.binary_search(t).unwrap_or(0))
-        .collect();
-
-    let (train_idx, test_idx) = stratified_split(&labels, config.test_fraction, config.seed);
-    if test_idx.is_empty() {
-        return Err(MlError::Training(
-            "no class has 2 or more rows, so nothing can be held out for evaluation".into(),
-        ));
-    }
-    let pick_rows = |idx: &[usize]| {
-        idx.iter()
-            .map(|&i| table.rows[i].clone())
-            .collect::<Vec<_>>()
+) -> Result<Fitted, MlError> {
+    // Early stopping measures the loss on rows set aside from this split.
+    let (fit_idx, val_idx) = if config.patience > 0 {
+        stratified_split(labels, config.validation_fraction, config.seed ^ 0x5EED)
+    } else {
+        ((0..rows.len()).collect(), Vec::new())
     };
+    let pick_rows = |idx: &[usize]| idx.iter().map(|&i| rows[i].clone()).collect::<Vec<_>>();
     let pick_labels = |idx: &[usize]| idx.iter().map(|&i| labels[i]).collect::<Vec<_>>();
-    let (train_rows, test_rows) = (pick_rows(&train_idx), pick_rows(&test_idx));
-    let (train_labels, test_labels) = (pick_labels(&train_idx), pick_labels(&test_idx));
-
-    let preprocessor = Preprocessor::fit(schema, &train_rows)?;
+    let fit_rows = pick_rows(&fit_idx);
+    let fit_labels = pick_labels(&fit_idx);
+    let preprocessor = Preprocessor::fit(schema, &fit_rows)?;
     let width = preprocessor.width();
     if width == 0 {
         return Err(MlError::Training(
             "no usable features: every feature column is empty in the training split".into(),
         ));
     }
-    let reference = ReferenceProfile::from_rows(schema, &train_rows, config.seed);
+    let validation = (!val_idx.is_empty()).then(|| {
+        (
+            preprocessor.transform(&pick_rows(&val_idx)),
+            pick_labels(&val_idx),
+        )
+    });
 
     let device = training_device().autodiff();
-    let n = train_rows.len();
+    let n = fit_rows.len();
     let x = Tensor::<2>::from_data(
-        TensorData::new(preprocessor.transform(&train_rows), [n, width]),
+        TensorData::new(preprocessor.transform(&fit_rows), [n, width]),
         &device,
     );
     let y = Tensor::<1, Int>::from_data(
         TensorData::new(
-            train_labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
+            fit_labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
             [n],
         ),
         &device,
@@ -316,7 +418,8 @@ pub fn train_classifier(
     let mut model = Mlp::init(
         width,
         config.hidden_size,
-        class_names.len(),
+        config.depth,
+        classes,
         config.seed,
         &device,
     );
@@ -324,10 +427,34 @@ pub fn train_classifier(
     let weight_decay =
         (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
     let mut optimizer = AdamConfig::new().with_weight_decay(weight_decay).init();
+    // Dropout masks come from our own generator, so training stays a function of the seed.
+    let mut mask_rng = StdRng::seed_from_u64(config.seed ^ 0xD809_0000);
+    let keep = 1.0 - config.dropout;
     let report_every = (config.epochs / 20).max(1);
+    let mut best: Option<(f64, usize, MlpWeights)> = None;
+    let mut epochs_run = 0;
     for epoch in 1..=config.epochs {
-        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
-        let report = epoch % report_every == 0 || epoch == config.epochs;
+        epochs_run = epoch;
+        let logits = if config.dropout > 0.0 {
+            model.forward_with(x.clone(), &mut |_, h| {
+                let [rows, cols] = h.dims();
+                let mask: Vec<f32> = (0..rows * cols)
+                    .map(|_| {
+                        if mask_rng.random::<f64>() < keep {
+                            (1.0 / keep) as f32
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                h * Tensor::<2>::from_data(TensorData::new(mask, [rows, cols]), &device)
+            })
+        } else {
+            model.forward(x.clone())
+        };
+        let loss = loss_fn.forward(logits, y.clone());
+        let last = epoch == config.epochs;
+        let report = epoch % report_every == 0 || last;
         let loss_value = report.then(|| loss.clone().into_scalar::<f32>());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(config.learning_rate, model, grads);
@@ -339,32 +466,88 @@ pub fn train_classifier(
             }
             progress(epoch, f64::from(value));
         }
+        if let Some((val_x, val_y)) = &validation {
+            let weights = model.to_weights()?;
+            let val_loss = log_loss(&weights.probabilities(val_x), val_y, classes);
+            let improved = best.as_ref().is_none_or(|(b, _, _)| val_loss < *b);
+            if improved {
+                best = Some((val_loss, epoch, weights));
+            } else if best
+                .as_ref()
+                .is_some_and(|(_, at, _)| epoch - at >= config.patience)
+            {
+                if !report {
+                    let value = loss.into_scalar::<f32>();
+                    progress(epoch, f64::from(value));
+                }
+                break;
+            }
+        }
     }
-    let weights = model.to_weights()?;
+    let (weights, best_epoch) = match best {
+        Some((_, epoch, weights)) => (weights, Some(epoch)),
+        None => (model.to_weights()?, None),
+    };
     weights.validate().map_err(|e| {
         MlError::Training(format!(
             "training produced unusable weights ({e}); lower learning_rate"
         ))
     })?;
+    Ok(Fitted {
+        preprocessor,
+        weights,
+        fit_rows: n,
+        epochs_run,
+        best_epoch,
+    })
+}
 
+/// Splits (stratified), fits preprocessing on the train split, trains the MLP ([`fit`]),
+/// evaluates on the test split, and returns the bundle. Calls `progress(epoch, train_loss)`
+/// every so often so callers can report progress. Error if < 2 classes or too few rows.
+///
+/// Determinism: the split, the weight initialisation, the dropout masks and the reference
+/// sampling all derive from `config.seed` through our own generators, and burn's own RNG is
+/// never used, so two runs with the same table and config give identical weights and metrics,
+/// even when several trainings run concurrently in one process. `progress` is called about 20
+/// times, with 1-based epochs, and always for the last epoch trained.
+pub fn train_classifier(
+    table: &Table,
+    config: &TrainConfig,
+    progress: &mut dyn FnMut(usize, f64),
+) -> Result<ModelBundle, MlError> {
+    config.validate()?;
+    let data = Prepared::new(table)?;
+    let schema = &table.schema;
+    let (train_idx, test_idx) = data.split(config)?;
+    let (train_rows, test_rows) = (data.rows(&train_idx), data.rows(&test_idx));
+    let (train_labels, test_labels) = (data.labels_of(&train_idx), data.labels_of(&test_idx));
+    let k = data.classes();
+    let fitted = fit(schema, &train_rows, &train_labels, k, config, progress)?;
+    let reference = ReferenceProfile::from_rows(schema, &train_rows, config.seed);
+
+    let preprocessor = fitted.preprocessor;
+    let weights = fitted.weights;
     let train_probs = weights.probabilities(&preprocessor.transform(&train_rows));
     let test_probs = weights.probabilities(&preprocessor.transform(&test_rows));
-    let k = class_names.len();
+    let test = Scores::of(&test_probs, &test_labels, k);
     let metrics = Metrics {
-        test_accuracy: accuracy(&test_probs, &test_labels, k),
+        test_accuracy: test.accuracy,
         train_accuracy: accuracy(&train_probs, &train_labels, k),
-        test_log_loss: log_loss(&test_probs, &test_labels, k),
-        test_macro_f1: macro_f1(&test_probs, &test_labels, k),
-        n_train: train_rows.len(),
+        test_log_loss: test.log_loss,
+        test_macro_f1: test.macro_f1,
+        n_train: fitted.fit_rows,
         n_test: test_rows.len(),
+        epochs_run: fitted.epochs_run,
+        best_epoch: fitted.best_epoch,
     };
-    let held_out = HeldOut::from_probabilities(&test_probs, &test_labels, &class_names);
+    let held_out = HeldOut::from_probabilities(&test_probs, &test_labels, &data.class_names);
 
     Ok(ModelBundle {
-        format_version: BUNDLE_FORMAT_VERSION,
+        format_version: format_version_for(&weights),
         schema: schema.clone(),
         preprocessor,
-        class_names,
+        class_names: data.class_names,
         config: config.clone(),
         metrics,
         reference,

@@ -755,6 +755,7 @@ async fn record_run(
             params,
             tags,
             client_token: Some(job.id.to_string()),
+            parent_run_id: None,
         })
         .await?;
     if run.metrics.is_empty() {

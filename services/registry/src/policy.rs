@@ -231,6 +231,8 @@ mod tests {
             evaluation: e,
             promotion: None,
             tags: BTreeMap::new(),
+            input_schema: None,
+            class_names: Vec::new(),
         }
     }
 

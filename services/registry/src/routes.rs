@@ -240,14 +240,29 @@ async fn create_run(
         }
     }
     let mut tx = s.infra.pool.begin().await?;
+    if let Some(parent) = req.parent_run_id
+        && !store::run_exists(&mut tx, parent).await?
+    {
+        return Err(Error::Invalid(format!(
+            "parent_run_id {parent} is not a run of this registry"
+        )));
+    }
     let exp = store::get_or_create_experiment(&mut tx, &req.experiment).await?;
+    let mut tags = req.tags.clone();
+    if let Some(parent) = req.parent_run_id {
+        tags.insert(
+            crate::mlflow::PARENT_RUN_TAG.to_owned(),
+            parent.simple().to_string(),
+        );
+    }
     let (id, created) = store::create_run(
         &mut tx,
         exp.id,
         req.name.as_deref(),
         req.client_token.as_deref(),
         &req.params,
-        &req.tags,
+        &tags,
+        req.parent_run_id,
     )
     .await?;
     let run = store::get_run(&mut tx, id).await?;
@@ -449,6 +464,36 @@ async fn delete_version_tag(
     Ok(Json(updated))
 }
 
+/// Most classes a version may name.
+const MAX_CLASSES: usize = 10_000;
+
+/// A version's input schema must be a valid schema, and its class names distinct, non-empty
+/// labels.
+fn check_signature(req: &CreateModelVersion) -> Result<()> {
+    if let Some(schema) = &req.input_schema {
+        schema
+            .validate()
+            .map_err(|e| Error::Invalid(format!("input_schema: {e}")))?;
+    }
+    if req.class_names.len() > MAX_CLASSES {
+        return Err(Error::Invalid(format!(
+            "class_names has {} entries; the limit is {MAX_CLASSES}",
+            req.class_names.len()
+        )));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &req.class_names {
+        if c.is_empty() {
+            return Err(Error::Invalid("class_names holds an empty name".to_owned()));
+        }
+        check_key(&format!("class name {c:?}"), c)?;
+        if !seen.insert(c) {
+            return Err(Error::Invalid(format!("class_names names {c:?} twice")));
+        }
+    }
+    Ok(())
+}
+
 /// Registers a version. In the same transaction: announces `model.registered`, and moves the
 /// `production` alias to it when its test accuracy is at least production's (announcing
 /// `model.promoted`). Idempotent per run: registering the same run again returns the version.
@@ -493,6 +538,7 @@ async fn create_version(
         )));
     }
     crate::policy::check_metric_bounds(&req.metrics)?;
+    check_signature(&req)?;
     let mut tx = s.infra.pool.begin().await?;
     store::lock_model(&mut tx, &name).await?;
     if let Some(v) = store::version_for_run(&mut tx, &name, req.run_id).await? {
@@ -508,12 +554,19 @@ async fn create_version(
     }
     let version = store::insert_version(
         &mut tx,
-        &name,
-        req.run_id,
-        &req.artifact_uri,
-        req.dataset_id,
-        &req.metrics,
-        req.description.as_deref(),
+        store::NewVersion {
+            model: &name,
+            run: req.run_id,
+            artifact_uri: &req.artifact_uri,
+            dataset_id: req.dataset_id,
+            metrics: &req.metrics,
+            description: req.description.as_deref(),
+            input_schema: req
+                .input_schema
+                .as_ref()
+                .and_then(|s| serde_json::to_value(s).ok()),
+            class_names: &req.class_names,
+        },
     )
     .await?;
     if let Some(e) = &req.evaluation {

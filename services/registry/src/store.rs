@@ -73,8 +73,8 @@ fn parse_status(s: &str) -> RunStatus {
 
 pub async fn get_run(conn: &mut PgConnection, id: Uuid) -> Result<Run> {
     let row = sqlx::query(
-        "SELECT r.id, r.experiment_id, e.name AS experiment, r.name, r.status, r.start_time, r.end_time \
-         FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1",
+        "SELECT r.id, r.experiment_id, e.name AS experiment, r.name, r.status, r.start_time, r.end_time, \
+         r.parent_run_id FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1",
     )
     .bind(id)
     .fetch_optional(&mut *conn)
@@ -118,6 +118,7 @@ pub async fn get_run(conn: &mut PgConnection, id: Uuid) -> Result<Run> {
         metrics,
         start_time: row.get("start_time"),
         end_time: row.get("end_time"),
+        parent_run_id: row.get("parent_run_id"),
     })
 }
 
@@ -134,15 +135,18 @@ pub async fn create_run(
     client_token: Option<&str>,
     params: &BTreeMap<String, String>,
     tags: &BTreeMap<String, String>,
+    parent: Option<Uuid>,
 ) -> Result<(Uuid, bool)> {
     let inserted: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO runs (id, experiment_id, name, status, client_token) VALUES ($1, $2, $3, 'running', $4) \
+        "INSERT INTO runs (id, experiment_id, name, status, client_token, parent_run_id) \
+         VALUES ($1, $2, $3, 'running', $4, $5) \
          ON CONFLICT (experiment_id, client_token) DO NOTHING RETURNING id",
     )
     .bind(Uuid::now_v7())
     .bind(experiment_id)
     .bind(name)
     .bind(client_token)
+    .bind(parent)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(id) = inserted else {
@@ -212,7 +216,7 @@ pub async fn set_run_status(conn: &mut PgConnection, run: Uuid, status: RunStatu
 }
 
 pub(crate) const VERSION_COLUMNS: &str = "v.model_name, v.version, v.run_id, v.artifact_uri, v.dataset_id, v.metrics, \
-     v.description, v.created_at, v.evaluation, v.promotion, \
+     v.description, v.created_at, v.evaluation, v.promotion, v.input_schema, v.class_names, \
      COALESCE((SELECT array_agg(a.alias ORDER BY a.alias) FROM model_aliases a \
                WHERE a.model_name = v.model_name AND a.version = v.version), '{}') AS aliases, \
      COALESCE((SELECT jsonb_object_agg(t.key, t.value) FROM model_version_tags t \
@@ -237,6 +241,10 @@ pub(crate) fn version_from_row(r: &sqlx::postgres::PgRow) -> ModelVersion {
             .get::<Option<serde_json::Value>, _>("promotion")
             .and_then(|v| serde_json::from_value::<PromotionDecision>(v).ok()),
         tags: tags_from_row(r),
+        input_schema: r
+            .get::<Option<serde_json::Value>, _>("input_schema")
+            .and_then(|v| serde_json::from_value(v).ok()),
+        class_names: r.get("class_names"),
     }
 }
 
@@ -436,26 +444,35 @@ pub async fn lock_existing_model(conn: &mut PgConnection, model: &str) -> Result
         .ok_or_else(|| Error::NotFound(format!("model {model:?} does not exist")))
 }
 
-pub async fn insert_version(
-    conn: &mut PgConnection,
-    model: &str,
-    run: Uuid,
-    artifact_uri: &str,
-    dataset_id: Option<Uuid>,
-    metrics: &BTreeMap<String, f64>,
-    description: Option<&str>,
-) -> Result<i32> {
+/// What a new version is registered with.
+#[derive(Debug, Clone)]
+pub struct NewVersion<'a> {
+    pub model: &'a str,
+    pub run: Uuid,
+    pub artifact_uri: &'a str,
+    pub dataset_id: Option<Uuid>,
+    pub metrics: &'a BTreeMap<String, f64>,
+    pub description: Option<&'a str>,
+    /// The input schema as JSON (the API's `Schema`, already validated).
+    pub input_schema: Option<serde_json::Value>,
+    pub class_names: &'a [String],
+}
+
+pub async fn insert_version(conn: &mut PgConnection, v: NewVersion<'_>) -> Result<i32> {
     let version: i32 = sqlx::query_scalar(
-        "INSERT INTO model_versions (model_name, version, run_id, artifact_uri, dataset_id, metrics, description) \
-         SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4, $5, $6 FROM model_versions WHERE model_name = $1 \
-         RETURNING version",
+        "INSERT INTO model_versions (model_name, version, run_id, artifact_uri, dataset_id, metrics, \
+         description, input_schema, class_names) \
+         SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4, $5, $6, $7, $8 FROM model_versions \
+         WHERE model_name = $1 RETURNING version",
     )
-    .bind(model)
-    .bind(run)
-    .bind(artifact_uri)
-    .bind(dataset_id)
-    .bind(serde_json::to_value(metrics).unwrap_or_default())
-    .bind(description)
+    .bind(v.model)
+    .bind(v.run)
+    .bind(v.artifact_uri)
+    .bind(v.dataset_id)
+    .bind(serde_json::to_value(v.metrics).unwrap_or_default())
+    .bind(v.description)
+    .bind(v.input_schema)
+    .bind(v.class_names)
     .fetch_one(conn)
     .await?;
     Ok(version)

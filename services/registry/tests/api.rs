@@ -80,6 +80,7 @@ async fn register_on(
         metrics,
         description: None,
         evaluation,
+        ..CreateModelVersion::default()
     };
     let (status, v) = reg
         .send(
@@ -1152,6 +1153,100 @@ async fn deleting_an_alias_is_announced() {
         ("production", 1)
     );
     events.assert_quiet(QUIET).await;
+    reg.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn versions_keep_their_input_schema_and_class_names() {
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
+    let run = new_run(&reg, "sig").await;
+    let schema = json!({
+        "features": [{"name": "x", "kind": "numeric"}, {"name": "c", "kind": "categorical"}],
+        "target": "y"
+    });
+    let body = |schema: Value, classes: Value| {
+        json!({
+            "run_id": run.id, "artifact_uri": "file:///tmp/petrel-sig/bundle.json",
+            "metrics": {"test_accuracy": 0.9}, "input_schema": schema, "class_names": classes
+        })
+    };
+    for (bad_schema, bad_classes, needle) in [
+        (
+            json!({"features": [], "target": "y"}),
+            json!(["a", "b"]),
+            "input_schema",
+        ),
+        (schema.clone(), json!(["a", "a"]), "twice"),
+        (schema.clone(), json!(["a", ""]), "empty"),
+    ] {
+        let r = reg
+            .send(
+                Method::POST,
+                "/api/v1/models/sig/versions",
+                Some(body(bad_schema, bad_classes)),
+            )
+            .await;
+        assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+        assert!(
+            r.1["error"]["message"].as_str().unwrap().contains(needle),
+            "{}",
+            r.1
+        );
+    }
+    let (status, v) = reg
+        .send(
+            Method::POST,
+            "/api/v1/models/sig/versions",
+            Some(body(schema.clone(), json!(["no", "yes"]))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["class_names"], json!(["no", "yes"]));
+    assert_eq!(v["input_schema"]["features"][1]["name"], "c");
+    let (_, again) = reg
+        .send(Method::GET, "/api/v1/models/sig/versions/1", None)
+        .await;
+    assert_eq!(again["input_schema"], v["input_schema"]);
+    reg.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_run_may_belong_to_a_parent_run() {
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
+    let parent = new_run(&reg, "sweep").await;
+    let child = reg
+        .client()
+        .create_run(&CreateRun {
+            experiment: "sweep".into(),
+            name: Some("trial-0".into()),
+            parent_run_id: Some(parent.id),
+            ..CreateRun::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(child.parent_run_id, Some(parent.id));
+    // MLflow clients see the nesting through MLflow's own tag.
+    assert_eq!(
+        child.tags.get("mlflow.parentRunId"),
+        Some(&parent.id.simple().to_string())
+    );
+    assert_eq!(
+        reg.client().get_run(child.id).await.unwrap().parent_run_id,
+        Some(parent.id)
+    );
+    assert_eq!(parent.parent_run_id, None);
+    let r = reg
+        .send(
+            Method::POST,
+            "/api/v1/runs",
+            Some(json!({"experiment": "sweep", "parent_run_id": Uuid::now_v7()})),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
     reg.stop().await;
     env.cleanup().await;
 }

@@ -15,7 +15,7 @@ use clap::Parser;
 use petrel_api::registry::RegistryClient;
 use petrel_events::consumer::ConsumerSpec;
 use petrel_events::payloads::subjects;
-use petrel_ml::TrainConfig;
+use petrel_ml::{SweepSpec, TrainConfig};
 use petrel_runtime::config::{LogArgs, NatsArgs, PostgresArgs, StoreArgs};
 use petrel_runtime::infra::Infra;
 use petrel_runtime::service::{ServiceConfig, Tasks};
@@ -47,9 +47,31 @@ pub struct Config {
     /// the registry runs with `--auth on`. Never logged.
     #[arg(long, env = "PETREL_REGISTRY_TOKEN", hide_env_values = true)]
     pub registry_token: Option<petrel_runtime::config::Secret>,
-    /// Hidden layer width of the MLP.
+    /// Width of each hidden layer of the MLP.
     #[arg(long, env = "PETREL_TRAIN_HIDDEN_SIZE", default_value_t = TrainConfig::default().hidden_size)]
     pub hidden_size: usize,
+    /// Hidden layers of the MLP.
+    #[arg(long, env = "PETREL_TRAIN_DEPTH", default_value_t = TrainConfig::default().depth)]
+    pub depth: usize,
+    /// Share of hidden activations dropped in each training step (0: no dropout).
+    #[arg(long, env = "PETREL_TRAIN_DROPOUT", default_value_t = TrainConfig::default().dropout)]
+    pub dropout: f64,
+    /// L2 weight decay of Adam (0: none).
+    #[arg(long, env = "PETREL_TRAIN_WEIGHT_DECAY", default_value_t = TrainConfig::default().weight_decay)]
+    pub weight_decay: f64,
+    /// Early stopping: epochs without a lower validation loss before training stops (0: off).
+    #[arg(long, env = "PETREL_TRAIN_PATIENCE", default_value_t = TrainConfig::default().patience)]
+    pub patience: usize,
+    /// Stratified k-fold cross-validation of every job's configuration on its training split,
+    /// logged as `cv_*` metrics (0: off; 2 to 20 folds).
+    #[arg(long, env = "PETREL_TRAIN_CV_FOLDS", default_value_t = 0)]
+    pub cv_folds: usize,
+    /// A sweep for every job: a JSON file with `grid` (lists of hidden_size, depth,
+    /// learning_rate, epochs, dropout, weight_decay), `folds`, `concurrency` and optionally
+    /// `samples` for a random search. Each trial is cross-validated and logged as a child run;
+    /// the best is trained on the whole training split and registered.
+    #[arg(long, env = "PETREL_TRAIN_SWEEP")]
+    pub sweep: Option<std::path::PathBuf>,
     /// Training epochs (full passes over the training split).
     #[arg(long, env = "PETREL_TRAIN_EPOCHS", default_value_t = TrainConfig::default().epochs)]
     pub epochs: usize,
@@ -82,13 +104,53 @@ impl Config {
     pub fn train_config(&self) -> TrainConfig {
         TrainConfig {
             hidden_size: self.hidden_size,
+            depth: self.depth,
+            dropout: self.dropout,
             epochs: self.epochs,
+            patience: self.patience,
             learning_rate: self.learning_rate,
+            weight_decay: self.weight_decay,
             test_fraction: self.test_fraction,
             seed: self.seed,
             ..TrainConfig::default()
         }
     }
+
+    /// How each job chooses its configuration, checked against the base configuration so a bad
+    /// sweep file stops the service at start rather than failing every job.
+    pub fn tuning(&self, base: &TrainConfig) -> anyhow::Result<Tuning> {
+        use anyhow::Context as _;
+        if self.cv_folds == 1 || self.cv_folds > petrel_ml::MAX_FOLDS {
+            anyhow::bail!(
+                "--cv-folds must be 0 (off) or 2 to {}",
+                petrel_ml::MAX_FOLDS
+            );
+        }
+        let sweep = match &self.sweep {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read(path)
+                    .with_context(|| format!("cannot read the sweep file {}", path.display()))?;
+                let spec: SweepSpec = serde_json::from_slice(&text)
+                    .with_context(|| format!("{} is not a valid sweep", path.display()))?;
+                spec.trials(base)
+                    .with_context(|| format!("{} is not a valid sweep", path.display()))?;
+                Some(spec)
+            }
+        };
+        Ok(Tuning {
+            cv_folds: self.cv_folds,
+            sweep,
+        })
+    }
+}
+
+/// How a job chooses its configuration: as configured (optionally cross-validated), or by a
+/// sweep.
+#[derive(Clone, Debug, Default)]
+pub struct Tuning {
+    pub cv_folds: usize,
+    pub sweep: Option<SweepSpec>,
 }
 
 /// Shared state of handlers and the consumer.
@@ -98,6 +160,7 @@ pub struct AppState {
     pub store: Arc<dyn ArtifactStore>,
     pub registry: RegistryClient,
     pub train: TrainConfig,
+    pub tuning: Tuning,
 }
 
 /// A built trainer: connected, listening, not yet consuming.
@@ -113,6 +176,7 @@ impl App {
     pub async fn build(config: Config, cancel: CancellationToken) -> anyhow::Result<Self> {
         let train = config.train_config();
         train.validate()?;
+        let tuning = config.tuning(&train)?;
         let infra = Infra::connect(
             "trainer",
             "trainer",
@@ -134,6 +198,7 @@ impl App {
                 store,
                 registry,
                 train,
+                tuning,
             },
             cancel,
         })

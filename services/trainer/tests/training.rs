@@ -63,6 +63,13 @@ async fn data_ready_trains_registers_and_promotes_once_per_event() {
     assert!(accuracy >= 0.95, "test accuracy {accuracy}");
     assert_eq!(prod.metrics["n_train"] + prod.metrics["n_test"], 344.0);
     assert_eq!(prod.dataset_id, Some(data.dataset_id));
+    // The version says what it takes and answers.
+    assert_eq!(prod.class_names, vec!["Adelie", "Chinstrap", "Gentoo"]);
+    let schema = prod
+        .input_schema
+        .as_ref()
+        .expect("the trainer sends the input schema");
+    assert_eq!(schema, &petrel_ml::Schema::penguins());
     let path = prod
         .artifact_uri
         .strip_prefix("file://")
@@ -232,4 +239,153 @@ async fn the_jobs_api_answers_json_and_reports_health() {
     assert_eq!(body["status"], "ready");
 
     stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_sweep_logs_each_trial_as_a_child_run_and_registers_the_best() {
+    let dir = std::env::temp_dir().join(format!("petrel-sweep-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("sweep.json");
+    // A learning rate far too small cannot learn in 40 epochs: the sweep must choose 0.05.
+    std::fs::write(
+        &spec,
+        r#"{"grid": {"learning_rate": [1e-5, 0.05], "epochs": [40]}, "folds": 3, "concurrency": 2}"#,
+    )
+    .unwrap();
+    let stack = Stack::start_with(&["--sweep", spec.to_str().unwrap()]).await;
+    let data = stack.penguins_dataset().await;
+    stack.bus.publish(&stack.bus.envelope(data)).await.unwrap();
+    let jobs = stack
+        .wait_jobs("the sweep's job to succeed", |jobs| {
+            jobs.first()
+                .is_some_and(|j| j["status"] == "succeeded" || j["status"] == "failed")
+        })
+        .await;
+    let job = &jobs[0];
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(
+        (job["trials_total"].as_i64(), job["trials_done"].as_i64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(
+        job["cv"]["folds"].as_array().map(Vec::len),
+        Some(3),
+        "{job}"
+    );
+
+    // The registered version is the chosen trial's configuration, with its CV scores.
+    let prod = stack
+        .registry()
+        .get_alias("penguins", "production")
+        .await
+        .unwrap()
+        .expect("production is set");
+    assert!(prod.metrics["cv_accuracy_mean"] > 0.9, "{:?}", prod.metrics);
+    assert!(prod.metrics.contains_key("cv_accuracy_std"));
+    let parent = stack.registry().get_run(prod.run_id).await.unwrap();
+    assert_eq!(parent.params["learning_rate"], "0.05");
+    assert_eq!(parent.tags["petrel.sweep_trials"], "2");
+    assert_eq!(parent.tags["petrel.chosen_trial"], "1");
+    assert!(parent.tags["petrel.cv_split"].contains("3-fold"));
+
+    // Each trial is a finished child run, found the way an MLflow user would.
+    let (status, exp) = stack
+        .mlflow("experiments/search", json!({"filter": "name = 'penguins'"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{exp}");
+    let exp_id = exp["experiments"][0]["experiment_id"].clone();
+    let (status, found) = stack
+        .mlflow(
+            "runs/search",
+            json!({
+                "experiment_ids": [exp_id],
+                "filter": format!("tags.mlflow.parentRunId = '{}'", prod.run_id.simple()),
+                "order_by": ["metrics.cv_accuracy_mean DESC"],
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    let runs = found["runs"].as_array().expect("two trial runs");
+    assert_eq!(runs.len(), 2, "{found}");
+    let tag = |r: &Value, key: &str| {
+        r["data"]["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["key"] == key)
+            .map(|t| t["value"].as_str().unwrap().to_owned())
+    };
+    let metric = |r: &Value, key: &str| {
+        r["data"]["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["key"] == key)
+            .and_then(|m| m["value"].as_f64())
+    };
+    assert_eq!(tag(&runs[0], "petrel.chosen").as_deref(), Some("true"));
+    assert_eq!(tag(&runs[1], "petrel.chosen").as_deref(), Some("false"));
+    assert_eq!(runs[0]["info"]["status"], "FINISHED");
+    let (good, bad) = (
+        metric(&runs[0], "cv_accuracy_mean").unwrap(),
+        metric(&runs[1], "cv_accuracy_mean").unwrap(),
+    );
+    assert!(good > bad, "{good} vs {bad}");
+    assert_eq!(
+        runs[0]["data"]["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["key"] == "learning_rate")
+            .unwrap()["value"],
+        "0.05"
+    );
+    // Every fold's accuracy is in the trial's history, one step per fold.
+    let id = runs[0]["info"]["run_id"].as_str().unwrap();
+    let (status, history) = stack
+        .mlflow_get(&format!(
+            "metrics/get-history?run_id={id}&metric_key=cv_fold_accuracy"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    assert_eq!(
+        history["metrics"].as_array().map(Vec::len),
+        Some(3),
+        "{history}"
+    );
+
+    stack.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_bad_sweep_file_stops_the_trainer_at_start() {
+    let env = petrel_testkit::TestEnv::new().await;
+    let dir = std::env::temp_dir().join(format!("petrel-sweep-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("sweep.json");
+    std::fs::write(&spec, r#"{"grid": {"dropout": [2.0]}}"#).unwrap();
+    let args = env.args(
+        "petrel-trainer",
+        &[
+            "--sweep",
+            spec.to_str().unwrap(),
+            "--registry-url",
+            "http://127.0.0.1:9",
+        ],
+    );
+    use clap::Parser as _;
+    let err = petrel_trainer::App::build(
+        petrel_trainer::Config::parse_from(args),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("not a valid sweep") && msg.contains("dropout"),
+        "{msg}"
+    );
+    env.cleanup().await;
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -33,6 +33,10 @@ use crate::AppState;
 /// Artifact uploads stream and are bounded by `--max-artifact-mb` instead.
 const BODY_LIMIT: usize = 16 * 1024 * 1024;
 
+/// The tag by which MLflow names a run's parent; `/api/v1` runs with a `parent_run_id` carry
+/// it too, so MLflow clients and UIs nest them.
+pub const PARENT_RUN_TAG: &str = "mlflow.parentRunId";
+
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         // Experiments.

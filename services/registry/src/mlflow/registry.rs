@@ -419,12 +419,16 @@ pub async fn create_model_version(State(s): State<AppState>, Msg(f): Msg) -> Res
     let metrics = version_metrics(&mut tx, run).await?;
     let version = store::insert_version(
         &mut tx,
-        &name,
-        run,
-        &source,
-        None,
-        &metrics,
-        description.as_deref(),
+        store::NewVersion {
+            model: &name,
+            run,
+            artifact_uri: &source,
+            dataset_id: None,
+            metrics: &metrics,
+            description: description.as_deref(),
+            input_schema: None,
+            class_names: &[],
+        },
     )
     .await?;
     store::set_model_tags(&mut tx, TagOwner::Version(&name, version), &tags).await?;
@@ -446,6 +450,9 @@ pub async fn create_model_version(State(s): State<AppState>, Msg(f): Msg) -> Res
         // MLflow does not say what data the metrics were measured on, so an MLflow version
         // takes an alias automatically only when nothing holds it yet.
         evaluation: None,
+        // MLflow keeps a model's signature in its MLmodel artifact, not on the version.
+        input_schema: None,
+        class_names: Vec::new(),
     };
     routes::maybe_promote(&s, &mut tx, &name, version, &req).await?;
     let created = store::get_version(&mut tx, &name, version).await?;

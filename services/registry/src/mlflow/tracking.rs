@@ -38,7 +38,7 @@ const HISTORY_PAGE: i64 = 25_000;
 const HISTORY_PAGE_MAX: i64 = 100_000;
 
 const RUN_NAME_TAG: &str = "mlflow.runName";
-const PARENT_TAG: &str = "mlflow.parentRunId";
+use super::PARENT_RUN_TAG as PARENT_TAG;
 
 fn ok() -> Response {
     axum::Json(json!({})).into_response()

@@ -33,6 +33,11 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// A stack whose trainer takes `trainer_args` besides the usual ones.
+    pub async fn start_with(trainer_args: &[&str]) -> Self {
         let env = TestEnv::new().await;
 
         let args = env.args_without_store("petrel-registry", &[]);
@@ -44,7 +49,9 @@ impl Stack {
         let registry =
             Service::spawn("the registry", app.port(), cancel, app.run()).stop_limit(STOP_LIMIT);
 
-        let args = env.args("petrel-trainer", &["--registry-url", &registry.base]);
+        let mut extra = vec!["--registry-url", registry.base.as_str()];
+        extra.extend_from_slice(trainer_args);
+        let args = env.args("petrel-trainer", &extra);
         let cancel = CancellationToken::new();
         let app =
             petrel_trainer::App::build(petrel_trainer::Config::parse_from(args), cancel.clone())
@@ -61,6 +68,20 @@ impl Stack {
             registry,
             trainer,
         }
+    }
+
+    /// POST on the registry's MLflow REST API: status and JSON body.
+    pub async fn mlflow(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let url = format!("{}/api/2.0/mlflow/{path}", self.registry.base);
+        let (status, body) = send(self.http.post(url).json(&body)).await;
+        (StatusCode::from_u16(status).unwrap(), body)
+    }
+
+    /// GET on the registry's MLflow REST API (`path` with its query): status and JSON body.
+    pub async fn mlflow_get(&self, path: &str) -> (StatusCode, Value) {
+        let url = format!("{}/api/2.0/mlflow/{path}", self.registry.base);
+        let (status, body) = send(self.http.get(url)).await;
+        (StatusCode::from_u16(status).unwrap(), body)
     }
 
     pub fn registry(&self) -> petrel_api::registry::RegistryClient {
