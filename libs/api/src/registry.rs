@@ -106,7 +106,37 @@ pub struct Run {
     /// The run this one belongs to, if any.
     #[serde(default)]
     pub parent_run_id: Option<Uuid>,
+    /// The datasets the run read, in the order they were logged.
+    #[serde(default)]
+    pub inputs: Vec<DatasetInput>,
 }
+
+/// A dataset a run read (MLflow's `DatasetInput`): which data, and in what role (the
+/// `mlflow.data.context` tag: `training`, `evaluation`...).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatasetInput {
+    pub name: String,
+    /// The content digest: the same name and digest are the same dataset.
+    pub digest: String,
+    /// Where it came from: `petrel-ingest`, `local`, `s3`...
+    pub source_type: String,
+    pub source: String,
+    #[serde(default)]
+    pub schema: Option<String>,
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The body of `POST /api/v1/runs/{id}/inputs`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogInputs {
+    pub inputs: Vec<DatasetInput>,
+}
+
+/// The tag naming a dataset input's role.
+pub const DATASET_CONTEXT_TAG: &str = "mlflow.data.context";
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CreateModelVersion {
@@ -295,6 +325,14 @@ impl RegistryClient {
     ) -> Result<MetricsLogged, ClientError> {
         self.api
             .post(&format!("/api/v1/runs/{run}/metrics"), req)
+            .await
+    }
+
+    /// Records the datasets a run read; answers with the run. Logging a dataset (name and
+    /// digest) the run already has changes nothing.
+    pub async fn log_inputs(&self, run: Uuid, req: &LogInputs) -> Result<Run, ClientError> {
+        self.api
+            .post(&format!("/api/v1/runs/{run}/inputs"), req)
             .await
     }
 

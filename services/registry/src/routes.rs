@@ -29,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs", post(create_run))
         .route("/api/v1/runs/{id}", get(get_run).patch(update_run))
         .route("/api/v1/runs/{id}/metrics", post(log_metrics))
+        .route("/api/v1/runs/{id}/inputs", post(log_inputs))
         .route("/api/v1/models", get(list_models))
         .route("/api/v1/models/{name}", get(get_model))
         .route(
@@ -326,6 +327,55 @@ async fn log_metrics(
         run_id: id,
         logged: rows.len(),
     }))
+}
+
+/// Most dataset inputs one request may log, and the longest name, digest and source.
+const MAX_INPUTS: usize = 1000;
+const MAX_INPUT_FIELD: usize = 1024;
+const MAX_INPUT_SOURCE: usize = 64 * 1024;
+
+/// Records the datasets a run read (the same rows MLflow's `runs/log-inputs` writes).
+async fn log_inputs(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    Json(req): Json<petrel_api::registry::LogInputs>,
+) -> Result<impl IntoResponse> {
+    if req.inputs.len() > MAX_INPUTS {
+        return Err(Error::Invalid(format!(
+            "inputs has {} entries; the limit is {MAX_INPUTS}",
+            req.inputs.len()
+        )));
+    }
+    for (i, d) in req.inputs.iter().enumerate() {
+        for (field, value, max) in [
+            ("name", &d.name, MAX_INPUT_FIELD),
+            ("digest", &d.digest, MAX_INPUT_FIELD),
+            ("source_type", &d.source_type, MAX_INPUT_FIELD),
+            ("source", &d.source, MAX_INPUT_SOURCE),
+        ] {
+            if value.trim().is_empty() || value.len() > max {
+                return Err(Error::Invalid(format!(
+                    "inputs[{i}].{field} must be 1 to {max} bytes"
+                )));
+            }
+            check_key(&format!("inputs[{i}].{field}"), value)?;
+        }
+        for text in [&d.schema, &d.profile].into_iter().flatten() {
+            check_text(&format!("inputs[{i}]"), text)?;
+        }
+        for (k, v) in &d.tags {
+            check_key(&format!("inputs[{i}] tag key {k:?}"), k)?;
+            check_text(&format!("inputs[{i}].tags[{k:?}]"), v)?;
+        }
+    }
+    let mut tx = s.infra.pool.begin().await?;
+    if !store::run_exists(&mut tx, id).await? {
+        return Err(Error::NotFound(format!("run {id} does not exist")));
+    }
+    store::insert_inputs(&mut tx, id, &req.inputs).await?;
+    let run = store::get_run(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(run))
 }
 
 async fn list_models(State(s): State<AppState>) -> Result<impl IntoResponse> {

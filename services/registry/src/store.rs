@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use petrel_api::registry::{
-    Evaluation, Experiment, Metric, ModelVersion, PromotionDecision, PromotionPolicy,
+    DatasetInput, Evaluation, Experiment, Metric, ModelVersion, PromotionDecision, PromotionPolicy,
     RegisteredModel, Run, RunStatus,
 };
 use sqlx::{PgConnection, Row};
@@ -119,7 +119,69 @@ pub async fn get_run(conn: &mut PgConnection, id: Uuid) -> Result<Run> {
         start_time: row.get("start_time"),
         end_time: row.get("end_time"),
         parent_run_id: row.get("parent_run_id"),
+        inputs: run_inputs(&mut *conn, &[id])
+            .await?
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect(),
     })
+}
+
+/// The dataset inputs of `runs`, each with its run, in logging order.
+pub async fn run_inputs(
+    conn: &mut PgConnection,
+    runs: &[Uuid],
+) -> Result<Vec<(Uuid, DatasetInput)>> {
+    let rows = sqlx::query(
+        "SELECT run_id, name, digest, source_type, source, schema, profile, tags FROM run_inputs \
+         WHERE run_id = ANY($1) ORDER BY run_id, logged_at, name, digest",
+    )
+    .bind(runs)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get("run_id"),
+                DatasetInput {
+                    name: r.get("name"),
+                    digest: r.get("digest"),
+                    source_type: r.get("source_type"),
+                    source: r.get("source"),
+                    schema: r.get("schema"),
+                    profile: r.get("profile"),
+                    tags: serde_json::from_value(r.get("tags")).unwrap_or_default(),
+                },
+            )
+        })
+        .collect())
+}
+
+/// Records dataset inputs of a run; a dataset (name and digest) it already has is left as it
+/// was.
+pub async fn insert_inputs(
+    conn: &mut PgConnection,
+    run: Uuid,
+    inputs: &[DatasetInput],
+) -> Result<()> {
+    for d in inputs {
+        sqlx::query(
+            "INSERT INTO run_inputs (run_id, name, digest, source_type, source, schema, profile, tags) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (run_id, name, digest) DO NOTHING",
+        )
+        .bind(run)
+        .bind(&d.name)
+        .bind(&d.digest)
+        .bind(&d.source_type)
+        .bind(&d.source)
+        .bind(&d.schema)
+        .bind(&d.profile)
+        .bind(serde_json::to_value(&d.tags).unwrap_or_default())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Creates a run, or returns the run created earlier with the same client token.

@@ -1214,6 +1214,63 @@ async fn versions_keep_their_input_schema_and_class_names() {
 }
 
 #[tokio::test]
+async fn runs_record_the_datasets_they_read_in_both_apis() {
+    use petrel_api::registry::{DatasetInput, LogInputs};
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
+    let run = new_run(&reg, "inputs").await;
+    let input = DatasetInput {
+        name: "penguins".into(),
+        digest: "sha256:9f2c".into(),
+        source_type: "petrel-ingest".into(),
+        source: r#"{"dataset_id": "x"}"#.into(),
+        schema: Some("{}".into()),
+        profile: None,
+        tags: BTreeMap::from([("mlflow.data.context".into(), "training".into())]),
+    };
+    let req = LogInputs {
+        inputs: vec![input.clone()],
+    };
+    let logged = reg.client().log_inputs(run.id, &req).await.unwrap();
+    assert_eq!(logged.inputs, vec![input.clone()]);
+    // The same dataset again changes nothing.
+    let again = reg.client().log_inputs(run.id, &req).await.unwrap();
+    assert_eq!(again.inputs.len(), 1);
+    // MLflow's API shows the same input.
+    let (status, body) = reg
+        .send(
+            Method::GET,
+            &format!("/api/2.0/mlflow/runs/get?run_id={}", run.id.simple()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let d = &body["run"]["inputs"]["dataset_inputs"][0];
+    assert_eq!(d["dataset"]["digest"], "sha256:9f2c", "{body}");
+    assert_eq!(d["tags"][0]["value"], "training", "{body}");
+    let r = reg
+        .send(
+            Method::POST,
+            &format!("/api/v1/runs/{}/inputs", run.id),
+            Some(
+                json!({"inputs": [{"name": "", "digest": "d", "source_type": "s", "source": "x"}]}),
+            ),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    let r = reg
+        .send(
+            Method::POST,
+            &format!("/api/v1/runs/{}/inputs", Uuid::now_v7()),
+            Some(json!({"inputs": []})),
+        )
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    reg.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_run_may_belong_to_a_parent_run() {
     let env = TestEnv::new().await;
     let reg = start_registry(&env).await;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use petrel_api::ClientError;
 use petrel_api::registry::{
-    CreateModelVersion, CreateRun, Evaluation, LogMetrics, MetricInput, RunStatus,
+    CreateModelVersion, CreateRun, DATASET_CONTEXT_TAG, DatasetInput, Evaluation, LogInputs,
+    LogMetrics, MetricInput, RunStatus,
 };
 use petrel_events::consumer::Outcome;
 use petrel_events::payloads::{DataReady, DatasetPurpose};
@@ -476,6 +477,33 @@ async fn register(
             parent_run_id: None,
         })
         .await?;
+    if run.inputs.is_empty() {
+        state
+            .registry
+            .log_inputs(
+                run.id,
+                &LogInputs {
+                    inputs: vec![DatasetInput {
+                        name: data.name.clone(),
+                        digest: data.content_hash.clone(),
+                        source_type: "petrel-ingest".to_owned(),
+                        source: serde_json::json!({
+                            "dataset_id": data.dataset_id,
+                            "version": data.version,
+                            "uri": data.uri,
+                        })
+                        .to_string(),
+                        schema: serde_json::to_string(&data.schema).ok(),
+                        profile: Some(serde_json::json!({"num_rows": data.row_count}).to_string()),
+                        tags: BTreeMap::from([(
+                            DATASET_CONTEXT_TAG.to_owned(),
+                            "training".to_owned(),
+                        )]),
+                    }],
+                },
+            )
+            .await?;
+    }
     log_trials(state, job, model_name, run.id, trained).await?;
     let metrics = metric_map(trained);
     if run.metrics.is_empty() {

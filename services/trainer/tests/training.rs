@@ -87,6 +87,11 @@ async fn data_ready_trains_registers_and_promotes_once_per_event() {
     assert_eq!(run.params["dataset_id"], data.dataset_id.to_string());
     assert_eq!(run.params["dataset_hash"], data.content_hash);
     assert!(run.metrics.iter().any(|m| m.key == "test_accuracy"));
+    // The data it trained on is the run's dataset input, in the training role.
+    assert_eq!(run.inputs.len(), 1, "{:?}", run.inputs);
+    assert_eq!(run.inputs[0].name, "penguins");
+    assert_eq!(run.inputs[0].digest, data.content_hash);
+    assert_eq!(run.inputs[0].tags["mlflow.data.context"], "training");
 
     // The job shows the outcome.
     let jobs = stack

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use petrel_api::registry::DatasetInput;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
@@ -678,33 +679,26 @@ pub async fn load_runs(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<RunO
             .push(metric_out(&r));
     }
     let mut inputs: HashMap<Uuid, Vec<Value>> = HashMap::new();
-    let rows = sqlx::query(
-        "SELECT run_id, name, digest, source_type, source, schema, profile, tags FROM run_inputs \
-         WHERE run_id = ANY($1) ORDER BY run_id, logged_at, name, digest",
-    )
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    for r in rows {
-        let tags: BTreeMap<String, String> =
-            serde_json::from_value(r.get("tags")).unwrap_or_default();
+    for (run, d) in crate::store::run_inputs(&mut *conn, ids).await? {
         let mut dataset = json!({
-            "name": r.get::<String, _>("name"),
-            "digest": r.get::<String, _>("digest"),
-            "source_type": r.get::<String, _>("source_type"),
-            "source": r.get::<String, _>("source"),
+            "name": d.name,
+            "digest": d.digest,
+            "source_type": d.source_type,
+            "source": d.source,
         });
-        for key in ["schema", "profile"] {
-            if let Some(v) = r.get::<Option<String>, _>(key) {
-                dataset[key] = json!(v);
-            }
+        if let Some(v) = d.schema {
+            dataset["schema"] = json!(v);
         }
-        let tags: Vec<KeyValue> = tags
+        if let Some(v) = d.profile {
+            dataset["profile"] = json!(v);
+        }
+        let tags: Vec<KeyValue> = d
+            .tags
             .into_iter()
             .map(|(key, value)| KeyValue { key, value })
             .collect();
         inputs
-            .entry(r.get("run_id"))
+            .entry(run)
             .or_default()
             .push(json!({ "tags": tags, "dataset": dataset }));
     }
@@ -1047,18 +1041,7 @@ const MAX_DATASET_DIGEST: usize = 36;
 const MAX_DATASET_SOURCE: usize = 65_535;
 const MAX_DATASET_DOC: usize = 1 << 20;
 
-/// One dataset input of `runs/log-inputs`, validated.
-struct DatasetIn {
-    name: String,
-    digest: String,
-    source_type: String,
-    source: String,
-    schema: Option<String>,
-    profile: Option<String>,
-    tags: BTreeMap<String, String>,
-}
-
-fn dataset_in(item: &Fields) -> Result<DatasetIn> {
+fn dataset_in(item: &Fields) -> Result<DatasetInput> {
     let d = item
         .object("dataset")?
         .ok_or_else(|| item.missing("dataset"))?;
@@ -1077,7 +1060,7 @@ fn dataset_in(item: &Fields) -> Result<DatasetIn> {
     check_plain("a dataset name", &name)?;
     let digest = bounded("digest", MAX_DATASET_DIGEST, true)?.unwrap_or_default();
     check_plain("a dataset digest", &digest)?;
-    Ok(DatasetIn {
+    Ok(DatasetInput {
         name,
         digest,
         source_type: bounded("source_type", MAX_KEY, true)?.unwrap_or_default(),
@@ -1113,22 +1096,7 @@ pub async fn log_inputs(State(s): State<AppState>, Msg(f): Msg) -> Result<Respon
     let inputs = items.iter().map(dataset_in).collect::<Result<Vec<_>>>()?;
     let mut tx = s.infra.pool.begin().await?;
     active_run(&mut tx, id).await?;
-    for d in &inputs {
-        sqlx::query(
-            "INSERT INTO run_inputs (run_id, name, digest, source_type, source, schema, profile, tags) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (run_id, name, digest) DO NOTHING",
-        )
-        .bind(id)
-        .bind(&d.name)
-        .bind(&d.digest)
-        .bind(&d.source_type)
-        .bind(&d.source)
-        .bind(&d.schema)
-        .bind(&d.profile)
-        .bind(json!(d.tags))
-        .execute(&mut *tx)
-        .await?;
-    }
+    crate::store::insert_inputs(&mut tx, id, &inputs).await?;
     tx.commit().await?;
     Ok(ok())
 }
