@@ -56,5 +56,6 @@ print(f"single write p50: {p['single_write_ms_p50']:.2f} ms vs {m['single_write_
 print(f"search over {p['runs']} runs p50: {p['search_ms_p50']:.1f} ms vs {m['search_ms_p50']:.1f} ms = {m['search_ms_p50']/p['search_ms_p50']:.1f}x")
 if p.get("upload_mb_s"):
     print(f"artifact upload ({p['artifact_mb']} MB): {p['upload_mb_s']:.0f} MB/s vs {m['upload_mb_s']:.0f} MB/s = {p['upload_mb_s']/m['upload_mb_s']:.1f}x; "
-          f"disk ceiling (write + fsync) {p['disk_mb_s']:.0f} MB/s, Petrel at {p['upload_mb_s']/p['disk_mb_s']:.0%} of it")
+          f"disk ceiling (write + fsync) {p['disk_mb_s']:.0f} MB/s, Petrel at {p['upload_mb_s']/p['disk_mb_s']:.0%} of it; "
+          f"loopback socket into a synced file {p['socket_disk_mb_s']:.0f} MB/s, Petrel at {p['upload_mb_s']/p['socket_disk_mb_s']:.0%} of it")
 PY
