@@ -369,6 +369,39 @@ async fn commit_file(tmp: &Path, path: &Path) -> Result<(), StoreError> {
     result
 }
 
+/// The next chunk of an upload body: `cap` bytes, fewer only at its end, none once it is done
+/// (a body arrives in frames of a few KiB, so each chunk is filled before it is handed on).
+/// The bytes are counted into `size`, and past `max_bytes` the upload is refused.
+pub(crate) async fn next_body_chunk(
+    body: &mut (dyn AsyncRead + Send + Unpin),
+    key: &str,
+    cap: usize,
+    size: &mut u64,
+    max_bytes: u64,
+) -> Result<Bytes, StoreError> {
+    let mut buf = bytes::BytesMut::with_capacity(cap);
+    while buf.len() < cap {
+        let n = body
+            .read_buf(&mut buf)
+            .await
+            .map_err(|source| StoreError::Io {
+                path: format!("{key} (request body)"),
+                source,
+            })?;
+        if n == 0 {
+            break;
+        }
+    }
+    *size += buf.len() as u64;
+    if *size > max_bytes {
+        return Err(StoreError::TooLarge {
+            key: key.to_owned(),
+            limit: max_bytes,
+        });
+    }
+    Ok(buf.freeze())
+}
+
 /// Copies `body` into a new file at `path` in chunks, returning its size and hex SHA-256.
 ///
 /// The three steps run side by side: this task reads the body into chunks, one blocking thread
@@ -407,32 +440,10 @@ async fn copy_hashing(
     let mut size = 0u64;
     let copied: Result<(), StoreError> = async {
         loop {
-            let mut buf = bytes::BytesMut::with_capacity(CHUNK);
-            // Fill the chunk (a body arrives in frames of a few KiB), so hashing and writing
-            // each get a chunk's worth of work per hand-off.
-            while buf.len() < CHUNK {
-                let n = body
-                    .read_buf(&mut buf)
-                    .await
-                    .map_err(|source| StoreError::Io {
-                        path: format!("{key} (request body)"),
-                        source,
-                    })?;
-                if n == 0 {
-                    break;
-                }
-            }
-            if buf.is_empty() {
+            let chunk = next_body_chunk(body, key, CHUNK, &mut size, max_bytes).await?;
+            if chunk.is_empty() {
                 return Ok(());
             }
-            size += buf.len() as u64;
-            if size > max_bytes {
-                return Err(StoreError::TooLarge {
-                    key: key.to_owned(),
-                    limit: max_bytes,
-                });
-            }
-            let chunk = buf.freeze();
             let short = chunk.len() < CHUNK;
             // Either queue closes only when its thread has stopped: the writer on an I/O
             // error, which the join below reports.

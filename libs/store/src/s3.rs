@@ -265,30 +265,11 @@ impl Parts<'_> {
                 if *done {
                     return Ok(None);
                 }
-                let mut buf = Vec::with_capacity(PART_SIZE);
-                while buf.len() < PART_SIZE {
-                    let n = (&mut **body)
-                        .take((PART_SIZE - buf.len()) as u64)
-                        .read_to_end(&mut buf)
-                        .await
-                        .map_err(|source| StoreError::Io {
-                            path: format!("{key} (request body)"),
-                            source,
-                        })?;
-                    if n == 0 {
-                        *done = true;
-                        break;
-                    }
-                }
-                *size += buf.len() as u64;
-                if *size > *max_bytes {
-                    return Err(StoreError::TooLarge {
-                        key: (*key).to_owned(),
-                        limit: *max_bytes,
-                    });
-                }
+                let buf =
+                    crate::next_body_chunk(&mut **body, key, PART_SIZE, size, *max_bytes).await?;
+                *done = buf.len() < PART_SIZE;
                 hasher.update(&buf);
-                Ok((!buf.is_empty()).then(|| Bytes::from(buf)))
+                Ok((!buf.is_empty()).then_some(buf))
             }
             Parts::File { file, path, done } => {
                 if *done {
