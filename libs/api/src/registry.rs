@@ -10,6 +10,8 @@ use crate::client::{ApiClient, ClientError, segment};
 
 /// The alias the predictor serves.
 pub const PRODUCTION: &str = "production";
+/// The alias a version gets when it passes the gate but loses to the alias holder.
+pub const CHALLENGER: &str = "challenger";
 /// The metric that decides automatic promotion.
 pub const PROMOTION_METRIC: &str = "test_accuracy";
 
@@ -159,6 +161,23 @@ pub struct CreateModelVersion {
     /// The classes the model answers with, in output order.
     #[serde(default)]
     pub class_names: Vec<String>,
+    /// Champion/challenger on one holdout: the alias holder scored by the registering client
+    /// on this version's own held-out rows. The promotion policy then compares the two scores
+    /// from the same rows instead of scores from different evaluations.
+    #[serde(default)]
+    pub champion_score: Option<ChampionScore>,
+}
+
+/// The alias holder's metrics on a candidate's held-out rows (see
+/// [`CreateModelVersion::champion_score`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChampionScore {
+    /// The version that was scored; it must still hold the alias when the candidate registers.
+    pub version: i32,
+    /// Its metrics under the candidate's metric names (`test_accuracy`, `test_log_loss`, ...).
+    pub metrics: BTreeMap<String, f64>,
+    /// The held-out rows both were scored on.
+    pub rows: u64,
 }
 
 /// The held-out data a version's metrics come from.
@@ -194,8 +213,12 @@ pub struct PromotionPolicy {
     pub min_eval_rows: u64,
     /// How much better than the alias holder a candidate must be.
     pub margin: f64,
-    /// Compare only versions evaluated on the same dataset, digest and split.
+    /// Compare only versions evaluated on the same dataset, digest and split (a champion
+    /// scored on the candidate's own held-out rows always is).
     pub same_evaluation: bool,
+    /// The alias a version gets when it passes the gate but does not beat the alias holder
+    /// (`null`: none).
+    pub challenger_alias: Option<String>,
 }
 
 impl Default for PromotionPolicy {
@@ -209,6 +232,7 @@ impl Default for PromotionPolicy {
             min_eval_rows: 30,
             margin: 0.0,
             same_evaluation: true,
+            challenger_alias: Some(CHALLENGER.to_owned()),
         }
     }
 }
@@ -225,7 +249,20 @@ pub struct PromotionDecision {
     pub candidate: Option<f64>,
     /// The alias holder it was compared with, and its value.
     pub champion_version: Option<i32>,
+    /// The alias holder's value it was compared with: on the candidate's held-out rows when
+    /// the registering client scored it there, else its own recorded value.
     pub champion: Option<f64>,
+    /// The alias holder's value as recorded when it was registered.
+    #[serde(default)]
+    pub champion_recorded: Option<f64>,
+    /// What the two values were measured on: `shared holdout` (the same rows, scored by the
+    /// registering client) or `same evaluation` (equal recorded evaluations); absent when there
+    /// was no comparison.
+    #[serde(default)]
+    pub compared_on: Option<String>,
+    /// The alias the version took because it lost to the alias holder.
+    #[serde(default)]
+    pub challenger: Option<String>,
     pub policy: PromotionPolicy,
     pub decided_at: DateTime<Utc>,
 }
@@ -388,6 +425,19 @@ impl RegistryClient {
         );
         match self.api.get(&path).await {
             Ok(v) => Ok(Some(v)),
+            Err(ClientError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The model's promotion policy; `Ok(None)` when the model does not exist yet.
+    pub async fn get_policy(&self, model: &str) -> Result<Option<PromotionPolicy>, ClientError> {
+        match self
+            .api
+            .get(&format!("/api/v1/models/{}/policy", segment(model)))
+            .await
+        {
+            Ok(p) => Ok(Some(p)),
             Err(ClientError::Api { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }

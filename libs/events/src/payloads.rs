@@ -17,6 +17,7 @@ pub mod subjects {
     pub const MODEL_REGISTERED: &str = "model.registered";
     pub const MODEL_PROMOTED: &str = "model.promoted";
     pub const MODEL_ALIAS_DELETED: &str = "model.alias_deleted";
+    pub const MODEL_TRAINING_REQUESTED: &str = "model.training_requested";
     pub const PREDICTIONS_LOGGED: &str = "predictions.logged";
     pub const LABELS_JOINED: &str = "labels.joined";
     /// All alerts: `alerts.<kind>` for each [`AlertKind`](super::AlertKind), and
@@ -90,6 +91,24 @@ impl Event for ModelPromoted {
     const TYPE: &'static str = "petrel.model.promoted.v1";
     fn subject(&self) -> String {
         subjects::MODEL_PROMOTED.to_owned()
+    }
+}
+
+/// A training job was asked for (over the trainer's HTTP API, or by a retraining policy); the
+/// trainer's job row holds what to train, so any trainer instance can take it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRequested {
+    pub job_id: Uuid,
+    pub model_name: String,
+    pub dataset_id: Uuid,
+    /// Who asked: `api`, or `alert` for a retraining policy.
+    pub source: String,
+}
+
+impl Event for TrainingRequested {
+    const TYPE: &'static str = "petrel.model.training_requested.v1";
+    fn subject(&self) -> String {
+        subjects::MODEL_TRAINING_REQUESTED.to_owned()
     }
 }
 

@@ -37,6 +37,9 @@ pub enum MlError {
     /// Training cannot start or did not converge (bad configuration, too little data, ...).
     #[error("training error: {0}")]
     Training(String),
+    /// Training stopped because its [`Stop`](crate::Stop) was set (a cancelled job).
+    #[error("training was cancelled")]
+    Cancelled,
     /// A model bundle cannot be encoded, decoded or turned into a model.
     #[error("model bundle error: {0}")]
     Bundle(String),

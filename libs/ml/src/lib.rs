@@ -11,6 +11,7 @@
 //! one model across request tasks. A test checks that both forward passes agree.
 
 mod bundle;
+mod compare;
 mod csv_json;
 mod dataset;
 mod error;
@@ -26,6 +27,7 @@ mod tune;
 pub use bundle::{
     BUNDLE_FORMAT_VERSION, MIN_BUNDLE_FORMAT_VERSION, ModelBundle, format_version_for,
 };
+pub use compare::{Holdout, HoldoutScore};
 pub use csv_json::{JsonRows, csv_cell_to_json, csv_to_json_rows};
 pub use dataset::{
     FeatureRow, ParseReport, RowError, Table, Value, is_missing_token, parse_csv, row_from_json,
@@ -38,7 +40,10 @@ pub use package::{BUNDLE_FILE, MANIFEST_FILE, PackageManifest};
 pub use preprocess::{ColumnTransform, Preprocessor};
 pub use schema::{Column, ColumnKind, DatasetPurpose, Schema};
 pub use split::stratified_split;
-pub use train::{HeldOut, Metrics, ReferenceProfile, Scores, TrainConfig, train_classifier};
+pub use train::{
+    HeldOut, Metrics, ReferenceProfile, Scores, Stop, TrainConfig, train_classifier,
+    train_classifier_until,
+};
 pub use tune::{
     CrossValidation, FoldScore, MAX_FOLDS, MAX_TRIALS, Spread, SweepGrid, SweepOutcome, SweepSpec,
     Trial, cross_validate, stratified_folds, sweep,

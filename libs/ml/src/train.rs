@@ -1,6 +1,8 @@
 //! Training a classifier from a validated [`Table`] into a [`ModelBundle`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
@@ -23,6 +25,36 @@ pub const MIN_TRAINING_ROWS: usize = 10;
 
 /// Most numeric values kept per column in the [`ReferenceProfile`], so bundles stay small.
 pub const REFERENCE_SAMPLE_CAP: usize = 10_000;
+
+/// Asks training in progress to stop. Checked before every epoch, so training ends within one
+/// epoch of [`stop`](Self::stop) with [`MlError::Cancelled`]; clones share one flag, so a
+/// sweep's concurrent trials all stop.
+#[derive(Clone, Debug, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    /// A flag nobody has set yet.
+    pub fn new() -> Stop {
+        Stop::default()
+    }
+
+    /// Asks every training watching this flag to stop.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn check(&self) -> Result<(), MlError> {
+        if self.is_stopped() {
+            Err(MlError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
 
 /// Hyperparameters of [`train_classifier`].
 ///
@@ -377,6 +409,7 @@ pub(crate) fn fit(
     classes: usize,
     config: &TrainConfig,
     progress: &mut dyn FnMut(usize, f64),
+    stop: &Stop,
 ) -> Result<Fitted, MlError> {
     // Early stopping measures the loss on rows set aside from this split.
     let (fit_idx, val_idx) = if config.patience > 0 {
@@ -434,6 +467,7 @@ pub(crate) fn fit(
     let mut best: Option<(f64, usize, MlpWeights)> = None;
     let mut epochs_run = 0;
     for epoch in 1..=config.epochs {
+        stop.check()?;
         epochs_run = epoch;
         let logits = if config.dropout > 0.0 {
             model.forward_with(x.clone(), &mut |_, h| {
@@ -516,6 +550,17 @@ pub fn train_classifier(
     config: &TrainConfig,
     progress: &mut dyn FnMut(usize, f64),
 ) -> Result<ModelBundle, MlError> {
+    train_classifier_until(table, config, progress, &Stop::new())
+}
+
+/// [`train_classifier`] that ends with [`MlError::Cancelled`] within an epoch of `stop` being
+/// set.
+pub fn train_classifier_until(
+    table: &Table,
+    config: &TrainConfig,
+    progress: &mut dyn FnMut(usize, f64),
+    stop: &Stop,
+) -> Result<ModelBundle, MlError> {
     config.validate()?;
     let data = Prepared::new(table)?;
     let schema = &table.schema;
@@ -523,7 +568,15 @@ pub fn train_classifier(
     let (train_rows, test_rows) = (data.rows(&train_idx), data.rows(&test_idx));
     let (train_labels, test_labels) = (data.labels_of(&train_idx), data.labels_of(&test_idx));
     let k = data.classes();
-    let fitted = fit(schema, &train_rows, &train_labels, k, config, progress)?;
+    let fitted = fit(
+        schema,
+        &train_rows,
+        &train_labels,
+        k,
+        config,
+        progress,
+        stop,
+    )?;
     let reference = ReferenceProfile::from_rows(schema, &train_rows, config.seed);
 
     let preprocessor = fitted.preprocessor;

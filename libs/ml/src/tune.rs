@@ -1,6 +1,6 @@
 //! Stratified k-fold cross-validation and hyperparameter sweeps over it.
 //!
-//! Both work on the *training* split of [`train_classifier`]'s stratified split only, so the
+//! Both work on the *training* split of [`train_classifier`](crate::train_classifier)'s stratified split only, so the
 //! test rows a bundle is finally scored on are never seen while choosing its settings: the
 //! sweep picks a configuration by its mean cross-validated score, then [`sweep`] trains that
 //! configuration once on the whole training split and scores it once on the test split.
@@ -15,7 +15,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::train::{Prepared, Scores, fit};
-use crate::{MlError, ModelBundle, Table, TrainConfig, train_classifier};
+use crate::{MlError, ModelBundle, Stop, Table, TrainConfig, train_classifier_until};
 
 /// Most folds [`cross_validate`] accepts.
 pub const MAX_FOLDS: usize = 20;
@@ -121,7 +121,7 @@ impl CrossValidation {
 }
 
 /// Stratified `folds`-fold cross-validation of `config` on the training split of `table`
-/// (the test split that [`train_classifier`] would hold out with the same config is left
+/// (the test split that [`train_classifier`](crate::train_classifier) would hold out with the same config is left
 /// out entirely). Each fold fits preprocessing and the network on the other folds and is
 /// scored on its own rows. `progress(fold, epoch, loss)` reports training as it goes.
 ///
@@ -134,6 +134,7 @@ pub fn cross_validate(
     config: &TrainConfig,
     folds: usize,
     progress: &mut dyn FnMut(usize, usize, f64),
+    stop: &Stop,
 ) -> Result<CrossValidation, MlError> {
     config.validate()?;
     if !(2..=MAX_FOLDS).contains(&folds) {
@@ -172,6 +173,7 @@ pub fn cross_validate(
             k,
             config,
             &mut |epoch, loss| progress(fold, epoch, loss),
+            stop,
         )?;
         let val_x = fitted.preprocessor.transform(&data.rows(&val_idx));
         let probs = fitted.weights.probabilities(&val_x);
@@ -345,6 +347,7 @@ pub fn sweep(
     base: &TrainConfig,
     spec: &SweepSpec,
     on_trial: &(dyn Fn(&Trial) + Sync),
+    stop: &Stop,
 ) -> Result<SweepOutcome, MlError> {
     let configs = spec.trials(base)?;
     let workers = spec.concurrency.clamp(1, 64).min(configs.len());
@@ -357,14 +360,13 @@ pub fn sweep(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(config) = configs.get(i) else { break };
-                    let r =
-                        cross_validate(table, config, spec.folds, &mut |_, _, _| {}).map(|cv| {
-                            Trial {
-                                index: i,
-                                config: config.clone(),
-                                cv,
-                            }
-                        });
+                    let r = cross_validate(table, config, spec.folds, &mut |_, _, _| {}, stop).map(
+                        |cv| Trial {
+                            index: i,
+                            config: config.clone(),
+                            cv,
+                        },
+                    );
                     if let Ok(t) = &r {
                         on_trial(t);
                     }
@@ -397,7 +399,7 @@ pub fn sweep(
     } else {
         chosen.config.clone()
     };
-    let bundle = train_classifier(table, &final_config, &mut |_, _| {})?;
+    let bundle = train_classifier_until(table, &final_config, &mut |_, _| {}, stop)?;
     Ok(SweepOutcome {
         trials,
         best,

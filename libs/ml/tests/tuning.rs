@@ -4,8 +4,8 @@
 use std::sync::Mutex;
 
 use petrel_ml::{
-    LoadedModel, Schema, SweepGrid, SweepSpec, Table, TrainConfig, cross_validate, parse_csv,
-    sweep, train_classifier,
+    LoadedModel, MlError, Schema, Stop, SweepGrid, SweepSpec, Table, TrainConfig, cross_validate,
+    parse_csv, sweep, train_classifier, train_classifier_until,
 };
 
 const PENGUINS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/penguins.csv");
@@ -95,7 +95,14 @@ fn early_stopping_keeps_the_best_epoch_and_stops_before_the_limit() {
 fn cross_validation_reports_every_fold_and_never_sees_the_test_split() {
     let table = penguins();
     let mut seen = Vec::new();
-    let cv = cross_validate(&table, &quick(), 5, &mut |fold, _, _| seen.push(fold)).unwrap();
+    let cv = cross_validate(
+        &table,
+        &quick(),
+        5,
+        &mut |fold, _, _| seen.push(fold),
+        &Stop::new(),
+    )
+    .unwrap();
     assert_eq!(cv.folds.len(), 5);
     // 275 training rows (344 less the 69 held out) dealt into 5 folds.
     assert_eq!(cv.folds.iter().map(|f| f.n_validation).sum::<usize>(), 275);
@@ -113,9 +120,9 @@ fn cross_validation_reports_every_fold_and_never_sees_the_test_split() {
     assert!(cv.split.contains("5-fold"), "{}", cv.split);
     assert_eq!(
         cv,
-        cross_validate(&table, &quick(), 5, &mut |_, _, _| {}).unwrap()
+        cross_validate(&table, &quick(), 5, &mut |_, _, _| {}, &Stop::new()).unwrap()
     );
-    let e = cross_validate(&table, &quick(), 1, &mut |_, _, _| {}).unwrap_err();
+    let e = cross_validate(&table, &quick(), 1, &mut |_, _, _| {}, &Stop::new()).unwrap_err();
     assert!(e.to_string().contains("folds"), "{e}");
 }
 
@@ -135,9 +142,15 @@ fn a_sweep_cross_validates_each_trial_and_trains_the_best_once() {
         samples: None,
     };
     let finished = Mutex::new(Vec::new());
-    let outcome = sweep(&table, &TrainConfig::default(), &spec, &|t| {
-        finished.lock().unwrap().push(t.index);
-    })
+    let outcome = sweep(
+        &table,
+        &TrainConfig::default(),
+        &spec,
+        &|t| {
+            finished.lock().unwrap().push(t.index);
+        },
+        &Stop::new(),
+    )
     .unwrap();
     assert_eq!(outcome.trials.len(), 4);
     let mut done = finished.into_inner().unwrap();
@@ -152,4 +165,46 @@ fn a_sweep_cross_validates_each_trial_and_trains_the_best_once() {
     assert_eq!(outcome.bundle.config, best.config);
     assert_eq!(outcome.bundle.metrics.n_test, 69);
     assert!(outcome.bundle.metrics.test_accuracy >= 0.9);
+}
+
+#[test]
+fn a_stop_ends_training_a_cross_validation_and_a_sweep_within_an_epoch() {
+    let table = penguins();
+    let long = TrainConfig {
+        epochs: 2_000,
+        ..TrainConfig::default()
+    };
+    // Set at the 3rd reported epoch (of 20): training ends at the next one, long before 2,000.
+    let stop = Stop::new();
+    let mut last = 0;
+    let err = train_classifier_until(
+        &table,
+        &long,
+        &mut |epoch, _| {
+            last = epoch;
+            if epoch >= 300 {
+                stop.stop();
+            }
+        },
+        &stop,
+    )
+    .unwrap_err();
+    assert!(matches!(err, MlError::Cancelled), "{err}");
+    assert_eq!(last, 300);
+    // Already stopped: nothing trains.
+    let err =
+        cross_validate(&table, &long, 5, &mut |_, _, _| panic!("trained"), &stop).unwrap_err();
+    assert!(matches!(err, MlError::Cancelled), "{err}");
+    let spec = SweepSpec {
+        grid: SweepGrid {
+            learning_rate: vec![0.01, 0.05],
+            ..SweepGrid::default()
+        },
+        folds: 3,
+        concurrency: 2,
+        samples: None,
+    };
+    let err = sweep(&table, &long, &spec, &|_| panic!("a trial finished"), &stop).unwrap_err();
+    assert!(matches!(err, MlError::Cancelled), "{err}");
+    assert_eq!(err.to_string(), "training was cancelled");
 }

@@ -8,6 +8,7 @@ mod demo;
 mod drift;
 mod package;
 mod traffic;
+mod train;
 
 use std::path::PathBuf;
 
@@ -37,6 +38,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Validate and store a CSV file as a dataset (announces data.ready).
     Ingest(IngestArgs),
+    /// Train a model on an ingested dataset and follow the job with a progress bar (trials,
+    /// epochs, ETA); prints the version and the promotion decision. Ctrl-C cancels it.
+    Train(train::TrainArgs),
     /// Send rows sampled from a CSV to the predictor, then their true labels to the labeler.
     Traffic(traffic::TrafficArgs),
     /// Score a CSV in bulk with the predictor, with a progress bar; prints the output URI and
@@ -106,6 +110,7 @@ async fn main() {
     let result = match cli.command {
         Command::Demo(a) => demo::run(a).await,
         Command::Ingest(a) => ingest(a).await,
+        Command::Train(a) => train::run(a).await,
         Command::Traffic(a) => traffic::run_cli(a).await,
         Command::Batch(a) => batch::run(a).await,
         Command::Alerts(a) => alerts::run(a).await,

@@ -4,11 +4,18 @@
 //! (dataset, digest and split): a score on a 2-row test split of another upload says nothing
 //! about a score on 69 rows of this one. Metrics are also bounded where their meaning bounds
 //! them, so a `test_accuracy` of 5.0 is refused at registration instead of winning forever.
+//!
+//! Champion/challenger on one holdout: when the registering client scored the alias holder on
+//! the candidate's own held-out rows ([`ChampionScore`]), the two scores from those rows decide,
+//! whatever data the holder was first evaluated on. A candidate that passes the gate but loses
+//! takes the policy's challenger alias, and the decision records both scores.
 
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use petrel_api::registry::{Evaluation, ModelVersion, PromotionDecision, PromotionPolicy};
+use petrel_api::registry::{
+    ChampionScore, Evaluation, ModelVersion, PromotionDecision, PromotionPolicy,
+};
 
 use crate::error::{Error, Result};
 
@@ -55,6 +62,11 @@ pub fn check_policy(p: &PromotionPolicy) -> Result<()> {
     if p.min_value.is_some_and(|v| !v.is_finite()) {
         return Err(Error::Invalid("policy min_value must be finite".into()));
     }
+    if p.challenger_alias.as_deref() == Some(p.alias.as_str()) {
+        return Err(Error::Invalid(
+            "policy challenger_alias must differ from its alias".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -65,16 +77,25 @@ fn eval_rows(metrics: &BTreeMap<String, f64>, evaluation: Option<&Evaluation>) -
         .or_else(|| metrics.get("n_test").map(|&n| n as u64))
 }
 
-/// Decides whether a candidate takes `policy.alias` from `champion` (the current holder).
+/// Decides whether a candidate takes `policy.alias` from `champion` (the current holder), on
+/// `champion_score` (the holder scored on the candidate's held-out rows) when it is for that
+/// holder, else on the holder's recorded metrics.
 pub fn decide(
     policy: &PromotionPolicy,
     metrics: &BTreeMap<String, f64>,
     evaluation: Option<&Evaluation>,
     champion: Option<&ModelVersion>,
+    champion_score: Option<&ChampionScore>,
 ) -> PromotionDecision {
     let metric = policy.metric.as_str();
     let candidate = metrics.get(metric).copied();
-    let champion_value = champion.and_then(|c| c.metrics.get(metric).copied());
+    let recorded = champion.and_then(|c| c.metrics.get(metric).copied());
+    // The shared-holdout score counts only for the version that holds the alias now.
+    let shared = champion.zip(champion_score).and_then(|(c, s)| {
+        (s.version == c.version)
+            .then(|| s.metrics.get(metric).map(|v| (*v, s.rows)))
+            .flatten()
+    });
     let decision = |promoted: bool, reason: String| PromotionDecision {
         alias: policy.alias.clone(),
         promoted,
@@ -82,9 +103,23 @@ pub fn decide(
         metric: metric.to_owned(),
         candidate,
         champion_version: champion.map(|c| c.version),
-        champion: champion_value,
+        champion: shared.map(|(v, _)| v).or(recorded),
+        champion_recorded: recorded,
+        compared_on: None,
+        challenger: None,
         policy: policy.clone(),
         decided_at: Utc::now(),
+    };
+    let stale = match (champion, champion_score) {
+        (Some(c), Some(s)) if s.version != c.version => format!(
+            " (the shared-holdout score is for version {}, but the alias now points at version {})",
+            s.version, c.version
+        ),
+        (None, Some(s)) => format!(
+            " (a shared-holdout score was sent for version {}, but nothing holds the alias now)",
+            s.version
+        ),
+        _ => String::new(),
     };
     if !policy.auto {
         return decision(false, "automatic promotion is off for this model".into());
@@ -125,9 +160,61 @@ pub fn decide(
     let Some(champ) = champion else {
         return decision(
             true,
-            format!("auto: first version to pass the gate, {metric} {value:.4}{on}"),
+            format!("auto: first version to pass the gate, {metric} {value:.4}{on}{stale}"),
         );
     };
+    // Past the gate, a candidate that loses to the holder is its challenger.
+    let lost = |reason: String, compared_on: &str| PromotionDecision {
+        compared_on: Some(compared_on.to_owned()),
+        challenger: policy.challenger_alias.clone(),
+        ..decision(false, reason)
+    };
+    let won = |reason: String, compared_on: &str| PromotionDecision {
+        compared_on: Some(compared_on.to_owned()),
+        ..decision(true, reason)
+    };
+    let beats = |best: f64| {
+        if policy.higher_is_better {
+            value >= best + policy.margin
+        } else {
+            value <= best - policy.margin
+        }
+    };
+    let margin = if policy.margin > 0.0 {
+        format!(" by a margin of {}", policy.margin)
+    } else {
+        String::new()
+    };
+    let cmp = if policy.higher_is_better { ">=" } else { "<=" };
+    if let Some((best, shared_rows)) = shared {
+        if let Err(e) = check_metric_bounds(&BTreeMap::from([(metric.to_owned(), best)])) {
+            return decision(
+                false,
+                format!(
+                    "not promoted: the shared-holdout score of version {}: {e}",
+                    champ.version
+                ),
+            );
+        }
+        let was = recorded.map_or(String::new(), |r| format!("; {r:.4} as registered"));
+        return if beats(best) {
+            won(
+                format!(
+                    "auto: {metric} {value:.4} {cmp} {best:.4} of version {}{margin} on the same {shared_rows} held-out rows{was}",
+                    champ.version
+                ),
+                "shared holdout",
+            )
+        } else {
+            lost(
+                format!(
+                    "{metric} {value:.4} does not beat {best:.4} of version {} on the same {shared_rows} held-out rows by the policy's margin {}{was}",
+                    champ.version, policy.margin
+                ),
+                "shared holdout",
+            )
+        };
+    }
     if policy.same_evaluation {
         match (evaluation, champ.evaluation.as_ref()) {
             (Some(a), Some(b)) if a == b => {}
@@ -135,7 +222,7 @@ pub fn decide(
                 return decision(
                     false,
                     format!(
-                        "cannot compare with version {}: the evaluation data of {} is not recorded; move the alias by hand after comparing on the same data",
+                        "cannot compare with version {}: the evaluation data of {} is not recorded; move the alias by hand after comparing on the same data{stale}",
                         champ.version,
                         if evaluation.is_none() {
                             "this version"
@@ -156,49 +243,48 @@ pub fn decide(
                 return decision(
                     false,
                     format!(
-                        "evaluated on {what} than version {} ({metric} {value:.4} against {}); compare on the same data before promoting by hand",
+                        "evaluated on {what} than version {} ({metric} {value:.4} against {}); compare on the same data before promoting by hand{stale}",
                         champ.version,
-                        champion_value.map_or("none".into(), |c| format!("{c:.4}"))
+                        recorded.map_or("none".into(), |c| format!("{c:.4}"))
                     ),
                 );
             }
         }
     }
-    let Some(best) = champion_value else {
+    let Some(best) = recorded else {
         return decision(
             true,
             format!(
-                "auto: version {} has no {metric}; {value:.4}{on} replaces it",
+                "auto: version {} has no {metric}; {value:.4}{on} replaces it{stale}",
                 champ.version
             ),
         );
     };
-    let better = if policy.higher_is_better {
-        value >= best + policy.margin
+    let basis = if policy.same_evaluation {
+        "same evaluation"
     } else {
-        value <= best - policy.margin
+        "recorded values"
     };
-    if better {
-        decision(
-            true,
+    if beats(best) {
+        won(
             format!(
-                "auto: {metric} {value:.4} {} {best:.4} of version {}{} on the same evaluation data",
-                if policy.higher_is_better { ">=" } else { "<=" },
+                "auto: {metric} {value:.4} {cmp} {best:.4} of version {}{margin} on {}{stale}",
                 champ.version,
-                if policy.margin > 0.0 {
-                    format!(" by a margin of {}", policy.margin)
+                if policy.same_evaluation {
+                    "the same evaluation data"
                 } else {
-                    String::new()
+                    "their recorded evaluations"
                 }
             ),
+            basis,
         )
     } else {
-        decision(
-            false,
+        lost(
             format!(
-                "{metric} {value:.4} does not beat {best:.4} of version {} by the policy's margin {}",
+                "{metric} {value:.4} does not beat {best:.4} of version {} by the policy's margin {}{stale}",
                 champ.version, policy.margin
             ),
+            basis,
         )
     }
 }
@@ -247,12 +333,12 @@ mod tests {
         let champ = version(1, 0.9855, Some(eval(penguins, "sha256:aa", 69)));
         // The 10-row upload: another dataset, a 2-row test split scoring 1.0.
         let tiny = eval(Uuid::now_v7(), "sha256:bb", 2);
-        let d = decide(&p, &acc(1.0, 2.0), Some(&tiny), Some(&champ));
+        let d = decide(&p, &acc(1.0, 2.0), Some(&tiny), Some(&champ), None);
         assert!(!d.promoted);
         assert!(d.reason.contains("2 held-out rows"), "{}", d.reason);
         // Even with enough rows, another dataset is not comparable.
         let other = eval(Uuid::now_v7(), "sha256:bb", 100);
-        let d = decide(&p, &acc(1.0, 100.0), Some(&other), Some(&champ));
+        let d = decide(&p, &acc(1.0, 100.0), Some(&other), Some(&champ), None);
         assert!(!d.promoted);
         assert!(d.reason.contains("another dataset"), "{}", d.reason);
         assert_eq!(
@@ -261,14 +347,14 @@ mod tests {
         );
         // The same data and a better score promotes; a worse one does not.
         let same = eval(penguins, "sha256:aa", 69);
-        assert!(decide(&p, &acc(0.99, 69.0), Some(&same), Some(&champ)).promoted);
-        assert!(!decide(&p, &acc(0.97, 69.0), Some(&same), Some(&champ)).promoted);
+        assert!(decide(&p, &acc(0.99, 69.0), Some(&same), Some(&champ), None).promoted);
+        assert!(!decide(&p, &acc(0.97, 69.0), Some(&same), Some(&champ), None).promoted);
         // A margin is respected.
         let strict = PromotionPolicy {
             margin: 0.01,
             ..PromotionPolicy::default()
         };
-        assert!(!decide(&strict, &acc(0.99, 69.0), Some(&same), Some(&champ)).promoted);
+        assert!(!decide(&strict, &acc(0.99, 69.0), Some(&same), Some(&champ), None).promoted);
     }
 
     #[test]
@@ -278,15 +364,15 @@ mod tests {
             ..PromotionPolicy::default()
         };
         let e = eval(Uuid::now_v7(), "sha256:aa", 69);
-        assert!(!decide(&gated, &acc(0.5, 69.0), Some(&e), None).promoted);
-        assert!(decide(&gated, &acc(0.95, 69.0), Some(&e), None).promoted);
-        let d = decide(&gated, &BTreeMap::new(), Some(&e), None);
+        assert!(!decide(&gated, &acc(0.5, 69.0), Some(&e), None, None).promoted);
+        assert!(decide(&gated, &acc(0.95, 69.0), Some(&e), None, None).promoted);
+        let d = decide(&gated, &BTreeMap::new(), Some(&e), None, None);
         assert!(!d.promoted && d.reason.contains("declares no test_accuracy"));
         let off = PromotionPolicy {
             auto: false,
             ..PromotionPolicy::default()
         };
-        assert!(!decide(&off, &acc(0.95, 69.0), Some(&e), None).promoted);
+        assert!(!decide(&off, &acc(0.95, 69.0), Some(&e), None, None).promoted);
         // Smaller is better: a loss gate.
         let loss = PromotionPolicy {
             metric: "test_log_loss".into(),
@@ -295,7 +381,149 @@ mod tests {
             ..PromotionPolicy::default()
         };
         let m = BTreeMap::from([("test_log_loss".into(), 0.2), ("n_test".into(), 69.0)]);
-        assert!(decide(&loss, &m, Some(&e), None).promoted);
+        assert!(decide(&loss, &m, Some(&e), None, None).promoted);
+    }
+
+    #[test]
+    fn a_champion_scored_on_the_candidates_rows_is_compared_there() {
+        let p = PromotionPolicy::default();
+        // The champion was registered on other data with a high score.
+        let champ = version(3, 0.99, Some(eval(Uuid::now_v7(), "sha256:aa", 69)));
+        let fresh = eval(Uuid::now_v7(), "sha256:bb", 80);
+        let scored = |v: i32, a: f64| ChampionScore {
+            version: v,
+            metrics: BTreeMap::from([("test_accuracy".into(), a)]),
+            rows: 80,
+        };
+        // On the candidate's rows the champion does worse: the candidate wins there.
+        let d = decide(
+            &p,
+            &acc(0.95, 80.0),
+            Some(&fresh),
+            Some(&champ),
+            Some(&scored(3, 0.90)),
+        );
+        assert!(d.promoted, "{}", d.reason);
+        assert_eq!(d.compared_on.as_deref(), Some("shared holdout"));
+        assert_eq!((d.champion, d.champion_recorded), (Some(0.90), Some(0.99)));
+        assert!(d.reason.contains("same 80 held-out rows"), "{}", d.reason);
+        assert_eq!(d.challenger, None);
+        // Losing there makes it the challenger, with both scores kept.
+        let d = decide(
+            &p,
+            &acc(0.85, 80.0),
+            Some(&fresh),
+            Some(&champ),
+            Some(&scored(3, 0.90)),
+        );
+        assert!(!d.promoted);
+        assert_eq!(d.challenger.as_deref(), Some("challenger"));
+        assert_eq!((d.candidate, d.champion), (Some(0.85), Some(0.90)));
+        // A tie wins without a margin and loses with one.
+        assert!(
+            decide(
+                &p,
+                &acc(0.90, 80.0),
+                Some(&fresh),
+                Some(&champ),
+                Some(&scored(3, 0.90))
+            )
+            .promoted
+        );
+        let strict = PromotionPolicy {
+            margin: 0.02,
+            ..PromotionPolicy::default()
+        };
+        let d = decide(
+            &strict,
+            &acc(0.91, 80.0),
+            Some(&fresh),
+            Some(&champ),
+            Some(&scored(3, 0.90)),
+        );
+        assert!(!d.promoted && d.challenger.is_some(), "{}", d.reason);
+        // A score for a version that no longer holds the alias is not used: back to the
+        // recorded evaluation, which is not comparable here, and no challenger.
+        let d = decide(
+            &p,
+            &acc(0.95, 80.0),
+            Some(&fresh),
+            Some(&champ),
+            Some(&scored(2, 0.10)),
+        );
+        assert!(!d.promoted);
+        assert!(
+            d.reason.contains("another dataset") && d.reason.contains("version 2"),
+            "{}",
+            d.reason
+        );
+        assert_eq!(d.challenger, None);
+        // The gate still comes first: a failed gate is no challenger.
+        let gated = PromotionPolicy {
+            min_value: Some(0.9),
+            ..PromotionPolicy::default()
+        };
+        let d = decide(
+            &gated,
+            &acc(0.85, 80.0),
+            Some(&fresh),
+            Some(&champ),
+            Some(&scored(3, 0.5)),
+        );
+        assert!(
+            !d.promoted && d.challenger.is_none() && d.reason.contains("gate"),
+            "{}",
+            d.reason
+        );
+        // No challenger alias configured: none given.
+        let none = PromotionPolicy {
+            challenger_alias: None,
+            ..PromotionPolicy::default()
+        };
+        let d = decide(
+            &none,
+            &acc(0.85, 80.0),
+            Some(&fresh),
+            Some(&champ),
+            Some(&scored(3, 0.9)),
+        );
+        assert!(!d.promoted && d.challenger.is_none());
+        // An impossible shared score is refused, not compared.
+        let d = decide(
+            &p,
+            &acc(0.85, 80.0),
+            Some(&fresh),
+            Some(&champ),
+            Some(&scored(3, 7.0)),
+        );
+        assert!(
+            !d.promoted && d.reason.contains("shared-holdout"),
+            "{}",
+            d.reason
+        );
+        // A loss: smaller is better on the shared rows too.
+        let loss = PromotionPolicy {
+            metric: "test_log_loss".into(),
+            higher_is_better: false,
+            ..PromotionPolicy::default()
+        };
+        let m = BTreeMap::from([("test_log_loss".into(), 0.2), ("n_test".into(), 80.0)]);
+        let ls = ChampionScore {
+            version: 3,
+            metrics: BTreeMap::from([("test_log_loss".into(), 0.3)]),
+            rows: 80,
+        };
+        assert!(decide(&loss, &m, Some(&fresh), Some(&champ), Some(&ls)).promoted);
+    }
+
+    #[test]
+    fn a_challenger_alias_must_differ_from_the_alias() {
+        let p = PromotionPolicy {
+            challenger_alias: Some("production".into()),
+            ..PromotionPolicy::default()
+        };
+        assert!(check_policy(&p).is_err());
+        check_policy(&PromotionPolicy::default()).unwrap();
     }
 
     #[test]

@@ -588,6 +588,9 @@ async fn create_version(
         )));
     }
     crate::policy::check_metric_bounds(&req.metrics)?;
+    if let Some(c) = &req.champion_score {
+        check_champion_score(c, req.evaluation.as_ref())?;
+    }
     check_signature(&req)?;
     let mut tx = s.infra.pool.begin().await?;
     store::lock_model(&mut tx, &name).await?;
@@ -639,6 +642,53 @@ async fn create_version(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+/// Checks a registering client's score of the alias holder on the candidate's held-out rows.
+fn check_champion_score(
+    c: &petrel_api::registry::ChampionScore,
+    evaluation: Option<&petrel_api::registry::Evaluation>,
+) -> Result<()> {
+    if c.version < 1 {
+        return Err(Error::Invalid(
+            "champion_score.version must be a version number >= 1".into(),
+        ));
+    }
+    if c.metrics.len() > MAX_VERSION_METRICS {
+        return Err(Error::Invalid(format!(
+            "champion_score.metrics has {} entries; the limit is {MAX_VERSION_METRICS}",
+            c.metrics.len()
+        )));
+    }
+    for (k, v) in &c.metrics {
+        if k.is_empty() || k.len() > MAX_METRIC_KEY {
+            return Err(Error::Invalid(format!(
+                "champion_score metric key {k:?} must be 1 to {MAX_METRIC_KEY} bytes"
+            )));
+        }
+        check_key(&format!("champion_score metric key {k:?}"), k)?;
+        if !v.is_finite() {
+            return Err(Error::Invalid(format!(
+                "champion_score metric {k:?} is not a finite number"
+            )));
+        }
+    }
+    crate::policy::check_metric_bounds(&c.metrics)
+        .map_err(|e| Error::Invalid(format!("champion_score: {e}")))?;
+    if c.rows == 0 {
+        return Err(Error::Invalid(
+            "champion_score.rows must be at least 1".into(),
+        ));
+    }
+    if let Some(e) = evaluation
+        && e.rows != c.rows
+    {
+        return Err(Error::Invalid(format!(
+            "champion_score.rows is {} but evaluation.rows is {}: both must come from the same held-out rows",
+            c.rows, e.rows
+        )));
+    }
+    Ok(())
+}
+
 /// Applies the model's promotion policy to a new version and records the decision.
 pub(crate) async fn maybe_promote(
     s: &AppState,
@@ -657,24 +707,29 @@ pub(crate) async fn maybe_promote(
         &req.metrics,
         req.evaluation.as_ref(),
         champion.as_ref(),
+        req.champion_score.as_ref(),
     );
     store::set_version_promotion(&mut *tx, name, version, &decision).await?;
     tracing::info!(model.name = %name, model.version = version, promoted = decision.promoted, reason = %decision.reason, "promotion decided");
-    if !decision.promoted {
-        return Ok(());
-    }
+    let alias = match (&decision.challenger, decision.promoted) {
+        (_, true) => policy.alias.as_str(),
+        (Some(challenger), false) => challenger.as_str(),
+        (None, false) => return Ok(()),
+    };
     let evidence = json!({
         "metric": decision.metric,
         "candidate": decision.candidate,
         "champion_version": decision.champion_version,
         "champion": decision.champion,
+        "champion_recorded": decision.champion_recorded,
+        "compared_on": decision.compared_on,
         "evaluation": req.evaluation,
     });
     promote(
         s,
         tx,
         name,
-        &policy.alias,
+        alias,
         version,
         &req.artifact_uri,
         &decision.reason,
@@ -821,6 +876,9 @@ async fn put_policy(
 ) -> Result<Json<PromotionPolicy>> {
     check_name("model name", &name)?;
     check_alias(&policy.alias)?;
+    if let Some(c) = &policy.challenger_alias {
+        check_alias(c)?;
+    }
     crate::policy::check_policy(&policy)?;
     let mut tx = s.infra.pool.begin().await?;
     store::lock_model(&mut tx, &name).await?;

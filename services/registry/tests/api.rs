@@ -250,14 +250,24 @@ async fn registering_versions_announces_them_and_promotes_the_best() {
     assert_ne!(pro1.id, reg1.id);
     events.assert_quiet(QUIET).await;
 
-    // v2 is worse: registered, but production stays on v1.
+    // v2 is worse: registered as the challenger, but production stays on v1.
     let run2 = new_run(&reg, model).await;
     let v2 = register(&reg, model, run2.id, Some(0.80), StatusCode::CREATED).await;
     assert_eq!(v2.version, 2);
-    assert!(v2.aliases.is_empty(), "{:?}", v2.aliases);
-    let (subject, bytes) = events.next().await;
-    assert_eq!(subject, "model.registered");
-    assert_eq!(registered(&bytes).data.version, 2);
+    assert_eq!(v2.aliases, vec!["challenger"]);
+    let decision = v2.promotion.as_ref().unwrap();
+    assert_eq!(decision.challenger.as_deref(), Some("challenger"));
+    assert_eq!(decision.compared_on.as_deref(), Some("same evaluation"));
+    let mut got = [events.next().await, events.next().await];
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got[1].0, "model.registered");
+    assert_eq!(registered(&got[1].1).data.version, 2);
+    assert_eq!(got[0].0, "model.promoted");
+    let challenger = promoted(&got[0].1);
+    assert_eq!(
+        (challenger.data.alias.as_str(), challenger.data.version),
+        ("challenger", 2)
+    );
     events.assert_quiet(QUIET).await;
     let prod = reg.client().get_alias(model, "production").await.unwrap();
     assert_eq!(prod.map(|v| v.version), Some(1));
@@ -310,7 +320,10 @@ async fn registering_versions_announces_them_and_promotes_the_best() {
     // The model and its versions.
     let m = reg.client().get_model(model).await.unwrap();
     assert_eq!(m.latest_version, Some(5));
-    assert_eq!(m.aliases, BTreeMap::from([("production".to_owned(), 4)]));
+    assert_eq!(
+        m.aliases,
+        BTreeMap::from([("challenger".to_owned(), 2), ("production".to_owned(), 4)])
+    );
     let (status, list) = reg
         .send(
             Method::GET,

@@ -7,14 +7,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use petrel_api::ClientError;
 use petrel_api::registry::{
-    CreateModelVersion, CreateRun, DATASET_CONTEXT_TAG, DatasetInput, Evaluation, LogInputs,
-    LogMetrics, MetricInput, RunStatus,
+    ChampionScore, CreateModelVersion, CreateRun, DATASET_CONTEXT_TAG, DatasetInput, Evaluation,
+    LogInputs, LogMetrics, MetricInput, PRODUCTION, RunStatus,
 };
 use petrel_events::consumer::Outcome;
 use petrel_events::payloads::{DataReady, DatasetPurpose};
 use petrel_ml::{
-    CrossValidation, MlError, ModelBundle, Table, TrainConfig, Trial, cross_validate, parse_csv,
-    sweep, train_classifier,
+    CrossValidation, Holdout, HoldoutScore, MlError, ModelBundle, Stop, Table, TrainConfig, Trial,
+    cross_validate, parse_csv, sweep, train_classifier_until,
 };
 use petrel_store::StoreError;
 use serde::Serialize;
@@ -43,12 +43,58 @@ pub struct Job {
     pub trials_done: i32,
     /// The cross-validation of the registered configuration, per fold and summarised.
     pub cv: Option<serde_json::Value>,
+    /// The alias holder scored on this job's held-out rows (champion/challenger), or why not.
+    pub champion: Option<serde_json::Value>,
+    /// The registry's promotion decision for the version, with both scores.
+    pub promotion: Option<serde_json::Value>,
+    /// What started it: `data.ready`, `api` or `alert`.
+    pub source: String,
+    /// What it trains with: the configuration and how it is tuned.
+    pub plan: Option<serde_json::Value>,
+    /// Where training is: `queued`, `sweep`, `cross-validation`, `training`, `scoring the
+    /// champion`, `registering`, or the final status.
+    pub phase: Option<String>,
+    /// Whether a cancel was asked for; a running job stops within an epoch or so.
+    pub cancel_requested: bool,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 pub const JOB_COLUMNS: &str = "id, event_id, dataset_id, dataset_name, model_name, status, epoch, epochs, \
-     train_loss, error, run_id, model_version, metrics, trials_total, trials_done, cv, created_at, updated_at";
+     train_loss, error, run_id, model_version, metrics, trials_total, trials_done, cv, champion, promotion, \
+     source, plan, phase, cancel_requested, started_at, finished_at, created_at, updated_at";
+
+/// How a job trains: the configuration, and how it is chosen (cross-validation, a sweep).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Plan {
+    pub config: TrainConfig,
+    #[serde(default)]
+    pub cv_folds: usize,
+    #[serde(default)]
+    pub sweep: Option<petrel_ml::SweepSpec>,
+}
+
+impl Plan {
+    pub fn of(config: &TrainConfig, tuning: &Tuning) -> Plan {
+        Plan {
+            config: config.clone(),
+            cv_folds: tuning.cv_folds,
+            sweep: tuning.sweep.clone(),
+        }
+    }
+
+    fn tuning(&self) -> Tuning {
+        Tuning {
+            cv_folds: self.cv_folds,
+            sweep: self.sweep.clone(),
+        }
+    }
+}
+
+/// Statuses a job ends in.
+const FINISHED: [&str; 3] = ["succeeded", "failed", "cancelled"];
 
 /// Why a job did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +105,9 @@ enum JobError {
     /// A dependency failed: try again later.
     #[error("{0}")]
     Transient(String),
+    /// Someone cancelled the job.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl From<sqlx::Error> for JobError {
@@ -77,10 +126,15 @@ impl From<ClientError> for JobError {
     }
 }
 
-/// The consumer's handler. The job row is keyed by the event id, so a redelivery finds the job:
-/// a finished job is acknowledged again, an unfinished one resumes (training is deterministic
-/// and the registry calls are idempotent on the job id).
+/// The `data.ready` consumer's handler. Every dataset is remembered (so `POST /v1/jobs` can
+/// name it); training data starts a job. The job row is keyed by the event id, so a
+/// redelivery finds the job: a finished job is acknowledged again, an unfinished one resumes
+/// (training is deterministic and the registry calls are idempotent on the job id).
 pub async fn on_data_ready(state: &AppState, event_id: Uuid, data: DataReady) -> Outcome {
+    if let Err(e) = remember_dataset(state, &data).await {
+        tracing::warn!(error = %e, "cannot record the dataset");
+        return Outcome::Retry(Duration::from_secs(5));
+    }
     if !should_train(&data) {
         tracing::info!(
             event.id = %event_id,
@@ -90,32 +144,210 @@ pub async fn on_data_ready(state: &AppState, event_id: Uuid, data: DataReady) ->
         );
         return Outcome::Done;
     }
-    let job = match find_or_create_job(state, event_id, &data).await {
+    let plan = Plan::of(&state.train, &state.tuning);
+    let job = match find_or_create_job(state, event_id, &data, &plan).await {
         Ok(job) => job,
         Err(e) => {
             tracing::warn!(error = %e, "cannot record the training job");
             return Outcome::Retry(Duration::from_secs(5));
         }
     };
-    if job.status == "succeeded" || job.status == "failed" {
+    execute(state, &job, &data, &plan).await
+}
+
+/// The `model.training_requested` consumer's handler: the job row says what to train.
+pub async fn on_training_requested(
+    state: &AppState,
+    event: petrel_events::payloads::TrainingRequested,
+) -> Outcome {
+    let row = sqlx::query_as::<_, (serde_json::Value,)>(
+        "SELECT dataset FROM training_jobs WHERE id = $1",
+    )
+    .bind(event.job_id)
+    .fetch_optional(&state.infra.pool)
+    .await;
+    let job = get_job(state, event.job_id).await;
+    let (row, job) = match (row, job) {
+        (Ok(Some(row)), Ok(Some(job))) => (row, job),
+        (Ok(None), _) | (_, Ok(None)) => {
+            tracing::warn!(job.id = %event.job_id, "a training request names no job here; acknowledging");
+            return Outcome::Done;
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the requested job");
+            return Outcome::Retry(Duration::from_secs(5));
+        }
+    };
+    let parsed = serde_json::from_value::<DataReady>(row.0).and_then(|data| {
+        serde_json::from_value::<Plan>(job.plan.clone().unwrap_or_default()).map(|p| (data, p))
+    });
+    match parsed {
+        Ok((data, plan)) => execute(state, &job, &data, &plan).await,
+        Err(e) => {
+            let msg = format!("the job's stored request is unreadable: {e}");
+            match finish(state, job.id, "failed", Some(&msg)).await {
+                Ok(()) => Outcome::Done,
+                Err(_) => Outcome::Retry(Duration::from_secs(5)),
+            }
+        }
+    }
+}
+
+/// Runs a job unless it has finished, and records how it ended.
+async fn execute(state: &AppState, job: &Job, data: &DataReady, plan: &Plan) -> Outcome {
+    if FINISHED.contains(&job.status.as_str()) {
         tracing::info!(job.id = %job.id, status = %job.status, "job already finished; acknowledging");
         return Outcome::Done;
     }
-    match run_job(state, job.id, &data).await {
-        Ok(()) => Outcome::Done,
+    let ended = match run_job(state, job.id, &job.model_name, data, plan).await {
+        Ok(()) => return Outcome::Done,
+        Err(JobError::Cancelled) => {
+            tracing::info!(job.id = %job.id, "training job cancelled");
+            finish(state, job.id, "cancelled", None).await
+        }
         Err(JobError::Permanent(msg)) => {
             tracing::error!(job.id = %job.id, dataset.name = %data.name, error = %msg, "training job failed");
-            if let Err(e) = set_status(state, job.id, "failed", Some(&msg)).await {
-                tracing::warn!(error = %e, "cannot mark the job failed");
-                return Outcome::Retry(Duration::from_secs(5));
-            }
-            Outcome::Done
+            finish(state, job.id, "failed", Some(&msg)).await
         }
         Err(JobError::Transient(msg)) => {
             tracing::warn!(job.id = %job.id, error = %msg, "training job will be retried");
+            return Outcome::Retry(Duration::from_secs(5));
+        }
+    };
+    match ended {
+        Ok(()) => Outcome::Done,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record how the job ended");
             Outcome::Retry(Duration::from_secs(5))
         }
     }
+}
+
+/// Keeps what `data.ready` said of a dataset, so jobs can be asked for by its name.
+async fn remember_dataset(state: &AppState, data: &DataReady) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO datasets (dataset_id, name, version, purpose, event) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (dataset_id) DO NOTHING",
+    )
+    .bind(data.dataset_id)
+    .bind(&data.name)
+    .bind(data.version)
+    .bind(data.purpose.as_str())
+    .bind(serde_json::to_value(data).map_err(|e| sqlx::Error::Encode(Box::new(e)))?)
+    .execute(&state.infra.pool)
+    .await?;
+    Ok(())
+}
+
+/// A dataset the trainer has seen: by id, or the newest (or given) version of a name.
+pub async fn find_dataset(
+    state: &AppState,
+    id: Option<Uuid>,
+    name: Option<&str>,
+    version: Option<i32>,
+) -> Result<Option<DataReady>, sqlx::Error> {
+    let row: Option<(serde_json::Value,)> = sqlx::query_as(
+        "SELECT event FROM datasets WHERE ($1::uuid IS NULL OR dataset_id = $1) \
+         AND ($2::text IS NULL OR name = $2) AND ($3::int IS NULL OR version = $3) \
+         ORDER BY version DESC, seen_at DESC LIMIT 1",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(version)
+    .fetch_optional(&state.infra.pool)
+    .await?;
+    Ok(row.and_then(|(v,)| serde_json::from_value(v).ok()))
+}
+
+/// Records a job asked for over HTTP (or by a policy) and, in the same transaction, the event
+/// that hands it to a trainer instance. A repeated `client_token` finds the first job.
+pub async fn create_requested_job(
+    state: &AppState,
+    data: &DataReady,
+    model_name: &str,
+    plan: &Plan,
+    source: &str,
+    client_token: Option<&str>,
+) -> Result<(Job, bool), sqlx::Error> {
+    let mut tx = state.infra.pool.begin().await?;
+    let id = Uuid::now_v7();
+    let inserted = sqlx::query(
+        "INSERT INTO training_jobs (id, event_id, dataset_id, dataset_name, dataset_uri, model_name, status, \
+         epochs, source, plan, dataset, client_token, phase) \
+         VALUES ($1, NULL, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10, 'queued') \
+         ON CONFLICT (client_token) DO NOTHING",
+    )
+    .bind(id)
+    .bind(data.dataset_id)
+    .bind(&data.name)
+    .bind(&data.uri)
+    .bind(model_name)
+    .bind(plan.config.epochs as i32)
+    .bind(source)
+    .bind(serde_json::to_value(plan).map_err(|e| sqlx::Error::Encode(Box::new(e)))?)
+    .bind(serde_json::to_value(data).map_err(|e| sqlx::Error::Encode(Box::new(e)))?)
+    .bind(client_token)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !inserted {
+        tx.rollback().await?;
+        let job = sqlx::query_as::<_, Job>(&format!(
+            "SELECT {JOB_COLUMNS} FROM training_jobs WHERE client_token = $1"
+        ))
+        .bind(client_token)
+        .fetch_one(&state.infra.pool)
+        .await?;
+        return Ok((job, false));
+    }
+    let event = petrel_events::payloads::TrainingRequested {
+        job_id: id,
+        model_name: model_name.to_owned(),
+        dataset_id: data.dataset_id,
+        source: source.to_owned(),
+    };
+    petrel_events::outbox::enqueue(&mut tx, &state.infra.bus.envelope(event)).await?;
+    let job = sqlx::query_as::<_, Job>(&format!(
+        "SELECT {JOB_COLUMNS} FROM training_jobs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    state.infra.relay.poke();
+    Ok((job, true))
+}
+
+/// What a cancel request found.
+pub enum Cancelled {
+    /// The job was queued and is now cancelled, or is running and will stop shortly.
+    Accepted(Job),
+    /// The job had already ended, in this status.
+    Finished(Job),
+    NotFound,
+}
+
+/// Asks a job to stop: a queued job is cancelled at once, a running one stops at its next
+/// progress check (about a second) and an epoch.
+pub async fn cancel_job(state: &AppState, id: Uuid) -> Result<Cancelled, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE training_jobs SET cancel_requested = true, \
+         status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END, \
+         phase = CASE WHEN status = 'queued' THEN 'cancelled' ELSE phase END, \
+         finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END, \
+         updated_at = now() \
+         WHERE id = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(id)
+    .execute(&state.infra.pool)
+    .await?
+    .rows_affected();
+    Ok(match (updated, get_job(state, id).await?) {
+        (_, None) => Cancelled::NotFound,
+        (1, Some(job)) => Cancelled::Accepted(job),
+        (_, Some(job)) => Cancelled::Finished(job),
+    })
 }
 
 /// Only training data is trained on: scoring data is the predictor's, reference data nobody's.
@@ -127,10 +359,13 @@ async fn find_or_create_job(
     state: &AppState,
     event_id: Uuid,
     data: &DataReady,
+    plan: &Plan,
 ) -> Result<Job, sqlx::Error> {
     sqlx::query(
-        "INSERT INTO training_jobs (id, event_id, dataset_id, dataset_name, dataset_uri, model_name, status, epochs) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7) ON CONFLICT (event_id) DO NOTHING",
+        "INSERT INTO training_jobs (id, event_id, dataset_id, dataset_name, dataset_uri, model_name, status, \
+         epochs, source, plan, dataset, phase) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, 'data.ready', $8, $9, 'queued') \
+         ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(Uuid::now_v7())
     .bind(event_id)
@@ -138,7 +373,9 @@ async fn find_or_create_job(
     .bind(&data.name)
     .bind(&data.uri)
     .bind(&data.name)
-    .bind(state.train.epochs as i32)
+    .bind(plan.config.epochs as i32)
+    .bind(serde_json::to_value(plan).map_err(|e| sqlx::Error::Encode(Box::new(e)))?)
+    .bind(serde_json::to_value(data).map_err(|e| sqlx::Error::Encode(Box::new(e)))?)
     .execute(&state.infra.pool)
     .await?;
     sqlx::query_as::<_, Job>(&format!(
@@ -149,14 +386,16 @@ async fn find_or_create_job(
     .await
 }
 
-async fn set_status(
+/// Ends a job in `status` (`succeeded` is set with its results by `register`).
+async fn finish(
     state: &AppState,
     job: Uuid,
     status: &str,
     error: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE training_jobs SET status = $2, error = $3, updated_at = now() WHERE id = $1",
+        "UPDATE training_jobs SET status = $2, error = $3, phase = $2, finished_at = now(), \
+         updated_at = now() WHERE id = $1",
     )
     .bind(job)
     .bind(status)
@@ -166,8 +405,41 @@ async fn set_status(
     Ok(())
 }
 
-async fn run_job(state: &AppState, job: Uuid, data: &DataReady) -> Result<(), JobError> {
-    set_status(state, job, "running", None).await?;
+async fn set_phase(state: &AppState, job: Uuid, phase: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE training_jobs SET phase = $2, updated_at = now() WHERE id = $1")
+        .bind(job)
+        .bind(phase)
+        .execute(&state.infra.pool)
+        .await?;
+    Ok(())
+}
+
+/// Marks a job running, unless it was cancelled meanwhile.
+async fn start(state: &AppState, job: Uuid) -> Result<(), JobError> {
+    let started = sqlx::query(
+        "UPDATE training_jobs SET status = 'running', started_at = COALESCE(started_at, now()), \
+         updated_at = now() WHERE id = $1 AND status IN ('queued', 'running') AND NOT cancel_requested",
+    )
+    .bind(job)
+    .execute(&state.infra.pool)
+    .await?
+    .rows_affected();
+    if started == 1 {
+        Ok(())
+    } else {
+        Err(JobError::Cancelled)
+    }
+}
+
+async fn run_job(
+    state: &AppState,
+    job: Uuid,
+    model_name: &str,
+    data: &DataReady,
+    plan: &Plan,
+) -> Result<(), JobError> {
+    start(state, job).await?;
+    set_phase(state, job, "loading data").await?;
     let bytes = state.store.get(&data.uri).await.map_err(|e| match e {
         StoreError::NotFound(_) | StoreError::ForeignUri(_) | StoreError::InvalidKey(_) => {
             JobError::Permanent(format!("dataset file: {e}"))
@@ -180,7 +452,7 @@ async fn run_job(state: &AppState, job: Uuid, data: &DataReady) -> Result<(), Jo
         .map_err(|e| JobError::Transient(format!("parsing task: {e}")))?
         .map_err(|e| JobError::Permanent(e.to_string()))?
         .table;
-    let model_name = data.name.clone();
+    let table = Arc::new(table);
     tracing::info!(job.id = %job, dataset.name = %data.name, rows = table.len(), "training started");
 
     // Train off the async runtime; report progress to the job row once a second meanwhile.
@@ -188,8 +460,8 @@ async fn run_job(state: &AppState, job: Uuid, data: &DataReady) -> Result<(), Jo
     // returning early would leave the blocking task training, detached, while a redelivery
     // starts the same job again.
     let progress = Arc::new(Mutex::new(Progress::default()));
-    let config = state.train.clone();
-    let tuning = state.tuning.clone();
+    let config = plan.config.clone();
+    let tuning = plan.tuning();
     let trials_total = match &tuning.sweep {
         Some(spec) => spec
             .trials(&config)
@@ -199,14 +471,23 @@ async fn run_job(state: &AppState, job: Uuid, data: &DataReady) -> Result<(), Jo
     };
     let p = progress.clone();
     let started = std::time::Instant::now();
-    let training = tokio::task::spawn_blocking(move || train(&table, &config, &tuning, &p));
+    let t = table.clone();
+    let stop = Stop::new();
+    let halt = stop.clone();
+    let training = tokio::task::spawn_blocking(move || train(&t, &config, &tuning, &p, &halt));
     tokio::pin!(training);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Each report also reads whether the job was cancelled, and stops training if so.
     let report = |progress: &Mutex<Progress>| {
         let now = progress.lock().map(|g| *g).unwrap_or_default();
+        let stop = stop.clone();
         async move {
-            if let Err(e) = record_progress(state, job, now, trials_total).await {
-                tracing::warn!(job.id = %job, error = %e, "cannot record training progress; training goes on");
+            match record_progress(state, job, now, trials_total).await {
+                Ok(true) => stop.stop(),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(job.id = %job, error = %e, "cannot record training progress; training goes on");
+                }
             }
         }
     };
@@ -217,7 +498,10 @@ async fn run_job(state: &AppState, job: Uuid, data: &DataReady) -> Result<(), Jo
         }
     }
     .map_err(|e| JobError::Transient(format!("training task: {e}")))?
-    .map_err(|e| JobError::Permanent(e.to_string()))?;
+    .map_err(|e| match e {
+        MlError::Cancelled => JobError::Cancelled,
+        e => JobError::Permanent(e.to_string()),
+    })?;
     report(&progress).await;
     let m = &trained.bundle.metrics;
     tracing::info!(
@@ -228,7 +512,103 @@ async fn run_job(state: &AppState, job: Uuid, data: &DataReady) -> Result<(), Jo
         duration_ms = started.elapsed().as_millis() as u64,
         "training finished"
     );
-    register(state, job, data, &model_name, &trained).await
+    if stop.is_stopped() {
+        return Err(JobError::Cancelled);
+    }
+    set_phase(state, job, "scoring the champion").await?;
+    let champion = score_champion(state, job, model_name, &table, &trained.bundle).await?;
+    set_phase(state, job, "registering").await?;
+    register(state, job, data, model_name, &trained, champion).await
+}
+
+/// Champion/challenger on one holdout: scores the model's current alias holder on the rows
+/// this job held out, so the registry compares the two on the same rows. `None` when there is
+/// no holder, or it cannot be scored here (its bundle is not in this store, or it takes other
+/// features); the registry then compares recorded evaluations, as for any client.
+async fn score_champion(
+    state: &AppState,
+    job: Uuid,
+    model_name: &str,
+    table: &Arc<Table>,
+    bundle: &ModelBundle,
+) -> Result<Option<Scored>, JobError> {
+    let alias = state
+        .registry
+        .get_policy(model_name)
+        .await?
+        .map_or_else(|| PRODUCTION.to_owned(), |p| p.alias);
+    let Some(holder) = state.registry.get_alias(model_name, &alias).await? else {
+        return Ok(None);
+    };
+    let skip = |why: String| {
+        tracing::warn!(job.id = %job, model.name = %model_name, champion = holder.version, reason = %why, "cannot score the alias holder on this job's held-out rows");
+        Ok(Some(Scored {
+            version: holder.version,
+            alias: alias.clone(),
+            score: Err(why),
+        }))
+    };
+    let bytes = match state.store.get(&holder.artifact_uri).await {
+        Ok(b) => b,
+        Err(
+            e @ (StoreError::NotFound(_) | StoreError::ForeignUri(_) | StoreError::InvalidKey(_)),
+        ) => return skip(format!("its bundle: {e}")),
+        Err(e) => return Err(JobError::Transient(format!("artifact store: {e}"))),
+    };
+    let table = table.clone();
+    let config = bundle.config.clone();
+    let scored = tokio::task::spawn_blocking(move || -> Result<HoldoutScore, MlError> {
+        let champion = ModelBundle::from_bytes(&bytes)?.load()?;
+        Holdout::of(&table, &config)?.score(&champion)
+    })
+    .await
+    .map_err(|e| JobError::Transient(format!("scoring task: {e}")))?;
+    match scored {
+        Ok(score) => {
+            tracing::info!(job.id = %job, model.name = %model_name, champion = holder.version, accuracy = score.accuracy, rows = score.rows, "alias holder scored on this job's held-out rows");
+            Ok(Some(Scored {
+                version: holder.version,
+                alias,
+                score: Ok(score),
+            }))
+        }
+        Err(e) => skip(e.to_string()),
+    }
+}
+
+/// The alias holder a job scored on its held-out rows, or why it could not.
+#[derive(Debug, Serialize)]
+struct Scored {
+    version: i32,
+    alias: String,
+    #[serde(serialize_with = "score_or_reason")]
+    score: Result<HoldoutScore, String>,
+}
+
+fn score_or_reason<S: serde::Serializer>(
+    score: &Result<HoldoutScore, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match score {
+        Ok(v) => v.serialize(s),
+        Err(why) => serde_json::json!({ "unavailable": why }).serialize(s),
+    }
+}
+
+impl Scored {
+    /// As the registry takes it: under the candidate's metric names.
+    fn champion_score(&self) -> Option<ChampionScore> {
+        let s = self.score.as_ref().ok()?;
+        Some(ChampionScore {
+            version: self.version,
+            metrics: BTreeMap::from([
+                ("test_accuracy".to_owned(), s.accuracy),
+                ("test_log_loss".to_owned(), s.log_loss),
+                ("test_macro_f1".to_owned(), s.macro_f1),
+            ]),
+            rows: s.rows as u64,
+        })
+    }
 }
 
 /// Where a job's training is: the epoch and loss of the model being fitted, and the sweep's
@@ -238,6 +618,25 @@ struct Progress {
     epoch: usize,
     loss: f64,
     trials_done: usize,
+    /// The phase: a sweep, a cross-validation fold (1-based, of `folds`), or the final fit.
+    phase: Phase,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Phase {
+    Sweep,
+    Fold(usize, usize),
+    Training,
+}
+
+impl Phase {
+    fn describe(self) -> String {
+        match self {
+            Phase::Sweep => "sweep".to_owned(),
+            Phase::Fold(i, n) => format!("cross-validation fold {i} of {n}"),
+            Phase::Training => "training".to_owned(),
+        }
+    }
 }
 
 impl Default for Progress {
@@ -246,6 +645,7 @@ impl Default for Progress {
             epoch: 0,
             loss: f64::NAN,
             trials_done: 0,
+            phase: Phase::Training,
         }
     }
 }
@@ -266,6 +666,7 @@ fn train(
     config: &TrainConfig,
     tuning: &Tuning,
     progress: &Mutex<Progress>,
+    stop: &Stop,
 ) -> Result<Trained, MlError> {
     let set = |f: &dyn Fn(&mut Progress)| {
         if let Ok(mut g) = progress.lock() {
@@ -273,10 +674,14 @@ fn train(
         }
     };
     if let Some(spec) = &tuning.sweep {
-        let outcome = sweep(table, config, spec, &|_| set(&|p| p.trials_done += 1))?;
+        set(&|p| p.phase = Phase::Sweep);
+        let outcome = sweep(table, config, spec, &|_| set(&|p| p.trials_done += 1), stop)?;
         let best = outcome.best;
         let last = outcome.bundle.metrics.epochs_run;
-        set(&|p| p.epoch = last);
+        set(&|p| {
+            p.epoch = last;
+            p.phase = Phase::Training;
+        });
         return Ok(Trained {
             cv: Some(outcome.trials[best].cv.clone()),
             bundle: outcome.bundle,
@@ -285,21 +690,36 @@ fn train(
         });
     }
     let cv = if tuning.cv_folds >= 2 {
+        let folds = tuning.cv_folds;
         Some(cross_validate(
             table,
             config,
-            tuning.cv_folds,
-            &mut |_, _, _| {},
+            folds,
+            &mut |fold, epoch, loss| {
+                set(&|p| {
+                    p.phase = Phase::Fold(fold + 1, folds);
+                    p.epoch = epoch;
+                    p.loss = loss;
+                })
+            },
+            stop,
         )?)
     } else {
         None
     };
-    let bundle = train_classifier(table, config, &mut |epoch, loss| {
-        set(&|p| {
-            p.epoch = epoch;
-            p.loss = loss;
-        })
-    })?;
+    set(&|p| p.phase = Phase::Training);
+    let bundle = train_classifier_until(
+        table,
+        config,
+        &mut |epoch, loss| {
+            set(&|p| {
+                p.epoch = epoch;
+                p.loss = loss;
+                p.phase = Phase::Training;
+            })
+        },
+        stop,
+    )?;
     Ok(Trained {
         bundle,
         cv,
@@ -308,24 +728,26 @@ fn train(
     })
 }
 
+/// Records progress; answers whether the job was asked to cancel.
 async fn record_progress(
     state: &AppState,
     job: Uuid,
     progress: Progress,
     trials_total: usize,
-) -> Result<(), JobError> {
-    sqlx::query(
+) -> Result<bool, JobError> {
+    let cancel: Option<(bool,)> = sqlx::query_as(
         "UPDATE training_jobs SET epoch = $2, train_loss = $3, trials_total = $4, trials_done = $5, \
-         updated_at = now() WHERE id = $1",
+         phase = $6, updated_at = now() WHERE id = $1 RETURNING cancel_requested",
     )
     .bind(job)
     .bind(progress.epoch as i32)
     .bind(progress.loss.is_finite().then_some(progress.loss))
     .bind(trials_total as i32)
     .bind(progress.trials_done as i32)
-    .execute(&state.infra.pool)
+    .bind(progress.phase.describe())
+    .fetch_optional(&state.infra.pool)
     .await?;
-    Ok(())
+    Ok(cancel.is_some_and(|(c,)| c))
 }
 
 fn metric_map(trained: &Trained) -> BTreeMap<String, f64> {
@@ -434,6 +856,7 @@ async fn register(
     data: &DataReady,
     model_name: &str,
     trained: &Trained,
+    champion: Option<Scored>,
 ) -> Result<(), JobError> {
     let bundle = &trained.bundle;
     let bytes = bundle
@@ -458,6 +881,18 @@ async fn register(
     ]);
     if let Some(cv) = &trained.cv {
         tags.insert("petrel.cv_split".to_owned(), cv.split.clone());
+    }
+    if let Some(c) = &champion {
+        tags.insert(
+            "petrel.champion".to_owned(),
+            match &c.score {
+                Ok(s) => format!(
+                    "version {} ({}) scored test_accuracy {:.4} on this run's {} held-out rows",
+                    c.version, c.alias, s.accuracy, s.rows
+                ),
+                Err(why) => format!("version {} ({}) not scored: {why}", c.version, c.alias),
+            },
+        );
     }
     if let Some(best) = trained.best {
         tags.insert(
@@ -554,18 +989,22 @@ async fn register(
                 }),
                 input_schema: Some(bundle.schema.clone()),
                 class_names: bundle.class_names.clone(),
+                champion_score: champion.as_ref().and_then(Scored::champion_score),
             },
         )
         .await?;
     sqlx::query(
-        "UPDATE training_jobs SET status = 'succeeded', run_id = $2, model_version = $3, metrics = $4, \
-         cv = $5, updated_at = now() WHERE id = $1",
+        "UPDATE training_jobs SET status = 'succeeded', phase = 'succeeded', run_id = $2, model_version = $3, \
+         metrics = $4, cv = $5, champion = $6, promotion = $7, finished_at = now(), updated_at = now() \
+         WHERE id = $1",
     )
     .bind(job)
     .bind(run.id)
     .bind(version.version)
     .bind(serde_json::to_value(&metrics).unwrap_or_default())
     .bind(trained.cv.as_ref().and_then(|cv| serde_json::to_value(cv).ok()))
+    .bind(champion.as_ref().and_then(|c| serde_json::to_value(c).ok()))
+    .bind(version.promotion.as_ref().and_then(|p| serde_json::to_value(p).ok()))
     .execute(&state.infra.pool)
     .await?;
     tracing::info!(
@@ -573,6 +1012,7 @@ async fn register(
         model.name = %model_name,
         model.version = version.version,
         aliases = ?version.aliases,
+        promotion = version.promotion.as_ref().map(|p| p.reason.as_str()),
         "model registered"
     );
     Ok(())

@@ -1,4 +1,5 @@
-//! Petrel trainer: on `data.ready`, trains a burn MLP classifier on the dataset, writes the model
+//! Petrel trainer: on `data.ready` (or `POST /v1/jobs`), trains a burn MLP classifier on the
+//! dataset, scores the model's current alias holder on the same held-out rows, writes the model
 //! bundle to the artifact store, and registers the run and a model version with the registry.
 //!
 //! Each training is a job row keyed by the triggering event, so a redelivered event resumes or
@@ -211,6 +212,7 @@ impl App {
     pub async fn run(self) -> anyhow::Result<()> {
         let mut tasks = Tasks::new(self.cancel.clone());
         tasks.spawn_http(self.listener, routes::router(self.state.clone()));
+        tasks.spawn_outbox(self.state.infra.relay.clone());
         let spec = ConsumerSpec {
             // Training can take long: progress acks keep the event ours meanwhile, and one event
             // per pull keeps the ones behind it free for other replicas.
@@ -222,6 +224,18 @@ impl App {
         tasks.spawn_consumer("consumer", state.infra.bus.clone(), spec, move |env| {
             let state = state.clone();
             async move { jobs::on_data_ready(&state, env.id, env.data).await }
+        });
+        // Jobs asked for over HTTP (or by a retraining policy): the same way, on their own
+        // consumer, so a long data.ready job does not hold them up.
+        let spec = ConsumerSpec {
+            ack_wait: Duration::from_secs(60),
+            batch: 1,
+            ..ConsumerSpec::durable("trainer-requests", subjects::MODEL_TRAINING_REQUESTED)
+        };
+        let state = self.state.clone();
+        tasks.spawn_consumer("requests", state.infra.bus.clone(), spec, move |env| {
+            let state = state.clone();
+            async move { jobs::on_training_requested(&state, env.data).await }
         });
         tasks.join().await
     }

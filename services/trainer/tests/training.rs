@@ -394,3 +394,292 @@ async fn a_bad_sweep_file_stops_the_trainer_at_start() {
     env.cleanup().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Trains a bundle on the penguins data here, stores it and registers it as the first version
+/// of `model` (which takes `production`), evaluated on data the trainer never sees: only a
+/// score on the trainer's own held-out rows can compare a later version with it.
+async fn register_champion(
+    stack: &Stack,
+    model: &str,
+    config: &petrel_ml::TrainConfig,
+) -> ModelBundle {
+    let table = penguins_table();
+    let bundle = petrel_ml::train_classifier(&table, config, &mut |_, _| {}).unwrap();
+    let store = petrel_store::open(stack.env.artifact_root()).unwrap();
+    let uri = store
+        .put(
+            &format!("champions/{model}/bundle.json"),
+            Bytes::from(bundle.to_bytes().unwrap()),
+        )
+        .await
+        .unwrap();
+    let registry = stack.registry();
+    let run = registry
+        .create_run(&petrel_api::registry::CreateRun {
+            experiment: model.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let v = registry
+        .create_version(
+            model,
+            &petrel_api::registry::CreateModelVersion {
+                run_id: run.id,
+                artifact_uri: uri,
+                metrics: [
+                    ("test_accuracy".to_owned(), bundle.metrics.test_accuracy),
+                    ("n_test".to_owned(), bundle.metrics.n_test as f64),
+                ]
+                .into(),
+                evaluation: Some(petrel_api::registry::Evaluation {
+                    dataset_id: Uuid::now_v7(),
+                    digest: "sha256:elsewhere".into(),
+                    split: "stratified test split 0.2, seed 42".into(),
+                    rows: bundle.metrics.n_test as u64,
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(v.aliases, vec!["production"], "{:?}", v.promotion);
+    bundle
+}
+
+fn penguins_table() -> petrel_ml::Table {
+    let bytes = std::fs::read(petrel_testkit::PENGUINS_CSV).unwrap();
+    petrel_ml::parse_csv(&bytes, &petrel_ml::Schema::penguins())
+        .unwrap()
+        .table
+}
+
+/// Publishes `data.ready` for the penguins file under `model` and waits for its job.
+async fn train_as(stack: &Stack, model: &str) -> Value {
+    let mut data = stack.penguins_dataset().await;
+    data.name = model.to_owned();
+    let env = stack.bus.envelope(data);
+    stack.bus.publish(&env).await.unwrap();
+    let jobs = stack
+        .wait_jobs("the job to finish", |jobs| {
+            jobs.iter()
+                .any(|j| j["event_id"] == json!(env.id) && j["status"] == "succeeded")
+        })
+        .await;
+    jobs.into_iter()
+        .find(|j| j["event_id"] == json!(env.id))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn champion_and_challenger_are_scored_on_the_same_held_out_rows() {
+    let stack = Stack::start().await;
+    let registry = stack.registry();
+    let trainer_config = petrel_ml::TrainConfig::default();
+    // What the trainer's model and any champion score on the trainer's held-out rows,
+    // computed here with the same split.
+    let holdout = petrel_ml::Holdout::of(&penguins_table(), &trainer_config).unwrap();
+
+    // A weak production model (two epochs) evaluated elsewhere: on recorded evaluations the
+    // two could not be compared, but on the trainer's held-out rows the new version wins.
+    let weak = register_champion(
+        &stack,
+        "weak",
+        &petrel_ml::TrainConfig {
+            epochs: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    let job = train_as(&stack, "weak").await;
+    let expected = holdout.score(&weak.load().unwrap()).unwrap();
+    let v2 = registry.get_version("weak", 2).await.unwrap();
+    let d = v2.promotion.clone().expect("a decision");
+    assert!(d.promoted, "{}", d.reason);
+    assert_eq!(v2.aliases, vec!["production"]);
+    assert_eq!(d.compared_on.as_deref(), Some("shared holdout"));
+    assert_eq!(d.champion_version, Some(1));
+    // Exactly the champion's score on those rows, and its own recorded score beside it.
+    assert_eq!(d.champion, Some(expected.accuracy));
+    assert_eq!(d.champion_recorded, Some(weak.metrics.test_accuracy));
+    assert_eq!(d.candidate, Some(v2.metrics["test_accuracy"]));
+    assert!(d.candidate > d.champion, "{d:?}");
+    assert!(
+        d.reason
+            .contains(&format!("same {} held-out rows", holdout.len())),
+        "{}",
+        d.reason
+    );
+    // The job shows both.
+    assert_eq!(job["champion"]["version"], 1);
+    assert_eq!(
+        job["champion"]["score"]["accuracy"],
+        json!(expected.accuracy)
+    );
+    assert_eq!(job["promotion"]["promoted"], true);
+    let run = registry.get_run(v2.run_id).await.unwrap();
+    assert!(
+        run.tags["petrel.champion"].starts_with("version 1 (production) scored"),
+        "{:?}",
+        run.tags
+    );
+    // The alias history keeps the evidence.
+    let (status, history) = stack
+        .registry_get("/api/v1/models/weak/aliases/production/history")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let last = &history["history"][0];
+    assert_eq!(last["version"], 2, "{history}");
+    assert_eq!(last["evidence"]["compared_on"], "shared holdout");
+    assert_eq!(last["evidence"]["champion"], json!(expected.accuracy));
+
+    // A strong production model: the same configuration on the same data scores the same on
+    // the same rows, and a margin of 0.01 makes the tie a loss. The new version is registered
+    // as the challenger; production stays.
+    let strong = register_champion(&stack, "strong", &trainer_config).await;
+    let mut policy = registry.get_policy("strong").await.unwrap().unwrap();
+    policy.margin = 0.01;
+    let (status, body) = stack
+        .registry_put(
+            "/api/v1/models/strong/policy",
+            serde_json::to_value(&policy).unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let job = train_as(&stack, "strong").await;
+    let v2 = registry.get_version("strong", 2).await.unwrap();
+    let d = v2.promotion.clone().unwrap();
+    assert!(!d.promoted, "{}", d.reason);
+    assert_eq!(d.compared_on.as_deref(), Some("shared holdout"));
+    assert_eq!(d.champion, Some(strong.metrics.test_accuracy));
+    assert_eq!(d.candidate, d.champion);
+    assert_eq!(d.challenger.as_deref(), Some("challenger"));
+    assert_eq!(v2.aliases, vec!["challenger"]);
+    let prod = registry
+        .get_alias("strong", "production")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(prod.version, 1);
+    assert_eq!(job["promotion"]["challenger"], "challenger");
+    assert_eq!(job["model_version"], 2);
+
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_are_started_followed_and_cancelled_over_http() {
+    let stack = Stack::start().await;
+    // A reference dataset: the trainer remembers it without training on it.
+    let mut data = stack.penguins_dataset().await;
+    data.name = "penguins-ref".into();
+    data.purpose = petrel_events::payloads::DatasetPurpose::Reference;
+    stack
+        .bus
+        .publish(&stack.bus.envelope(data.clone()))
+        .await
+        .unwrap();
+    stack.wait_consumed(1).await;
+    assert!(stack.jobs().await.is_empty());
+
+    // Bad requests say what is wrong.
+    let (status, body) = stack
+        .trainer_post("/v1/jobs", json!({"dataset": "nope"}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ingest it first"),
+        "{body}"
+    );
+    let (status, body) = stack
+        .trainer_post(
+            "/v1/jobs",
+            json!({"dataset": "penguins-ref", "config": {"epoch": 3}}),
+        )
+        .await;
+    assert!(status.is_client_error(), "{status} {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown setting \"epoch\""),
+        "{body}"
+    );
+    let (status, body) = stack.trainer_post("/v1/jobs", json!({"config": {}})).await;
+    assert!(status.is_client_error(), "{status} {body}");
+    let (status, body) = stack
+        .trainer_post("/v1/jobs", json!({"dataset": "penguins-ref", "nope": 1}))
+        .await;
+    assert!(status.is_client_error(), "{status} {body}");
+    assert!(stack.jobs().await.is_empty());
+
+    // A job by dataset name, with its own settings, under another model name.
+    let ask = json!({
+        "dataset": "penguins-ref",
+        "model_name": "from-api",
+        "config": {"epochs": 50, "hidden_size": 16},
+        "client_token": "first",
+    });
+    let (status, job) = stack.trainer_post("/v1/jobs", ask.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job["source"], "api");
+    assert_eq!(job["epochs"], 50);
+    assert_eq!(job["plan"]["config"]["hidden_size"], 16);
+    let id = job["id"].as_str().unwrap().to_owned();
+    // The same token again is the same job.
+    let (status, again) = stack.trainer_post("/v1/jobs", ask).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], job["id"]);
+    let done = stack.wait_job(&id, "succeeded").await;
+    assert_eq!(done["model_version"], 1);
+    assert_eq!(done["phase"], "succeeded");
+    assert!(
+        done["started_at"].is_string() && done["finished_at"].is_string(),
+        "{done}"
+    );
+    let v = stack.registry().get_version("from-api", 1).await.unwrap();
+    let run = stack.registry().get_run(v.run_id).await.unwrap();
+    assert_eq!(run.params["epochs"], "50");
+    assert_eq!(run.params["hidden_size"], "16");
+    assert_eq!(run.params["dataset_id"], data.dataset_id.to_string());
+    // Finished jobs cannot be cancelled.
+    let (status, body) = stack
+        .trainer_post(&format!("/v1/jobs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    // A long job, cancelled while it trains: it stops, and registers nothing.
+    let (status, job) = stack
+        .trainer_post(
+            "/v1/jobs",
+            json!({"dataset_id": data.dataset_id, "model_name": "cancelled", "config": {"epochs": 100000}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    stack
+        .wait_jobs("the long job to train", |jobs| {
+            jobs.iter()
+                .any(|j| j["id"] == json!(id) && j["epoch"].as_i64().unwrap_or(0) > 0)
+        })
+        .await;
+    let (status, body) = stack
+        .trainer_post(&format!("/v1/jobs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["cancel_requested"], true);
+    let ended = stack.wait_job(&id, "cancelled").await;
+    assert!(ended["epoch"].as_i64().unwrap() < 100_000, "{ended}");
+    assert!(ended["finished_at"].is_string());
+    let model = stack.registry().get_model("cancelled").await;
+    assert!(model.is_err(), "nothing registered: {model:?}");
+    let (status, _) = stack
+        .trainer_post(&format!("/v1/jobs/{}/cancel", Uuid::now_v7()), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    stack.stop().await;
+}

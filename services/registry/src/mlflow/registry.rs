@@ -453,6 +453,7 @@ pub async fn create_model_version(State(s): State<AppState>, Msg(f): Msg) -> Res
         // MLflow keeps a model's signature in its MLmodel artifact, not on the version.
         input_schema: None,
         class_names: Vec::new(),
+        champion_score: None,
     };
     routes::maybe_promote(&s, &mut tx, &name, version, &req).await?;
     let created = store::get_version(&mut tx, &name, version).await?;

@@ -84,6 +84,18 @@ impl Stack {
         (StatusCode::from_u16(status).unwrap(), body)
     }
 
+    /// GET on the registry's own API: status and JSON body.
+    pub async fn registry_get(&self, path: &str) -> (StatusCode, Value) {
+        let (status, body) = send(self.http.get(self.registry.url(path))).await;
+        (StatusCode::from_u16(status).unwrap(), body)
+    }
+
+    /// PUT of a JSON body on the registry's own API: status and JSON body.
+    pub async fn registry_put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let (status, body) = send(self.http.put(self.registry.url(path)).json(&body)).await;
+        (StatusCode::from_u16(status).unwrap(), body)
+    }
+
     pub fn registry(&self) -> petrel_api::registry::RegistryClient {
         petrel_api::registry::RegistryClient::new(&self.registry.base)
     }
@@ -92,6 +104,36 @@ impl Stack {
     pub async fn trainer_get(&self, path: &str) -> (StatusCode, Value) {
         let (status, body) = send(self.http.get(self.trainer.url(path))).await;
         (StatusCode::from_u16(status).unwrap(), body)
+    }
+
+    /// POST of a JSON body on the trainer: status and JSON body.
+    pub async fn trainer_post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let (status, body) = send(self.http.post(self.trainer.url(path)).json(&body)).await;
+        (StatusCode::from_u16(status).unwrap(), body)
+    }
+
+    /// Polls one job until it has `status`, failing fast if it ends otherwise.
+    pub async fn wait_job(&self, id: &str, status: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + TRAINING_PATIENCE;
+        loop {
+            let (code, job) = self.trainer_get(&format!("/v1/jobs/{id}")).await;
+            assert_eq!(code, StatusCode::OK, "{job}");
+            if job["status"] == status {
+                return job;
+            }
+            let ended = ["succeeded", "failed", "cancelled"]
+                .contains(&job["status"].as_str().unwrap_or(""));
+            assert!(
+                !ended,
+                "job ended {} instead of {status}: {job}",
+                job["status"]
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for job {id} to be {status}: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The trainer's jobs, newest first.
