@@ -38,7 +38,7 @@ macro_rules! start {
 }
 
 impl Stack {
-    /// Starts the six services on free ports, sharing a fresh database, a fresh NATS namespace
+    /// Starts the six services on free ports (each after those it calls), sharing a fresh database, a fresh NATS namespace
     /// and a fresh artifact directory; the monitor has one-second windows and `monitor` flags.
     async fn start(monitor: &[&str]) -> Stack {
         let mut stack = Stack {
@@ -61,23 +61,35 @@ impl Stack {
             petrel_ingest,
             env.args("petrel-ingest", &[])
         );
+        let ingest = stack.url("ingest").to_owned();
+        start!(
+            stack,
+            "labeler",
+            petrel_labeler,
+            env.args_without_store("petrel-labeler", &[])
+        );
+        let labeler = stack.url("labeler").to_owned();
         start!(
             stack,
             "trainer",
             petrel_trainer,
-            env.args("petrel-trainer", &["--registry-url", &registry])
+            env.args(
+                "petrel-trainer",
+                &[
+                    "--registry-url",
+                    &registry,
+                    "--labeler-url",
+                    &labeler,
+                    "--ingest-url",
+                    &ingest
+                ]
+            )
         );
         start!(
             stack,
             "predictor",
             petrel_predictor,
             env.args("petrel-predictor", &["--registry-url", &registry])
-        );
-        start!(
-            stack,
-            "labeler",
-            petrel_labeler,
-            env.args_without_store("petrel-labeler", &[])
         );
         start!(
             stack,
@@ -409,5 +421,187 @@ async fn normal_traffic_over_twenty_windows_raises_no_drift_alert() {
         "other alerts: {:?}",
         heard.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>()
     );
+    stack.stop().await;
+}
+
+/// Penguins rows with their measurements shifted far from the training data.
+fn shifted(
+    rows: &[(Map<String, Value>, String)],
+    n: usize,
+    offset: usize,
+) -> Vec<(Map<String, Value>, String)> {
+    (0..n)
+        .map(|i| &rows[(i * 97 + offset) % rows.len()])
+        .map(|(f, s)| {
+            let mut f = f.clone();
+            for (col, delta) in [
+                ("bill_length_mm", 12.0),
+                ("flipper_length_mm", 25.0),
+                ("body_mass_g", 1500.0),
+            ] {
+                if let Some(x) = f.get(col).and_then(Value::as_f64) {
+                    f.insert(col.to_owned(), serde_json::json!(x + delta));
+                }
+            }
+            (f, s.clone())
+        })
+        .collect()
+}
+
+/// Closing the loop: drifted, labelled production traffic raises a drift alert; the trainer's
+/// retraining policy ingests the labelled rows as a new dataset version (lineage through
+/// ingest), trains on it, scores production on the new held-out rows too, and the new version
+/// takes production only because it wins there. A second alert inside the cool-down starts
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drift_retrains_on_labelled_production_data_and_promotes_only_a_winner() {
+    use serde_json::json;
+    let stack = Stack::start(&["--confirm-windows", "1"]).await;
+    let trainer = ApiClient::new(stack.url("trainer"));
+    let registry = RegistryClient::new(stack.url("registry"));
+    const LABELLED: usize = 200;
+    let policy: Value = trainer
+        .put(
+            "/v1/retraining/penguins",
+            &json!({
+                "mode": "recent",
+                "alerts": ["drift"],
+                "min_rows": LABELLED,
+                "max_rows": 5000,
+                "label_wait_seconds": 120,
+                "cooldown_seconds": 3600,
+            }),
+        )
+        .await
+        .expect("the policy is set");
+    assert_eq!(policy["mode"], "recent");
+    train_and_serve(&stack).await;
+    let mut alerts = stack.env.subscribe("alerts.>").await;
+
+    let drifted = shifted(&samples(), LABELLED, 1);
+    let served_accuracy = traffic(&stack, &drifted, "drifted").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let drift = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, alerts.next())
+            .await
+            .expect("a drift alert arrives")
+            .unwrap();
+        let alert = Envelope::<Alert>::from_bytes(&msg.payload).unwrap();
+        if alert.data.kind == AlertKind::Drift {
+            break alert;
+        }
+    };
+
+    // The retraining waits for the labels, ingests them, and the trainer trains on them.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let retraining = loop {
+        let h: Value = trainer
+            .get("/v1/retraining/penguins/history")
+            .await
+            .unwrap();
+        let mine = h["retrainings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["alert_id"] == json!(drift.id))
+            .cloned();
+        if let Some(r) = mine {
+            assert!(
+                ["collecting", "requested"].contains(&r["status"].as_str().unwrap()),
+                "{r}"
+            );
+            if r["status"] == "requested" {
+                break r;
+            }
+        }
+        assert!(Instant::now() < deadline, "no retraining: {h}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(retraining["rows"], LABELLED as i64, "{retraining}");
+    assert_eq!(retraining["dataset_version"], 2, "{retraining}");
+    let dataset_id = retraining["dataset_id"].clone();
+    let job = loop {
+        let jobs: Value = trainer.get("/v1/jobs").await.unwrap();
+        let job = jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["dataset_id"] == dataset_id)
+            .cloned();
+        if let Some(j) = job.filter(|j| j["status"] == "succeeded") {
+            break j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retraining job did not finish: {jobs}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+
+    // Its version was compared with production on the same, recent, labelled rows.
+    let version = job["model_version"].as_i64().unwrap() as i32;
+    assert_eq!(version, 2);
+    let v2 = registry.get_version("penguins", version).await.unwrap();
+    let d = v2.promotion.clone().expect("a decision");
+    assert_eq!(d.compared_on.as_deref(), Some("shared holdout"), "{d:?}");
+    assert_eq!(d.champion_version, Some(1));
+    let (candidate, champion) = (d.candidate.unwrap(), d.champion.unwrap());
+    assert_eq!(
+        d.promoted,
+        candidate >= champion + d.policy.margin,
+        "promoted exactly when it wins: {d:?}"
+    );
+    println!("retrained on {LABELLED} labelled rows: {}", d.reason);
+    // Here it wins: the old model never saw such measurements, the new one learnt them.
+    assert!(d.promoted, "{d:?}");
+    assert!(champion < 0.9 && candidate > champion, "{d:?}");
+    assert!(
+        served_accuracy < 0.9,
+        "served accuracy on drifted traffic {served_accuracy}"
+    );
+    let prod = registry
+        .get_alias("penguins", "production")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(prod.version, 2);
+    // Lineage: the run trained on the dataset ingest recorded.
+    let run = registry.get_run(v2.run_id).await.unwrap();
+    assert_eq!(run.params["dataset_id"], dataset_id.as_str().unwrap());
+    assert_eq!(run.params["dataset_version"], "2");
+
+    // Another alert inside the cool-down is recorded and starts nothing.
+    let bus = stack.env.bus_as("petrel/monitor").await;
+    let mut again = drift.data.clone();
+    again.episode_id = Some(uuid::Uuid::now_v7());
+    let env = bus.envelope(again);
+    bus.publish(&env).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let h: Value = trainer
+            .get("/v1/retraining/penguins/history")
+            .await
+            .unwrap();
+        let mine = h["retrainings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["alert_id"] == json!(env.id))
+            .cloned();
+        if let Some(r) = mine {
+            assert_eq!(r["status"], "suppressed", "{r}");
+            assert!(r["reason"].as_str().unwrap().contains("cool-down"), "{r}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second alert was not recorded: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let jobs: Value = trainer.get("/v1/jobs").await.unwrap();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 2, "{jobs}");
+
     stack.stop().await;
 }

@@ -63,3 +63,25 @@ pub struct LabelStats {
     /// used.
     pub unknown_after_secs: u64,
 }
+
+/// One labelled prediction with the features it was made from, as `GET /v1/labels/joined`
+/// lists them: what a retraining trains on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JoinedRow {
+    pub inference_id: String,
+    pub model_version: i32,
+    /// The request's row as the predictor received it.
+    pub features: serde_json::Map<String, serde_json::Value>,
+    /// The ground truth.
+    pub label: String,
+    pub predicted_class: String,
+    pub predicted_at: chrono::DateTime<chrono::Utc>,
+    pub labelled_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `GET /v1/labels/joined?model=NAME[&since=RFC3339][&limit=N]`: a model's labelled
+/// predictions, newest label first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JoinedRows {
+    pub rows: Vec<JoinedRow>,
+}

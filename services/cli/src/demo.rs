@@ -239,6 +239,8 @@ async fn start_services(a: &DemoArgs, bin_dir: &Path) -> anyhow::Result<Vec<Serv
             .env("PETREL_NATS_PREFIX", &a.nats_prefix)
             .env("PETREL_ARTIFACT_ROOT", &artifacts)
             .env("PETREL_REGISTRY_URL", url("registry"))
+            .env("PETREL_LABELER_URL", url("labeler"))
+            .env("PETREL_INGEST_URL", url("ingest"))
             .env(
                 format!("PETREL_{}_LISTEN", s.to_uppercase()),
                 format!("127.0.0.1:{}", ports[s]),
@@ -529,6 +531,48 @@ async fn drive(a: &DemoArgs, services: &mut [Service], deadline: Instant) -> any
     if resolved == 0 {
         println!(
             "(no alert resolved within 20 s; `petrel alerts list --open` shows what is still open)"
+        );
+    }
+
+    step("Closing the loop: retrain on labelled production data when drift is raised");
+    let trainer = ApiClient::new(service(services, "trainer"));
+    let rows = base.rows;
+    let policy: serde_json::Value = trainer
+        .put(
+            &format!("/v1/retraining/{}", promoted.model_name),
+            &serde_json::json!({
+                "mode": "recent", "alerts": ["drift"], "min_rows": rows, "max_rows": rows,
+                "label_wait_seconds": 60, "cooldown_seconds": 600,
+            }),
+        )
+        .await?;
+    println!("retraining policy: {policy}");
+    let mut again = drifted.clone();
+    again.seed = 17;
+    let sent = traffic::send(&again, &samples, "drifted again").await?;
+    println!(
+        "{} drifted rows sent, {} predicted correctly, {} labels posted",
+        sent.sent, sent.correct, sent.labelled
+    );
+    let until = deadline.min(Instant::now() + Duration::from_secs(120));
+    let next = loop {
+        match tokio::time::timeout(until.saturating_duration_since(Instant::now()), seen.recv())
+            .await
+        {
+            Ok(Some(Seen::Alert(al))) => println!("{}", crate::format_alert(&al)),
+            Ok(Some(Seen::Promoted(p))) if p.version > promoted.version => break p,
+            Ok(Some(Seen::Promoted(_))) => {}
+            _ => bail!(
+                "no retrained version was registered in time; trainer log:\n{}",
+                tail(&find(services, "trainer").log, 20)
+            ),
+        }
+    };
+    let v = registry.get_version(&next.model_name, next.version).await?;
+    if let Some(d) = &v.promotion {
+        println!(
+            "retrained {} v{} is now `{}`: {}",
+            next.model_name, next.version, next.alias, d.reason
         );
     }
     Ok(())

@@ -18,11 +18,13 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
-use petrel_api::labeler::{LabelStats, LabelsResponse};
+use petrel_api::labeler::{JoinedRow, JoinedRows, LabelStats, LabelsResponse};
 use petrel_events::Envelope;
 use petrel_events::consumer::BatchOutcome;
 use petrel_events::outbox;
-use petrel_events::payloads::{JoinedLabel, LabelsJoined, RawPredictionsLogged};
+use petrel_events::payloads::{
+    JoinedLabel, LabelsJoined, RawLoggedPrediction, RawPredictionsLogged,
+};
 use petrel_runtime::http::{ApiError, Json, Query};
 use serde::Deserialize;
 use sqlx::postgres::PgRow;
@@ -71,13 +73,14 @@ const UPSERT_LABELS: &str = "\
 const UPSERT_PREDICTIONS: &str = "\
     WITH up AS ( \
         INSERT INTO joins AS j (inference_id, model_name, model_version, predicted_class, \
-            predicted_at, received_at) \
-        SELECT id, m, v, c, t, now() \
-        FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[]) \
-            AS u(id, m, v, c, t) \
+            predicted_at, received_at, features) \
+        SELECT id, m, v, c, t, now(), f::jsonb \
+        FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[], \
+            $6::text[]) AS u(id, m, v, c, t, f) \
         ON CONFLICT (inference_id) DO UPDATE SET model_name = EXCLUDED.model_name, \
             model_version = EXCLUDED.model_version, predicted_class = EXCLUDED.predicted_class, \
-            predicted_at = EXCLUDED.predicted_at, received_at = EXCLUDED.received_at \
+            predicted_at = EXCLUDED.predicted_at, received_at = EXCLUDED.received_at, \
+            features = EXCLUDED.features \
         WHERE j.predicted_class IS NULL \
         RETURNING inference_id, label, labelled_at, model_name, model_version, \
             predicted_class, predicted_at) \
@@ -87,6 +90,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/labels", post(post_labels))
         .route("/v1/labels/stats", get(get_stats))
+        .route("/v1/labels/joined", get(get_joined))
         .with_state(state.clone());
     petrel_runtime::http::finish(
         api.merge(petrel_runtime::http::health_routes(state.infra.readiness())),
@@ -362,42 +366,95 @@ async fn store_predictions(
     if fresh.is_empty() {
         return Ok(0);
     }
-    let mut rows: Vec<(&str, &str, i32, &str, DateTime<Utc>)> = batch
+    // (event, prediction) pairs of the fresh events.
+    let mut rows: Vec<(&RawPredictionsLogged, &RawLoggedPrediction)> = batch
         .iter()
         .filter(|e| fresh.contains(&e.id))
-        .flat_map(|env| {
-            env.data.predictions.iter().map(|p| {
-                (
-                    p.inference_id.as_str(),
-                    env.data.model_name.as_str(),
-                    env.data.model_version,
-                    p.class.as_str(),
-                    p.predicted_at,
-                )
-            })
-        })
+        .flat_map(|env| env.data.predictions.iter().map(move |p| (&env.data, p)))
         .collect();
     // One row per id (an upsert may not touch a row twice), the first logged winning as it
     // would across batches; sorted, so rows are locked in the same order as by label requests.
-    rows.sort_by(|a, b| a.0.cmp(b.0));
-    rows.dedup_by(|later, first| later.0 == first.0);
-    let ids: Vec<&str> = rows.iter().map(|r| r.0).collect();
-    let models: Vec<&str> = rows.iter().map(|r| r.1).collect();
-    let versions: Vec<i32> = rows.iter().map(|r| r.2).collect();
-    let classes: Vec<&str> = rows.iter().map(|r| r.3).collect();
-    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.4).collect();
+    rows.sort_by(|a, b| a.1.inference_id.cmp(&b.1.inference_id));
+    rows.dedup_by(|later, first| later.1.inference_id == first.1.inference_id);
+    let ids: Vec<&str> = rows.iter().map(|r| r.1.inference_id.as_str()).collect();
+    let models: Vec<&str> = rows.iter().map(|r| r.0.model_name.as_str()).collect();
+    let versions: Vec<i32> = rows.iter().map(|r| r.0.model_version).collect();
+    let classes: Vec<&str> = rows.iter().map(|r| r.1.class.as_str()).collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.1.predicted_at).collect();
+    let features: Vec<&str> = rows.iter().map(|r| r.1.features.get()).collect();
     let completed = sqlx::query(UPSERT_PREDICTIONS)
         .bind(&ids)
         .bind(&models)
         .bind(&versions)
         .bind(&classes)
         .bind(&times)
+        .bind(&features)
         .fetch_all(&mut *tx)
         .await?;
     let joined = completed.iter().filter_map(joined_label).collect();
     let joined = announce(s, &mut tx, joined).await?;
     tx.commit().await?;
     Ok(joined)
+}
+
+#[derive(Deserialize)]
+struct JoinedQuery {
+    model: String,
+    since: Option<DateTime<Utc>>,
+    #[serde(default = "default_joined_limit")]
+    limit: i64,
+}
+
+fn default_joined_limit() -> i64 {
+    1000
+}
+
+/// Most rows one `GET /v1/labels/joined` answers with.
+pub const MAX_JOINED_ROWS: i64 = 100_000;
+
+/// A model's labelled predictions with their features, newest label first: the training data
+/// a retraining takes.
+async fn get_joined(
+    State(s): State<AppState>,
+    Query(q): Query<JoinedQuery>,
+) -> Result<Json<JoinedRows>, ApiError> {
+    if !(1..=MAX_JOINED_ROWS).contains(&q.limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_JOINED_ROWS}"
+        )));
+    }
+    if q.model.is_empty() || q.model.len() > 256 {
+        return Err(ApiError::bad_request("model must be 1 to 256 characters"));
+    }
+    let rows = sqlx::query(
+        "SELECT inference_id, model_version, features::text AS features, label, predicted_class, \
+         predicted_at, labelled_at FROM joins \
+         WHERE model_name = $1 AND label IS NOT NULL AND predicted_class IS NOT NULL \
+         AND features IS NOT NULL AND ($2::timestamptz IS NULL OR labelled_at >= $2) \
+         ORDER BY labelled_at DESC, inference_id LIMIT $3",
+    )
+    .bind(&q.model)
+    .bind(q.since)
+    .bind(q.limit)
+    .fetch_all(&s.infra.pool)
+    .await
+    .map_err(ApiError::internal)?;
+    let rows = rows
+        .iter()
+        .map(|r| -> Result<JoinedRow, ApiError> {
+            let text: String = r.get("features");
+            Ok(JoinedRow {
+                inference_id: r.get("inference_id"),
+                model_version: r.get("model_version"),
+                features: serde_json::from_str(&text).map_err(ApiError::internal)?,
+                label: r.get("label"),
+                predicted_class: r.get("predicted_class"),
+                predicted_at: r.get("predicted_at"),
+                labelled_at: r.get("labelled_at"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(JoinedRows { rows }))
 }
 
 async fn get_stats(State(s): State<AppState>) -> Result<Json<LabelStats>, ApiError> {

@@ -197,6 +197,28 @@ async fn joins_labels_to_predictions_logged_before_them() {
     let e = next_event::<LabelsJoined>(&mut joins).await;
     assert_eq!(joined(&e.data), [("z1", "Gentoo", "Adelie", false)]);
 
+    // The labelled predictions with their features, for retraining: newest label first.
+    let url = |q: &str| labeler.url(&format!("/v1/labels/joined?{q}"));
+    let (status, body) = send(http.get(url("model=penguins"))).await;
+    assert_eq!(status, 200, "{body}");
+    let rows: petrel_api::labeler::JoinedRows = serde_json::from_value(body).unwrap();
+    assert_eq!(rows.rows.len(), 4);
+    assert_eq!(rows.rows[0].inference_id, "z1");
+    assert_eq!(rows.rows[0].label, "Gentoo");
+    assert_eq!(rows.rows[0].predicted_class, "Adelie");
+    assert_eq!(rows.rows[0].features["bill_length_mm"], json!(40.1));
+    let mut ids: Vec<&str> = rows.rows.iter().map(|r| r.inference_id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["p1", "p2", "p3", "z1"]);
+    let (_, body) = send(http.get(url("model=penguins&limit=1"))).await;
+    assert_eq!(body["rows"].as_array().unwrap().len(), 1);
+    let (_, body) = send(http.get(url("model=other"))).await;
+    assert_eq!(body["rows"], json!([]));
+    let (status, body) = send(http.get(url("model=penguins&limit=0"))).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = send(http.get(url("limit=5"))).await;
+    assert_eq!(status, 400);
+
     labeler.stop().await;
     env.cleanup().await;
 }

@@ -1019,7 +1019,7 @@ async fn register(
 }
 
 /// Model names become path segments in the artifact store.
-fn sanitize(name: &str) -> String {
+pub(crate) fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {

@@ -7,6 +7,7 @@
 //! their idempotency key.
 
 mod jobs;
+mod retrain;
 mod routes;
 
 use std::sync::Arc;
@@ -44,6 +45,20 @@ pub struct Config {
         default_value = "http://127.0.0.1:8081"
     )]
     pub registry_url: String,
+    /// Base URL of the labeler: retraining reads labelled production rows from it.
+    #[arg(
+        long,
+        env = "PETREL_LABELER_URL",
+        default_value = "http://127.0.0.1:8085"
+    )]
+    pub labeler_url: String,
+    /// Base URL of ingest: retraining ingests its training set there, for lineage.
+    #[arg(
+        long,
+        env = "PETREL_INGEST_URL",
+        default_value = "http://127.0.0.1:8083"
+    )]
+    pub ingest_url: String,
     /// A registry token (`write` scope for the trainer, `read` for the others), needed when
     /// the registry runs with `--auth on`. Never logged.
     #[arg(long, env = "PETREL_REGISTRY_TOKEN", hide_env_values = true)]
@@ -160,6 +175,8 @@ pub struct AppState {
     pub infra: Infra,
     pub store: Arc<dyn ArtifactStore>,
     pub registry: RegistryClient,
+    pub labeler: petrel_api::ApiClient,
+    pub ingest: petrel_api::ApiClient,
     pub train: TrainConfig,
     pub tuning: Tuning,
 }
@@ -198,6 +215,8 @@ impl App {
                 infra,
                 store,
                 registry,
+                labeler: petrel_api::ApiClient::new(&config.labeler_url),
+                ingest: petrel_api::ApiClient::new(&config.ingest_url),
                 train,
                 tuning,
             },
@@ -236,6 +255,17 @@ impl App {
         tasks.spawn_consumer("requests", state.infra.bus.clone(), spec, move |env| {
             let state = state.clone();
             async move { jobs::on_training_requested(&state, env.data).await }
+        });
+        // Alerts, for models whose retraining policy asks for it.
+        let spec = ConsumerSpec {
+            ack_wait: Duration::from_secs(60),
+            batch: 1,
+            ..ConsumerSpec::durable("trainer-alerts", subjects::ALERTS)
+        };
+        let state = self.state.clone();
+        tasks.spawn_consumer("alerts", state.infra.bus.clone(), spec, move |env| {
+            let state = state.clone();
+            async move { retrain::on_alert(&state, env).await }
         });
         tasks.join().await
     }

@@ -4,6 +4,8 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+
+use crate::retrain::{self, RetrainingPolicy};
 use petrel_ml::{MAX_FOLDS, SweepSpec, TrainConfig};
 use petrel_runtime::http::{ApiError, Json, Path, Query};
 use serde::Deserialize;
@@ -18,6 +20,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs", get(list).post(create))
         .route("/v1/jobs/{id}", get(get_one))
         .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route(
+            "/v1/retraining/{model}",
+            get(get_retraining).put(put_retraining),
+        )
+        .route("/v1/retraining/{model}/history", get(retraining_history))
         .with_state(state.clone());
     petrel_runtime::http::finish(
         api.merge(petrel_runtime::http::health_routes(state.infra.readiness())),
@@ -205,6 +212,47 @@ async fn cancel(
         ))),
         Cancelled::NotFound => Err(ApiError::not_found(format!("job {id} does not exist"))),
     }
+}
+
+async fn get_retraining(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Json<RetrainingPolicy>, ApiError> {
+    check_name("model name", &model)?;
+    Ok(Json(
+        retrain::policy(&s, &model)
+            .await
+            .map_err(ApiError::internal)?,
+    ))
+}
+
+async fn put_retraining(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    Json(policy): Json<RetrainingPolicy>,
+) -> Result<Json<RetrainingPolicy>, ApiError> {
+    check_name("model name", &model)?;
+    policy.check().map_err(ApiError::invalid)?;
+    retrain::set_policy(&s, &model, &policy)
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(model.name = %model, mode = ?policy.mode, "retraining policy set");
+    Ok(Json(policy))
+}
+
+async fn retraining_history(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_name("model name", &model)?;
+    if !(1..=1000).contains(&q.limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    let rows = retrain::history(&s, &model, q.limit)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "retrainings": rows })))
 }
 
 #[cfg(test)]
