@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     HeldOut, LoadedModel, Metrics, MlError, MlpWeights, Preprocessor, ReferenceProfile, Schema,
-    TrainConfig,
+    Scorer, TrainConfig, Trees,
 };
 
 /// The newest bundle layout this build writes and reads; bumped on any incompatible change so
@@ -13,15 +13,22 @@ use crate::{
 /// Version 2 added hidden layers beyond the first (`weights.deeper`). A network of one hidden
 /// layer is still written as version 1, which every earlier build reads; a deeper one is
 /// version 2, which a version-1 build refuses rather than serving it without its extra layers.
-pub const BUNDLE_FORMAT_VERSION: u32 = 2;
+/// Version 3 holds gradient-boosted trees (`trees` instead of `weights`); MLP bundles are still
+/// written as 1 or 2.
+pub const BUNDLE_FORMAT_VERSION: u32 = 3;
 
 /// The oldest bundle layout this build reads.
 pub const MIN_BUNDLE_FORMAT_VERSION: u32 = 1;
 
-/// The version a bundle with these weights is written as: the oldest that can hold them.
+/// The version a bundle is written as: the oldest that can hold its model (MLP `weights`, or
+/// trees when `None`).
 #[must_use]
-pub fn format_version_for(weights: &MlpWeights) -> u32 {
-    if weights.deeper.is_empty() { 1 } else { 2 }
+pub fn format_version_for(weights: Option<&MlpWeights>) -> u32 {
+    match weights {
+        Some(w) if w.deeper.is_empty() => 1,
+        Some(_) => 2,
+        None => 3,
+    }
 }
 
 /// Everything needed to serve, audit and monitor one trained model.
@@ -49,8 +56,12 @@ pub struct ModelBundle {
     /// drift and its calibration for estimated accuracy. Absent in bundles written before it.
     #[serde(default)]
     pub held_out: Option<HeldOut>,
-    /// The trained network's parameters.
-    pub weights: MlpWeights,
+    /// The trained network's parameters (MLP bundles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<MlpWeights>,
+    /// The trained ensemble (gradient-boosted-tree bundles, format 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trees: Option<Trees>,
 }
 
 /// Just enough of a bundle to read its version before trusting the rest of the layout.
@@ -94,19 +105,40 @@ impl ModelBundle {
             self.schema.clone(),
             self.preprocessor.clone(),
             self.class_names.clone(),
-            self.weights.clone(),
+            self.scorer()?,
         ))
+    }
+
+    /// The model's parameters, whichever kind it is.
+    pub fn scorer(&self) -> Result<Scorer, MlError> {
+        match (&self.weights, &self.trees) {
+            (Some(w), None) => Ok(Scorer::Mlp(w.clone())),
+            (None, Some(t)) => Ok(Scorer::Trees(t.clone())),
+            _ => Err(MlError::Bundle(
+                "inconsistent model bundle: it must hold either network weights or trees".into(),
+            )),
+        }
+    }
+
+    /// What kind of model it holds.
+    pub fn kind(&self) -> crate::ModelKind {
+        if self.trees.is_some() {
+            crate::ModelKind::Gbt
+        } else {
+            crate::ModelKind::Mlp
+        }
     }
 
     /// Checks that the parts agree with each other, since serving a bundle whose shapes disagree
     /// would either panic or silently mispredict.
     fn check(&self) -> Result<(), MlError> {
         let bad = |m: String| Err(MlError::Bundle(format!("inconsistent model bundle: {m}")));
-        if self.format_version != format_version_for(&self.weights) {
+        let scorer = self.scorer()?;
+        let needed = format_version_for(self.weights.as_ref());
+        if self.format_version != needed {
             return bad(format!(
-                "format_version is {} but its network needs version {}",
-                self.format_version,
-                format_version_for(&self.weights)
+                "format_version is {} but its model needs version {needed}",
+                self.format_version
             ));
         }
         self.schema
@@ -121,7 +153,7 @@ impl ModelBundle {
         if !self.class_names.windows(2).all(|w| w[0] < w[1]) {
             return bad("class names are not sorted and unique".into());
         }
-        if let Err(m) = self.weights.validate() {
+        if let Err(m) = scorer.validate() {
             return bad(m);
         }
         if let Some(h) = &self.held_out {
@@ -135,17 +167,17 @@ impl ModelBundle {
                 return bad("a held-out confidence is outside [0, 1]".into());
             }
         }
-        if self.weights.inputs() != self.preprocessor.width() {
+        if scorer.inputs() != self.preprocessor.width() {
             return bad(format!(
-                "the network takes {} inputs but preprocessing produces {}",
-                self.weights.inputs(),
+                "the model takes {} inputs but preprocessing produces {}",
+                scorer.inputs(),
                 self.preprocessor.width()
             ));
         }
-        if self.weights.classes() != self.class_names.len() {
+        if scorer.classes() != self.class_names.len() {
             return bad(format!(
-                "the network has {} outputs for {} classes",
-                self.weights.classes(),
+                "the model has {} outputs for {} classes",
+                scorer.classes(),
                 self.class_names.len()
             ));
         }

@@ -53,6 +53,11 @@ impl Holdout {
         self.rows.is_empty()
     }
 
+    /// The held-out feature rows, in the table's schema.
+    pub fn rows(&self) -> &[FeatureRow] {
+        &self.rows
+    }
+
     /// Scores `model` on these rows. The model may have been trained on another schema: its
     /// features are looked up by name (each must be here, of the same kind), and a label it has
     /// no output for counts as a wrong answer with probability 0.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::train::argmax;
-use crate::{FeatureRow, MlError, MlpWeights, Preprocessor, Schema, row_from_json};
+use crate::{FeatureRow, MlError, Preprocessor, Schema, Scorer, row_from_json};
 
 /// One row's prediction.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,7 +28,7 @@ pub struct LoadedModel {
     schema: Schema,
     preprocessor: Preprocessor,
     class_names: Vec<String>,
-    weights: MlpWeights,
+    scorer: Scorer,
 }
 
 impl LoadedModel {
@@ -37,13 +37,13 @@ impl LoadedModel {
         schema: Schema,
         preprocessor: Preprocessor,
         class_names: Vec<String>,
-        weights: MlpWeights,
+        scorer: Scorer,
     ) -> LoadedModel {
         LoadedModel {
             schema,
             preprocessor,
             class_names,
-            weights,
+            scorer,
         }
     }
 
@@ -153,12 +153,12 @@ impl LoadedModel {
         let width = self.preprocessor.width();
         let classes = self.class_names.len();
         let mut x = vec![0.0f32; width];
-        let mut hidden = Vec::with_capacity(2 * self.weights.widest_hidden());
+        let mut hidden = Vec::with_capacity(self.scorer.scratch_len());
         let mut probs = vec![0.0f32; classes];
         for (i, row) in rows.iter().enumerate() {
             x.fill(0.0);
             self.preprocessor.transform_row_into(row.borrow(), &mut x);
-            self.weights.probabilities_into(&x, &mut hidden, &mut probs);
+            self.scorer.probabilities_into(&x, &mut hidden, &mut probs);
             if !accept(i, &x, &probs) {
                 return;
             }
@@ -180,7 +180,7 @@ impl LoadedModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Column, ColumnTransform, DenseLayer, Value};
+    use crate::{Column, ColumnTransform, DenseLayer, MlpWeights, Value};
 
     /// One numeric input, passed through unscaled to a hidden unit that multiplies it by 10,
     /// and two classes voting for and against it.
@@ -199,7 +199,7 @@ mod tests {
                 }],
             },
             vec!["neg".into(), "pos".into()],
-            MlpWeights {
+            Scorer::Mlp(MlpWeights {
                 hidden: DenseLayer {
                     inputs: 1,
                     outputs: 1,
@@ -213,7 +213,7 @@ mod tests {
                     weight: vec![-1.0, 1.0],
                     bias: vec![0.0, 0.0],
                 },
-            },
+            }),
         )
     }
 

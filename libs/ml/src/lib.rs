@@ -15,11 +15,13 @@ mod compare;
 mod csv_json;
 mod dataset;
 mod error;
+mod gbt;
 mod infer;
 mod model;
 mod package;
 mod preprocess;
 mod schema;
+mod scorer;
 mod split;
 mod train;
 mod tune;
@@ -34,14 +36,16 @@ pub use dataset::{
     row_from_json_str,
 };
 pub use error::MlError;
+pub use gbt::Trees;
 pub use infer::{LoadedModel, Prediction};
 pub use model::{DenseLayer, Mlp, MlpWeights};
 pub use package::{BUNDLE_FILE, MANIFEST_FILE, PackageManifest};
 pub use preprocess::{ColumnTransform, Preprocessor};
 pub use schema::{Column, ColumnKind, DatasetPurpose, Schema};
+pub use scorer::Scorer;
 pub use split::stratified_split;
 pub use train::{
-    HeldOut, Metrics, ReferenceProfile, Scores, Stop, TrainConfig, train_classifier,
+    HeldOut, Metrics, ModelKind, ReferenceProfile, Scores, Stop, TrainConfig, train_classifier,
     train_classifier_until,
 };
 pub use tune::{

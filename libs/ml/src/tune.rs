@@ -176,7 +176,7 @@ pub fn cross_validate(
             stop,
         )?;
         let val_x = fitted.preprocessor.transform(&data.rows(&val_idx));
-        let probs = fitted.weights.probabilities(&val_x);
+        let probs = fitted.scorer.probabilities(&val_x);
         scores.push(FoldScore {
             fold,
             scores: Scores::of(&probs, &data.labels_of(&val_idx), k),
@@ -209,6 +209,10 @@ pub struct SweepGrid {
     pub epochs: Vec<usize>,
     pub dropout: Vec<f64>,
     pub weight_decay: Vec<f64>,
+    /// Gradient-boosted trees: boosting rounds, tree depth and learning rate.
+    pub rounds: Vec<usize>,
+    pub max_depth: Vec<usize>,
+    pub eta: Vec<f64>,
 }
 
 /// A sweep: the grid, the folds each trial is cross-validated on, how many trials run at
@@ -243,12 +247,24 @@ impl SweepSpec {
     /// [`MlError::Training`] when the grid is empty of points, too large, or a point is not a
     /// valid configuration (the message names the trial and the setting).
     pub fn trials(&self, base: &TrainConfig) -> Result<Vec<TrainConfig>, MlError> {
-        fn axis<T: Clone>(values: &[T], keep: T) -> Vec<T> {
+        /// Every configuration of `out` with each of `values` set (none: `out` as it is).
+        fn expand<T: Copy>(
+            out: Vec<TrainConfig>,
+            values: &[T],
+            set: fn(&mut TrainConfig, T),
+        ) -> Vec<TrainConfig> {
             if values.is_empty() {
-                vec![keep]
-            } else {
-                values.to_vec()
+                return out;
             }
+            out.into_iter()
+                .flat_map(|c| {
+                    values.iter().map(move |&v| {
+                        let mut c = c.clone();
+                        set(&mut c, v);
+                        c
+                    })
+                })
+                .collect()
         }
         let g = &self.grid;
         let total = [
@@ -258,6 +274,9 @@ impl SweepSpec {
             g.epochs.len(),
             g.dropout.len(),
             g.weight_decay.len(),
+            g.rounds.len(),
+            g.max_depth.len(),
+            g.eta.len(),
         ]
         .iter()
         .map(|&n| n.max(1))
@@ -278,28 +297,17 @@ impl SweepSpec {
                 100 * MAX_TRIALS
             )));
         }
-        let mut out = Vec::with_capacity(total);
-        for &hidden_size in &axis(&g.hidden_size, base.hidden_size) {
-            for &depth in &axis(&g.depth, base.depth) {
-                for &learning_rate in &axis(&g.learning_rate, base.learning_rate) {
-                    for &epochs in &axis(&g.epochs, base.epochs) {
-                        for &dropout in &axis(&g.dropout, base.dropout) {
-                            for &weight_decay in &axis(&g.weight_decay, base.weight_decay) {
-                                out.push(TrainConfig {
-                                    hidden_size,
-                                    depth,
-                                    learning_rate,
-                                    epochs,
-                                    dropout,
-                                    weight_decay,
-                                    ..base.clone()
-                                });
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        // The first setting varies slowest.
+        let mut out = vec![base.clone()];
+        out = expand(out, &g.hidden_size, |c, v| c.hidden_size = v);
+        out = expand(out, &g.depth, |c, v| c.depth = v);
+        out = expand(out, &g.learning_rate, |c, v| c.learning_rate = v);
+        out = expand(out, &g.epochs, |c, v| c.epochs = v);
+        out = expand(out, &g.dropout, |c, v| c.dropout = v);
+        out = expand(out, &g.weight_decay, |c, v| c.weight_decay = v);
+        out = expand(out, &g.rounds, |c, v| c.rounds = v);
+        out = expand(out, &g.max_depth, |c, v| c.max_depth = v);
+        out = expand(out, &g.eta, |c, v| c.eta = v);
         if wanted < total {
             let mut rng = StdRng::seed_from_u64(base.seed ^ 0x5A3B);
             out.shuffle(&mut rng);

@@ -32,7 +32,7 @@ fn a_deeper_network_with_dropout_learns_and_serves_the_same_answers() {
         ..quick()
     };
     let bundle = train_classifier(&table, &config, &mut |_, _| {}).unwrap();
-    assert_eq!(bundle.weights.deeper.len(), 2);
+    assert_eq!(bundle.weights.as_ref().unwrap().deeper.len(), 2);
     assert!(bundle.metrics.test_accuracy >= 0.93, "{:?}", bundle.metrics);
     // Dropout masks come from the seed: the same config gives the same weights.
     let again = train_classifier(&table, &config, &mut |_, _| {}).unwrap();

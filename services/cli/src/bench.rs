@@ -17,6 +17,10 @@ pub enum Bench {
     Predict(PredictBench),
     /// In-process inference and training speed of the model code (no services needed).
     Model(ModelBench),
+    /// Training speed against scikit-learn and PyTorch (`scripts/bench-train.sh` runs those):
+    /// the penguins MLP fit, a 24-configuration 5-fold sweep, samples/s on 1,000,000 rows and
+    /// gradient-boosted trees. Prints one JSON object.
+    Train(crate::bench_train::TrainBench),
     /// The HTTP ceiling `scripts/bench-serve.sh` compares with: a bare axum handler that reads
     /// and parses the JSON body and answers a small fixed JSON, nothing else.
     Ceiling(CeilingBench),
@@ -83,6 +87,7 @@ pub async fn run(b: Bench) -> anyhow::Result<()> {
     match b {
         Bench::Predict(p) => predict(p).await,
         Bench::Model(m) => tokio::task::spawn_blocking(move || model(m)).await?,
+        Bench::Train(t) => tokio::task::spawn_blocking(move || crate::bench_train::run(t)).await?,
         Bench::Ceiling(c) => ceiling(c).await,
         Bench::Bodies(b) => bodies(b),
         Bench::Monitor(m) => crate::bench_monitor::run(m).await,

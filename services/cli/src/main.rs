@@ -4,6 +4,7 @@ mod alerts;
 mod batch;
 mod bench;
 mod bench_monitor;
+mod bench_train;
 mod demo;
 mod drift;
 mod package;

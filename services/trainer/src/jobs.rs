@@ -772,7 +772,18 @@ fn metric_map(trained: &Trained) -> BTreeMap<String, f64> {
 
 /// A configuration as run params.
 fn config_params(c: &TrainConfig) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut params = BTreeMap::from([("model_kind".to_owned(), c.kind.as_str().to_owned())]);
+    if c.kind == petrel_ml::ModelKind::Gbt {
+        params.extend([
+            ("rounds".to_owned(), c.rounds.to_string()),
+            ("max_depth".to_owned(), c.max_depth.to_string()),
+            ("eta".to_owned(), c.eta.to_string()),
+            ("test_fraction".to_owned(), c.test_fraction.to_string()),
+            ("seed".to_owned(), c.seed.to_string()),
+        ]);
+        return params;
+    }
+    params.extend([
         ("hidden_size".to_owned(), c.hidden_size.to_string()),
         ("depth".to_owned(), c.depth.to_string()),
         ("dropout".to_owned(), c.dropout.to_string()),
@@ -782,7 +793,8 @@ fn config_params(c: &TrainConfig) -> BTreeMap<String, String> {
         ("weight_decay".to_owned(), c.weight_decay.to_string()),
         ("test_fraction".to_owned(), c.test_fraction.to_string()),
         ("seed".to_owned(), c.seed.to_string()),
-    ])
+    ]);
+    params
 }
 
 fn points(metrics: &BTreeMap<String, f64>) -> Vec<MetricInput> {
@@ -877,7 +889,14 @@ async fn register(
     ]);
     let mut tags = BTreeMap::from([
         ("petrel.job_id".to_owned(), job.to_string()),
-        ("petrel.model_type".to_owned(), "burn-mlp".to_owned()),
+        (
+            "petrel.model_type".to_owned(),
+            match bundle.kind() {
+                petrel_ml::ModelKind::Mlp => "burn-mlp",
+                petrel_ml::ModelKind::Gbt => "forust-gbt",
+            }
+            .to_owned(),
+        ),
     ]);
     if let Some(cv) = &trained.cv {
         tags.insert("petrel.cv_split".to_owned(), cv.split.clone());
@@ -966,9 +985,17 @@ async fn register(
                 dataset_id: Some(data.dataset_id),
                 metrics: metrics.clone(),
                 description: Some(format!(
-                    "burn MLP ({} hidden layer(s) of {}) trained on {} v{}{}",
-                    bundle.config.depth,
-                    bundle.config.hidden_size,
+                    "{} trained on {} v{}{}",
+                    match bundle.kind() {
+                        petrel_ml::ModelKind::Mlp => format!(
+                            "burn MLP ({} hidden layer(s) of {})",
+                            bundle.config.depth, bundle.config.hidden_size
+                        ),
+                        petrel_ml::ModelKind::Gbt => format!(
+                            "gradient-boosted trees ({} rounds, depth {}, eta {})",
+                            bundle.config.rounds, bundle.config.max_depth, bundle.config.eta
+                        ),
+                    },
                     data.name,
                     data.version,
                     match trained.best {

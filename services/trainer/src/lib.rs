@@ -63,6 +63,18 @@ pub struct Config {
     /// the registry runs with `--auth on`. Never logged.
     #[arg(long, env = "PETREL_REGISTRY_TOKEN", hide_env_values = true)]
     pub registry_token: Option<petrel_runtime::config::Secret>,
+    /// The kind of model: `mlp` (a burn MLP) or `gbt` (gradient-boosted trees).
+    #[arg(long, env = "PETREL_TRAIN_KIND", default_value = "mlp", value_parser = parse_kind)]
+    pub kind: petrel_ml::ModelKind,
+    /// Gradient-boosted trees: boosting rounds.
+    #[arg(long, env = "PETREL_TRAIN_ROUNDS", default_value_t = TrainConfig::default().rounds)]
+    pub rounds: usize,
+    /// Gradient-boosted trees: the deepest a tree grows.
+    #[arg(long, env = "PETREL_TRAIN_MAX_DEPTH", default_value_t = TrainConfig::default().max_depth)]
+    pub max_depth: usize,
+    /// Gradient-boosted trees: the learning rate (XGBoost's eta).
+    #[arg(long, env = "PETREL_TRAIN_ETA", default_value_t = TrainConfig::default().eta)]
+    pub eta: f64,
     /// Width of each hidden layer of the MLP.
     #[arg(long, env = "PETREL_TRAIN_HIDDEN_SIZE", default_value_t = TrainConfig::default().hidden_size)]
     pub hidden_size: usize,
@@ -119,6 +131,10 @@ impl ServiceConfig for Config {
 impl Config {
     pub fn train_config(&self) -> TrainConfig {
         TrainConfig {
+            kind: self.kind,
+            rounds: self.rounds,
+            max_depth: self.max_depth,
+            eta: self.eta,
             hidden_size: self.hidden_size,
             depth: self.depth,
             dropout: self.dropout,
@@ -158,6 +174,14 @@ impl Config {
             cv_folds: self.cv_folds,
             sweep,
         })
+    }
+}
+
+fn parse_kind(s: &str) -> Result<petrel_ml::ModelKind, String> {
+    match s {
+        "mlp" => Ok(petrel_ml::ModelKind::Mlp),
+        "gbt" => Ok(petrel_ml::ModelKind::Gbt),
+        other => Err(format!("{other:?} is not a model kind; use mlp or gbt")),
     }
 }
 

@@ -645,6 +645,41 @@ async fn jobs_are_started_followed_and_cancelled_over_http() {
     assert_eq!(run.params["epochs"], "50");
     assert_eq!(run.params["hidden_size"], "16");
     assert_eq!(run.params["dataset_id"], data.dataset_id.to_string());
+    // Gradient-boosted trees through the same job API: same bundle, same registration, and
+    // the MLP in production scored on the trees' held-out rows.
+    let (status, job) = stack
+        .trainer_post(
+            "/v1/jobs",
+            json!({"dataset": "penguins-ref", "model_name": "from-api",
+                   "config": {"kind": "gbt", "rounds": 30, "max_depth": 3}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let trees = stack
+        .wait_job(job["id"].as_str().unwrap(), "succeeded")
+        .await;
+    assert_eq!(trees["model_version"], 2);
+    assert_eq!(trees["champion"]["version"], 1);
+    let v2 = stack.registry().get_version("from-api", 2).await.unwrap();
+    assert!(
+        v2.description
+            .as_deref()
+            .unwrap()
+            .starts_with("gradient-boosted trees (30 rounds, depth 3"),
+        "{v2:?}"
+    );
+    let d = v2.promotion.clone().unwrap();
+    assert_eq!(d.compared_on.as_deref(), Some("shared holdout"), "{d:?}");
+    let run = stack.registry().get_run(v2.run_id).await.unwrap();
+    assert_eq!(run.params["model_kind"], "gbt");
+    assert_eq!(run.params["rounds"], "30");
+    assert_eq!(run.tags["petrel.model_type"], "forust-gbt");
+    let path = v2.artifact_uri.strip_prefix("file://").unwrap();
+    let bundle = ModelBundle::from_bytes(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(bundle.kind(), petrel_ml::ModelKind::Gbt);
+    assert_eq!(bundle.metrics.test_accuracy, v2.metrics["test_accuracy"]);
+    bundle.load().expect("the trees load for serving");
+
     // Finished jobs cannot be cancelled.
     let (status, body) = stack
         .trainer_post(&format!("/v1/jobs/{id}/cancel"), json!({}))

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Training speed against scikit-learn and PyTorch on this machine's CPU, in one run: the
+# penguins MLP fit, a 24-configuration 5-fold cross-validated sweep, training samples/s on
+# 1,000,000 synthetic rows, and gradient-boosted trees on penguins (against scikit-learn's
+# HistGradientBoostingClassifier). Prints medians and ratios; results go in docs/benchmarks.md.
+#
+#   scripts/bench-train.sh              RUNS=5 ROWS=1000000 EPOCHS=5 CONCURRENCY=2
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+VENV=${BENCH_TRAIN_VENV:-/tmp/petrel-bench-train-venv}
+RUNS=${RUNS:-5}
+ROWS=${ROWS:-1000000}
+EPOCHS=${EPOCHS:-5}
+CONCURRENCY=${CONCURRENCY:-$(nproc)}
+
+[[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import sklearn, torch, pandas' 2>/dev/null \
+  || { "$PY" -m venv "$VENV"; "$VENV/bin/pip" install -q scikit-learn pandas torch; }
+cargo build --release -q --locked --bins  # the workspace: `-p` would re-resolve features and rebuild every dependency
+BIN=${CARGO_TARGET_DIR:-target}/release/petrel
+
+echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+petrel=$("$BIN" bench train --runs "$RUNS" --rows "$ROWS" --epochs "$EPOCHS" --concurrency "$CONCURRENCY")
+others=$("$VENV/bin/python" -W ignore scripts/bench_train.py data/penguins.csv "$RUNS" "$ROWS" "$EPOCHS" "$CONCURRENCY")
+"$VENV/bin/python" - "$petrel" "$others" <<'PY'
+import json, sys
+p, o = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(f"versions: {o['versions']}")
+def row(name, petrel, sk, pt, unit, higher=False):
+    f = (lambda a, b: a / b) if higher else (lambda a, b: b / a)
+    cells = [f"{name:<34}", f"petrel {petrel:>12.4g} {unit}", f"sklearn {sk:>12.4g}", f"({f(petrel, sk):.1f}x)"]
+    if pt is not None:
+        cells += [f"pytorch {pt:>12.4g}", f"({f(petrel, pt):.1f}x)"]
+    print("  ".join(cells))
+row("penguins MLP fit (median)", p["fit_s"], o["sklearn_fit_s"], o["torch_fit_s"], "s")
+row("24-config 5-fold sweep", p["sweep_s"], o["sklearn_sweep_s"], o["torch_sweep_s"], "s")
+row("throughput, 1M rows", p["throughput_samples_per_s"], o["sklearn_throughput_samples_per_s"], o["torch_throughput_samples_per_s"], "samples/s", higher=True)
+row("penguins GBT fit (median)", p["gbt_fit_s"], o["sklearn_gbt_fit_s"], None, "s")
+print(f"test accuracy: petrel MLP {p['fit_test_accuracy']:.4f}, sklearn {o['sklearn_fit_test_accuracy']:.4f}, pytorch {o['torch_fit_test_accuracy']:.4f}; "
+      f"sweep petrel {p['sweep_test_accuracy']:.4f}, sklearn {o['sklearn_sweep_test_accuracy']:.4f}, pytorch {o['torch_sweep_test_accuracy']:.4f}; "
+      f"GBT petrel {p['gbt_test_accuracy']:.4f}, sklearn {o['sklearn_gbt_test_accuracy']:.4f}; 1M-row MLP petrel {p['throughput_test_accuracy']:.4f}")
+print(json.dumps({"petrel": p, "others": o}))
+PY

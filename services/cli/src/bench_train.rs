@@ -1,0 +1,152 @@
+//! `petrel bench train`: the trainer's side of `scripts/bench-train.sh`, which runs the same
+//! measurements with scikit-learn and PyTorch in the same run. Prints one JSON object.
+//!
+//! - `fit`: the penguins MLP (32 hidden units, 200 full-batch Adam epochs), median of `--runs`.
+//! - `sweep`: 24 configurations, each 5-fold cross-validated, then the best retrained (the
+//!   trainer's sweep, `--concurrency` trials at once).
+//! - `throughput`: the same MLP on `--rows` synthetic rows (7 numeric features, 3 classes),
+//!   `--epochs` full-batch epochs: training samples per second.
+//! - `gbt`: gradient-boosted trees on penguins (100 rounds, depth 5, eta 0.3), median of runs.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use petrel_ml::{
+    Column, ModelKind, Schema, Stop, SweepGrid, SweepSpec, Table, TrainConfig, Value, parse_csv,
+    sweep, train_classifier,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+#[derive(clap::Args, Debug)]
+pub struct TrainBench {
+    #[arg(long, default_value = "data/penguins.csv")]
+    data: PathBuf,
+    /// Runs of each timed fit (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Synthetic rows for the throughput measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: usize,
+    /// Full-batch epochs for the throughput measurement.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Sweep trials trained at once.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Seven numeric features whose class means differ, with noise: separable but not trivially.
+pub fn synthetic(rows: usize, seed: u64) -> Table {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let features: Vec<Column> = (0..7).map(|i| Column::numeric(format!("x{i}"))).collect();
+    let mut out = Table {
+        schema: Schema {
+            features,
+            target: "y".into(),
+        },
+        rows: Vec::with_capacity(rows),
+        targets: Vec::with_capacity(rows),
+    };
+    for _ in 0..rows {
+        let class = rng.random_range(0..3usize);
+        out.rows.push(
+            (0..7)
+                .map(|j| {
+                    let centre = ((class * 7 + j) % 5) as f64 * 0.6;
+                    Some(Value::Num(centre + rng.random::<f64>() * 2.0 - 1.0))
+                })
+                .collect(),
+        );
+        out.targets.push(format!("c{class}"));
+    }
+    out
+}
+
+pub fn run(b: TrainBench) -> anyhow::Result<()> {
+    anyhow::ensure!(b.runs > 0, "--runs must be positive");
+    let bytes =
+        std::fs::read(&b.data).with_context(|| format!("cannot read {}", b.data.display()))?;
+    let penguins = parse_csv(&bytes, &Schema::penguins())?.table;
+
+    let mut fits = Vec::new();
+    let mut accuracy = 0.0;
+    for _ in 0..b.runs {
+        let s = Instant::now();
+        let bundle = train_classifier(&penguins, &TrainConfig::default(), &mut |_, _| {})?;
+        fits.push(s.elapsed().as_secs_f64());
+        accuracy = bundle.metrics.test_accuracy;
+    }
+
+    let spec = SweepSpec {
+        grid: SweepGrid {
+            hidden_size: vec![16, 32, 64],
+            learning_rate: vec![0.003, 0.01],
+            weight_decay: vec![0.0, 1e-4],
+            dropout: vec![0.0, 0.1],
+            ..SweepGrid::default()
+        },
+        folds: 5,
+        concurrency: b.concurrency,
+        samples: None,
+    };
+    let s = Instant::now();
+    let outcome = sweep(
+        &penguins,
+        &TrainConfig::default(),
+        &spec,
+        &|_| {},
+        &Stop::new(),
+    )?;
+    let sweep_s = s.elapsed().as_secs_f64();
+
+    let table = synthetic(b.rows, 7);
+    let config = TrainConfig {
+        epochs: b.epochs,
+        ..TrainConfig::default()
+    };
+    let s = Instant::now();
+    let bundle = train_classifier(&table, &config, &mut |_, _| {})?;
+    let throughput_s = s.elapsed().as_secs_f64();
+    let samples = (bundle.metrics.n_train * b.epochs) as f64;
+
+    let gbt = TrainConfig {
+        kind: ModelKind::Gbt,
+        ..TrainConfig::default()
+    };
+    let mut gbt_fits = Vec::new();
+    let mut gbt_accuracy = 0.0;
+    for _ in 0..b.runs {
+        let s = Instant::now();
+        let bundle = train_classifier(&penguins, &gbt, &mut |_, _| {})?;
+        gbt_fits.push(s.elapsed().as_secs_f64());
+        gbt_accuracy = bundle.metrics.test_accuracy;
+    }
+
+    println!(
+        "{}",
+        json!({
+            "fit_s": median(fits),
+            "fit_test_accuracy": accuracy,
+            "sweep_s": sweep_s,
+            "sweep_trials": outcome.trials.len(),
+            "sweep_best_cv_accuracy": outcome.trials[outcome.best].cv.accuracy.mean,
+            "sweep_test_accuracy": outcome.bundle.metrics.test_accuracy,
+            "throughput_rows": bundle.metrics.n_train,
+            "throughput_epochs": b.epochs,
+            "throughput_s": throughput_s,
+            "throughput_samples_per_s": samples / throughput_s,
+            "throughput_test_accuracy": bundle.metrics.test_accuracy,
+            "gbt_fit_s": median(gbt_fits),
+            "gbt_test_accuracy": gbt_accuracy,
+        })
+    );
+    Ok(())
+}
