@@ -7,6 +7,7 @@
 #   scripts/bench-registry.sh              # 2,000 runs for the search
 #   RUNS=10000 scripts/bench-registry.sh
 #   PETREL_ONLY=1 RUNS=100000 scripts/bench-registry.sh   # Petrel alone (MLflow would take hours to fill)
+#   UPLOAD_ONLY=1 ROUNDS=5 scripts/bench-registry.sh       # artifact uploads alone, both servers interleaved
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-2000}
@@ -41,6 +42,11 @@ echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $("$venv/bin/python
 # writers would meet "database is locked").
 # Between populating and searching, each database refreshes its planner statistics, as a
 # running one would (Postgres's autovacuum analyses, and is off on some development machines).
+if [ -n "${UPLOAD_ONLY:-}" ]; then
+  # Uploads alone, interleaved between the two servers with the ceilings (scripts/bench_upload.py).
+  PYTHONPATH=scripts "$venv/bin/python" scripts/bench_upload.py http://127.0.0.1:18381 http://127.0.0.1:18382 --scratch "$work" --rounds "${ROUNDS:-5}"
+  exit 0
+fi
 petrel=$("$venv/bin/python" scripts/bench_registry.py http://127.0.0.1:18381 --runs "$runs" --scratch "$work" --populate-threads 4 \
   --after-populate "psql -h 127.0.0.1 -U postgres -d petrel_bench_registry -qc ANALYZE")
 echo "petrel $petrel"
@@ -57,5 +63,6 @@ print(f"search over {p['runs']} runs p50: {p['search_ms_p50']:.1f} ms vs {m['sea
 if p.get("upload_mb_s"):
     print(f"artifact upload ({p['artifact_mb']} MB): {p['upload_mb_s']:.0f} MB/s vs {m['upload_mb_s']:.0f} MB/s = {p['upload_mb_s']/m['upload_mb_s']:.1f}x; "
           f"disk ceiling (write + fsync) {p['disk_mb_s']:.0f} MB/s, Petrel at {p['upload_mb_s']/p['disk_mb_s']:.0%} of it; "
-          f"loopback socket into a synced file {p['socket_disk_mb_s']:.0f} MB/s, Petrel at {p['upload_mb_s']/p['socket_disk_mb_s']:.0%} of it")
+          f"loopback socket into a synced file {p['socket_disk_mb_s']:.0f} MB/s, Petrel at {p['upload_mb_s']/p['socket_disk_mb_s']:.0%} of it; "
+          f"the same with the SHA-256 Petrel records {p['socket_disk_sha256_mb_s']:.0f} MB/s, Petrel at {p['upload_mb_s']/p['socket_disk_sha256_mb_s']:.0%} of it")
 PY

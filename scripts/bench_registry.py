@@ -9,7 +9,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import threading
@@ -124,47 +123,11 @@ search.sort()
 
 # Artifact upload through the proxy (`mlflow.log_artifact` with a tracking server), against
 # the disk's own speed: the same bytes written to a file on the same filesystem and synced,
-# as a server must before it answers 200 for a durable upload.
-def socket_to_disk(blob, scratch):
-    """Seconds for the same bytes to cross a loopback TCP connection into a synced file: the
-    ceiling of any HTTP upload on this machine, with no HTTP, no hashing and no server."""
-    done = []
-    path = os.path.join(scratch, "socket-ceiling.bin")
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-
-    def receive():
-        conn, _ = listener.accept()
-        buf = memoryview(bytearray(1 << 20))
-        left = len(blob)
-        with open(path, "wb") as f:
-            while left:
-                n = conn.recv_into(buf, min(len(buf), left))
-                if not n:
-                    break
-                f.write(buf[:n])
-                left -= n
-            f.flush()
-            os.fsync(f.fileno())
-        conn.sendall(b"ok")
-        conn.close()
-        done.append(time.perf_counter())
-
-    receiver = threading.Thread(target=receive)
-    receiver.start()
-    client = socket.create_connection(listener.getsockname())
-    t = time.perf_counter()
-    client.sendall(blob)
-    client.recv(2)
-    receiver.join()
-    client.close()
-    listener.close()
-    os.remove(path)
-    return done[0] - t
+# as a server must before it answers 200 for a durable upload (bench_registry_ceilings.py).
+from bench_registry_ceilings import socket_to_disk  # noqa: E402
 
 
-upload_mb_s = disk_mb_s = socket_disk_mb_s = None
+upload_mb_s = disk_mb_s = socket_disk_mb_s = socket_sha_mb_s = None
 if args.artifact_mb:
     blob = os.urandom(args.artifact_mb << 20)
     times, disk = [], []
@@ -190,6 +153,8 @@ if args.artifact_mb:
     disk_mb_s = args.artifact_mb / statistics.median(disk)
     socket_disk_mb_s = args.artifact_mb / statistics.median(
         socket_to_disk(blob, args.scratch) for _ in range(3))
+    socket_sha_mb_s = args.artifact_mb / statistics.median(
+        socket_to_disk(blob, args.scratch, checksum=True) for _ in range(3))
 
 print(json.dumps({
     "batched_points_per_s": statistics.median(rates),
@@ -203,4 +168,5 @@ print(json.dumps({
     "upload_mb_s": upload_mb_s,
     "disk_mb_s": disk_mb_s,
     "socket_disk_mb_s": socket_disk_mb_s,
+    "socket_disk_sha256_mb_s": socket_sha_mb_s,
 }))

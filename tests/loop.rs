@@ -265,22 +265,7 @@ async fn csv_to_alert() {
     );
 
     // drifted traffic: shifted measurements must raise a drift alert
-    let drifted: Vec<_> = spread(1)
-        .map(|i| &rows[i])
-        .map(|(f, s)| {
-            let mut f = f.clone();
-            for (col, delta) in [
-                ("bill_length_mm", 12.0),
-                ("flipper_length_mm", 25.0),
-                ("body_mass_g", 1500.0),
-            ] {
-                if let Some(x) = f.get(col).and_then(Value::as_f64) {
-                    f.insert(col.to_owned(), serde_json::json!(x + delta));
-                }
-            }
-            (f, s.clone())
-        })
-        .collect();
+    let drifted = shifted(&rows, 90, 1);
     traffic(&stack, &drifted, "drifted").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let drift = loop {

@@ -465,13 +465,7 @@ pub(crate) fn fit(
     let pick_labels = |idx: &[usize]| idx.iter().map(|&i| labels[i]).collect::<Vec<_>>();
     let fit_rows = pick_rows(&fit_idx);
     let fit_labels = pick_labels(&fit_idx);
-    let preprocessor = Preprocessor::fit(schema, &fit_rows)?;
-    let width = preprocessor.width();
-    if width == 0 {
-        return Err(MlError::Training(
-            "no usable features: every feature column is empty in the training split".into(),
-        ));
-    }
+    let (preprocessor, width) = fit_preprocessor(schema, &fit_rows)?;
     let validation = (!val_idx.is_empty()).then(|| {
         (
             preprocessor.transform(&pick_rows(&val_idx)),
@@ -580,6 +574,21 @@ pub(crate) fn fit(
     })
 }
 
+/// Preprocessing fitted on `rows`, and its width, refusing one that leaves no input.
+fn fit_preprocessor(
+    schema: &Schema,
+    rows: &[FeatureRow],
+) -> Result<(Preprocessor, usize), MlError> {
+    let preprocessor = Preprocessor::fit(schema, rows)?;
+    let width = preprocessor.width();
+    if width == 0 {
+        return Err(MlError::Training(
+            "no usable features: every feature column is empty in the training split".into(),
+        ));
+    }
+    Ok((preprocessor, width))
+}
+
 /// Fits preprocessing and gradient-boosted trees on `rows`. `progress` hears of each booster
 /// fitted (as "epoch" `i` of one per class), with the training log loss so far.
 fn fit_trees(
@@ -591,13 +600,7 @@ fn fit_trees(
     progress: &mut dyn FnMut(usize, f64),
     stop: &Stop,
 ) -> Result<Fitted, MlError> {
-    let preprocessor = Preprocessor::fit(schema, rows)?;
-    let width = preprocessor.width();
-    if width == 0 {
-        return Err(MlError::Training(
-            "no usable features: every feature column is empty in the training split".into(),
-        ));
-    }
+    let (preprocessor, width) = fit_preprocessor(schema, rows)?;
     let x = preprocessor.transform(rows);
     let trees = crate::Trees::fit(&x, width, labels, classes, config, stop)?;
     let loss = log_loss(&trees.probabilities(&x), labels, classes);

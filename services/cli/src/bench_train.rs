@@ -36,11 +36,23 @@ pub struct TrainBench {
     /// Sweep trials trained at once.
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
+    /// Run only the throughput measurement (for profiling it alone).
+    #[arg(long)]
+    throughput_only: bool,
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
+/// The median seconds of `runs` trainings, and the test accuracy they reach.
+fn median_fit(table: &Table, config: &TrainConfig, runs: usize) -> anyhow::Result<(f64, f64)> {
+    let mut secs = Vec::with_capacity(runs);
+    let mut accuracy = 0.0;
+    for _ in 0..runs {
+        let s = Instant::now();
+        let bundle = train_classifier(table, config, &mut |_, _| {})?;
+        secs.push(s.elapsed().as_secs_f64());
+        accuracy = bundle.metrics.test_accuracy;
+    }
+    secs.sort_by(f64::total_cmp);
+    Ok((secs[secs.len() / 2], accuracy))
 }
 
 /// Seven numeric features whose class means differ, with noise: separable but not trivially.
@@ -72,18 +84,29 @@ pub fn synthetic(rows: usize, seed: u64) -> Table {
 
 pub fn run(b: TrainBench) -> anyhow::Result<()> {
     anyhow::ensure!(b.runs > 0, "--runs must be positive");
+    if b.throughput_only {
+        let table = synthetic(b.rows, 7);
+        let config = TrainConfig {
+            epochs: b.epochs,
+            ..TrainConfig::default()
+        };
+        let s = Instant::now();
+        let bundle = train_classifier(&table, &config, &mut |_, _| {})?;
+        let secs = s.elapsed().as_secs_f64();
+        println!(
+            "{}",
+            json!({
+                "throughput_s": secs,
+                "throughput_samples_per_s": (bundle.metrics.n_train * b.epochs) as f64 / secs,
+            })
+        );
+        return Ok(());
+    }
     let bytes =
         std::fs::read(&b.data).with_context(|| format!("cannot read {}", b.data.display()))?;
     let penguins = parse_csv(&bytes, &Schema::penguins())?.table;
 
-    let mut fits = Vec::new();
-    let mut accuracy = 0.0;
-    for _ in 0..b.runs {
-        let s = Instant::now();
-        let bundle = train_classifier(&penguins, &TrainConfig::default(), &mut |_, _| {})?;
-        fits.push(s.elapsed().as_secs_f64());
-        accuracy = bundle.metrics.test_accuracy;
-    }
+    let (fit_s, accuracy) = median_fit(&penguins, &TrainConfig::default(), b.runs)?;
 
     let spec = SweepSpec {
         grid: SweepGrid {
@@ -121,19 +144,12 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
         kind: ModelKind::Gbt,
         ..TrainConfig::default()
     };
-    let mut gbt_fits = Vec::new();
-    let mut gbt_accuracy = 0.0;
-    for _ in 0..b.runs {
-        let s = Instant::now();
-        let bundle = train_classifier(&penguins, &gbt, &mut |_, _| {})?;
-        gbt_fits.push(s.elapsed().as_secs_f64());
-        gbt_accuracy = bundle.metrics.test_accuracy;
-    }
+    let (gbt_fit_s, gbt_accuracy) = median_fit(&penguins, &gbt, b.runs)?;
 
     println!(
         "{}",
         json!({
-            "fit_s": median(fits),
+            "fit_s": fit_s,
             "fit_test_accuracy": accuracy,
             "sweep_s": sweep_s,
             "sweep_trials": outcome.trials.len(),
@@ -144,7 +160,7 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
             "throughput_s": throughput_s,
             "throughput_samples_per_s": samples / throughput_s,
             "throughput_test_accuracy": bundle.metrics.test_accuracy,
-            "gbt_fit_s": median(gbt_fits),
+            "gbt_fit_s": gbt_fit_s,
             "gbt_test_accuracy": gbt_accuracy,
         })
     );

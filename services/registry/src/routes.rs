@@ -87,20 +87,10 @@ const MAX_VERSION_METRICS: usize = 1000;
 const MAX_METRIC_KEY: usize = 256;
 
 fn check_name(what: &str, name: &str) -> Result<()> {
-    if name.trim().is_empty()
-        || name.trim() != name
-        || name.len() > 256
-        || name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c.is_control() || c == '/' || c == '\\')
-    {
-        return Err(Error::Invalid(format!(
-            "{what} must be 1 to 256 characters without '/', '\\', control characters or surrounding spaces, and not '.' or '..'"
-        )));
+    match petrel_api::name_problem(what, name) {
+        Some(problem) => Err(Error::Invalid(problem)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// An artifact URI: `file:///absolute/path` or `s3://bucket/key`, with no `.` or `..` segment

@@ -124,20 +124,10 @@ pub fn plan_for(base: &TrainConfig, base_folds: usize, req: &CreateJob) -> Resul
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
-    if name.trim().is_empty()
-        || name.trim() != name
-        || name.len() > 256
-        || name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c.is_control() || c == '/' || c == '\\')
-    {
-        return Err(ApiError::invalid(format!(
-            "{what} must be 1 to 256 characters without '/', '\\', control characters or surrounding spaces, and not '.' or '..'"
-        )));
+    match petrel_api::name_problem(what, name) {
+        Some(problem) => Err(ApiError::invalid(problem)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 async fn create(
