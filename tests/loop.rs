@@ -433,6 +433,21 @@ fn shifted(
         .collect()
 }
 
+/// The trainer's retraining history of penguins, and its entry for `alert`.
+async fn retraining_of(trainer: &ApiClient, alert: uuid::Uuid) -> (Value, Option<Value>) {
+    let h: Value = trainer
+        .get("/v1/retraining/penguins/history")
+        .await
+        .unwrap();
+    let mine = h["retrainings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["alert_id"] == serde_json::json!(alert))
+        .cloned();
+    (h, mine)
+}
+
 /// Closing the loop: drifted, labelled production traffic raises a drift alert; the trainer's
 /// retraining policy ingests the labelled rows as a new dataset version (lineage through
 /// ingest), trains on it, scores production on the new held-out rows too, and the new version
@@ -481,16 +496,7 @@ async fn drift_retrains_on_labelled_production_data_and_promotes_only_a_winner()
     // The retraining waits for the labels, ingests them, and the trainer trains on them.
     let deadline = Instant::now() + Duration::from_secs(120);
     let retraining = loop {
-        let h: Value = trainer
-            .get("/v1/retraining/penguins/history")
-            .await
-            .unwrap();
-        let mine = h["retrainings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["alert_id"] == json!(drift.id))
-            .cloned();
+        let (h, mine) = retraining_of(&trainer, drift.id).await;
         if let Some(r) = mine {
             assert!(
                 ["collecting", "requested"].contains(&r["status"].as_str().unwrap()),
@@ -564,16 +570,7 @@ async fn drift_retrains_on_labelled_production_data_and_promotes_only_a_winner()
     bus.publish(&env).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let h: Value = trainer
-            .get("/v1/retraining/penguins/history")
-            .await
-            .unwrap();
-        let mine = h["retrainings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["alert_id"] == json!(env.id))
-            .cloned();
+        let (h, mine) = retraining_of(&trainer, env.id).await;
         if let Some(r) = mine {
             assert_eq!(r["status"], "suppressed", "{r}");
             assert!(r["reason"].as_str().unwrap().contains("cool-down"), "{r}");

@@ -41,6 +41,18 @@ pub struct TrainBench {
     throughput_only: bool,
 }
 
+/// Seconds to train the default MLP for `epochs` on `rows` synthetic rows, and the bundle.
+fn throughput(rows: usize, epochs: usize) -> anyhow::Result<(f64, petrel_ml::ModelBundle)> {
+    let table = synthetic(rows, 7);
+    let config = TrainConfig {
+        epochs,
+        ..TrainConfig::default()
+    };
+    let s = Instant::now();
+    let bundle = train_classifier(&table, &config, &mut |_, _| {})?;
+    Ok((s.elapsed().as_secs_f64(), bundle))
+}
+
 /// The median seconds of `runs` trainings, and the test accuracy they reach.
 fn median_fit(table: &Table, config: &TrainConfig, runs: usize) -> anyhow::Result<(f64, f64)> {
     let mut secs = Vec::with_capacity(runs);
@@ -85,14 +97,7 @@ pub fn synthetic(rows: usize, seed: u64) -> Table {
 pub fn run(b: TrainBench) -> anyhow::Result<()> {
     anyhow::ensure!(b.runs > 0, "--runs must be positive");
     if b.throughput_only {
-        let table = synthetic(b.rows, 7);
-        let config = TrainConfig {
-            epochs: b.epochs,
-            ..TrainConfig::default()
-        };
-        let s = Instant::now();
-        let bundle = train_classifier(&table, &config, &mut |_, _| {})?;
-        let secs = s.elapsed().as_secs_f64();
+        let (secs, bundle) = throughput(b.rows, b.epochs)?;
         println!(
             "{}",
             json!({
@@ -130,14 +135,7 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
     )?;
     let sweep_s = s.elapsed().as_secs_f64();
 
-    let table = synthetic(b.rows, 7);
-    let config = TrainConfig {
-        epochs: b.epochs,
-        ..TrainConfig::default()
-    };
-    let s = Instant::now();
-    let bundle = train_classifier(&table, &config, &mut |_, _| {})?;
-    let throughput_s = s.elapsed().as_secs_f64();
+    let (throughput_s, bundle) = throughput(b.rows, b.epochs)?;
     let samples = (bundle.metrics.n_train * b.epochs) as f64;
 
     let gbt = TrainConfig {
