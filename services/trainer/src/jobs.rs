@@ -70,25 +70,16 @@ pub const JOB_COLUMNS: &str = "id, event_id, dataset_id, dataset_name, model_nam
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Plan {
     pub config: TrainConfig,
-    #[serde(default)]
-    pub cv_folds: usize,
-    #[serde(default)]
-    pub sweep: Option<petrel_ml::SweepSpec>,
+    /// Stored flat: `cv_folds` and `sweep` beside `config`.
+    #[serde(flatten)]
+    pub tuning: Tuning,
 }
 
 impl Plan {
     pub fn of(config: &TrainConfig, tuning: &Tuning) -> Plan {
         Plan {
             config: config.clone(),
-            cv_folds: tuning.cv_folds,
-            sweep: tuning.sweep.clone(),
-        }
-    }
-
-    fn tuning(&self) -> Tuning {
-        Tuning {
-            cv_folds: self.cv_folds,
-            sweep: self.sweep.clone(),
+            tuning: tuning.clone(),
         }
     }
 }
@@ -160,25 +151,31 @@ pub async fn on_training_requested(
     state: &AppState,
     event: petrel_events::payloads::TrainingRequested,
 ) -> Outcome {
-    let row = sqlx::query_as::<_, (serde_json::Value,)>(
-        "SELECT dataset FROM training_jobs WHERE id = $1",
-    )
+    /// A job row with the dataset it trains on, read at once.
+    #[derive(sqlx::FromRow)]
+    struct Requested {
+        #[sqlx(flatten)]
+        job: Job,
+        dataset: serde_json::Value,
+    }
+    let found = sqlx::query_as::<_, Requested>(&format!(
+        "SELECT {JOB_COLUMNS}, dataset FROM training_jobs WHERE id = $1"
+    ))
     .bind(event.job_id)
     .fetch_optional(&state.infra.pool)
     .await;
-    let job = get_job(state, event.job_id).await;
-    let (row, job) = match (row, job) {
-        (Ok(Some(row)), Ok(Some(job))) => (row, job),
-        (Ok(None), _) | (_, Ok(None)) => {
+    let (dataset, job) = match found {
+        Ok(Some(r)) => (r.dataset, r.job),
+        Ok(None) => {
             tracing::warn!(job.id = %event.job_id, "a training request names no job here; acknowledging");
             return Outcome::Done;
         }
-        (Err(e), _) | (_, Err(e)) => {
+        Err(e) => {
             tracing::warn!(error = %e, "cannot read the requested job");
             return Outcome::Retry(Duration::from_secs(5));
         }
     };
-    let parsed = serde_json::from_value::<DataReady>(row.0).and_then(|data| {
+    let parsed = serde_json::from_value::<DataReady>(dataset).and_then(|data| {
         serde_json::from_value::<Plan>(job.plan.clone().unwrap_or_default()).map(|p| (data, p))
     });
     match parsed {
@@ -461,7 +458,7 @@ async fn run_job(
     // starts the same job again.
     let progress = Arc::new(Mutex::new(Progress::default()));
     let config = plan.config.clone();
-    let tuning = plan.tuning();
+    let tuning = plan.tuning.clone();
     let trials_total = match &tuning.sweep {
         Some(spec) => spec
             .trials(&config)

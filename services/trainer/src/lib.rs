@@ -187,7 +187,8 @@ fn parse_kind(s: &str) -> Result<petrel_ml::ModelKind, String> {
 
 /// How a job chooses its configuration: as configured (optionally cross-validated), or by a
 /// sweep.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Tuning {
     pub cv_folds: usize,
     pub sweep: Option<SweepSpec>,

@@ -118,8 +118,10 @@ pub fn plan_for(base: &TrainConfig, base_folds: usize, req: &CreateJob) -> Resul
     }
     Ok(Plan {
         config,
-        cv_folds,
-        sweep: req.sweep.clone(),
+        tuning: crate::Tuning {
+            cv_folds,
+            sweep: req.sweep.clone(),
+        },
     })
 }
 
@@ -275,7 +277,10 @@ mod tests {
         };
         assert!(plan_for(&base, 0, &folds).unwrap_err().contains("cv_folds"));
         assert_eq!(
-            plan_for(&base, 5, &CreateJob::default()).unwrap().cv_folds,
+            plan_for(&base, 5, &CreateJob::default())
+                .unwrap()
+                .tuning
+                .cv_folds,
             5
         );
     }
