@@ -2,9 +2,12 @@
 # Training speed against scikit-learn and PyTorch on this machine's CPU, in one run: the
 # penguins MLP fit, a 24-configuration 5-fold cross-validated sweep, training samples/s on
 # 1,000,000 synthetic rows, and gradient-boosted trees on penguins (against scikit-learn's
-# HistGradientBoostingClassifier). Prints medians and ratios; results go in docs/benchmarks.md.
+# HistGradientBoostingClassifier), and the review sentiment model: seconds from the generated
+# file to a trained, scored model at its test accuracy (against the same pipeline in
+# scikit-learn and PyTorch). Prints medians and ratios; results go in docs/benchmarks.md.
 #
 #   scripts/bench-train.sh              RUNS=5 ROWS=1000000 EPOCHS=5 CONCURRENCY=2
+#                                       TEXT_ROWS=5000 TEXT_EPOCHS=30 TEXT_ONLY=1 (text alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -13,19 +16,37 @@ RUNS=${RUNS:-5}
 ROWS=${ROWS:-1000000}
 EPOCHS=${EPOCHS:-5}
 CONCURRENCY=${CONCURRENCY:-$(nproc)}
+TEXT_ROWS=${TEXT_ROWS:-5000}
+TEXT_EPOCHS=${TEXT_EPOCHS:-30}
+TEXT_ONLY=${TEXT_ONLY:-}
 
 [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import sklearn, torch, pandas' 2>/dev/null \
   || { "$PY" -m venv "$VENV"; "$VENV/bin/pip" install -q scikit-learn pandas torch; }
 cargo build --release -q --locked --bins  # the workspace: `-p` would re-resolve features and rebuild every dependency
 BIN=${CARGO_TARGET_DIR:-target}/release/petrel
 
+REVIEWS=$(mktemp --suffix=.csv)
+trap 'rm -f "$REVIEWS"' EXIT
+"$BIN" reviews --rows "$TEXT_ROWS" --seed 1 --out "$REVIEWS"
+
 echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-petrel=$("$BIN" bench train --runs "$RUNS" --rows "$ROWS" --epochs "$EPOCHS" --concurrency "$CONCURRENCY")
-others=$("$VENV/bin/python" -W ignore scripts/bench_train.py data/penguins.csv "$RUNS" "$ROWS" "$EPOCHS" "$CONCURRENCY")
+petrel=$("$BIN" bench train --runs "$RUNS" --rows "$ROWS" --epochs "$EPOCHS" --concurrency "$CONCURRENCY" \
+  --text-data "$REVIEWS" --text-epochs "$TEXT_EPOCHS" ${TEXT_ONLY:+--text-only})
+others=$("$VENV/bin/python" -W ignore scripts/bench_train.py data/penguins.csv "$RUNS" "$ROWS" "$EPOCHS" "$CONCURRENCY" \
+  "$REVIEWS" "$TEXT_EPOCHS" ${TEXT_ONLY:+text-only})
 "$VENV/bin/python" - "$petrel" "$others" <<'PY'
 import json, sys
 p, o = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(f"versions: {o['versions']}")
+def text_line():
+    print(f"{'reviews: file to scored model':<34}  petrel {p['text_fit_s']:>12.4g} s  sklearn {o['sklearn_text_fit_s']:>12.4g}  "
+          f"({o['sklearn_text_fit_s'] / p['text_fit_s']:.1f}x)  pytorch {o['torch_text_fit_s']:>12.4g}  ({o['torch_text_fit_s'] / p['text_fit_s']:.1f}x)")
+    print(f"text test accuracy ({p['text_rows']} reviews, {p['text_epochs']} epochs): petrel {p['text_test_accuracy']:.4f}, "
+          f"sklearn {o['sklearn_text_test_accuracy']:.4f}, pytorch {o['torch_text_test_accuracy']:.4f}")
+if "fit_s" not in p:
+    text_line()
+    print(json.dumps({"petrel": p, "others": o}))
+    sys.exit(0)
 def row(name, petrel, sk, pt, unit, higher=False):
     f = (lambda a, b: a / b) if higher else (lambda a, b: b / a)
     cells = [f"{name:<34}", f"petrel {petrel:>12.4g} {unit}", f"sklearn {sk:>12.4g}", f"({f(petrel, sk):.1f}x)"]
@@ -39,5 +60,6 @@ row("penguins GBT fit (median)", p["gbt_fit_s"], o["sklearn_gbt_fit_s"], None, "
 print(f"test accuracy: petrel MLP {p['fit_test_accuracy']:.4f}, sklearn {o['sklearn_fit_test_accuracy']:.4f}, pytorch {o['torch_fit_test_accuracy']:.4f}; "
       f"sweep petrel {p['sweep_test_accuracy']:.4f}, sklearn {o['sklearn_sweep_test_accuracy']:.4f}, pytorch {o['torch_sweep_test_accuracy']:.4f}; "
       f"GBT petrel {p['gbt_test_accuracy']:.4f}, sklearn {o['sklearn_gbt_test_accuracy']:.4f}; 1M-row MLP petrel {p['throughput_test_accuracy']:.4f}")
+text_line()
 print(json.dumps({"petrel": p, "others": o}))
 PY

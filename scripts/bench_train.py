@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 from sklearn.neural_network import MLPClassifier
 
@@ -94,11 +95,59 @@ def timed(f, runs):
     return statistics.median(times), out
 
 
+def reviews(path):
+    """The review file as the trainer encodes it: one-hot product, then words and word pairs
+    hashed into 2,048 buckets with smoothed TF-IDF fitted on the training split, unit rows (the
+    hash is scikit-learn's signed MurmurHash3, not FNV, so collisions differ); stratified 80/20."""
+    df = pd.read_csv(path, keep_default_na=False)
+    y = (df["sentiment"] == "positive").to_numpy().astype(np.int64)
+    train, test = train_test_split(np.arange(len(df)), test_size=0.2, stratify=y, random_state=42)
+    hashing = HashingVectorizer(n_features=2048, ngram_range=(1, 2), alternate_sign=False, norm=None)
+    tfidf = TfidfTransformer()
+    text_train = tfidf.fit_transform(hashing.transform(df["review"].iloc[train]))
+    text_test = tfidf.transform(hashing.transform(df["review"].iloc[test]))
+    products = sorted(df["product"].iloc[train].unique())
+
+    def encode(idx, text):
+        onehot = np.stack([(df["product"].iloc[idx] == p).to_numpy(float) for p in products], 1)
+        return np.hstack([onehot, text.toarray()]).astype(np.float32)
+
+    return encode(train, text_train), y[train], encode(test, text_test), y[test]
+
+
+def text_bench(path, runs, epochs):
+    """Seconds from the file to a trained, scored text model (median of runs), per library."""
+    out = {}
+
+    def sk():
+        xtr, ytr, xte, yte = reviews(path)
+        return sk_mlp(len(xtr), epochs=epochs).fit(xtr, ytr).score(xte, yte)
+
+    def pt():
+        xtr, ytr, xte, yte = reviews(path)
+        m = torch_fit(xtr, ytr, epochs=epochs)
+        return torch_accuracy(m, xte, yte)
+
+    t, acc = timed(sk, runs)
+    out["sklearn_text_fit_s"], out["sklearn_text_test_accuracy"] = t, float(acc)
+    t, acc = timed(pt, runs)
+    out["torch_text_fit_s"], out["torch_text_test_accuracy"] = t, float(acc)
+    return out
+
+
 def main():
     data, runs, rows, epochs, concurrency = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    text = sys.argv[6] if len(sys.argv) > 6 else None
+    text_epochs = int(sys.argv[7]) if len(sys.argv) > 7 else 30
+    text_only = len(sys.argv) > 8 and sys.argv[8] == "text-only"
     torch.set_num_threads(os.cpu_count() or 1)
+    out = {"versions": {"sklearn": __import__("sklearn").__version__, "torch": torch.__version__}}
+    if text:
+        out.update(text_bench(text, runs, text_epochs))
+    if text_only:
+        print(json.dumps(out))
+        return
     xtr, ytr, xte, yte = penguins(data)
-    out = {}
 
     t, m = timed(lambda: sk_mlp(len(xtr)).fit(xtr, ytr), runs)
     out["sklearn_fit_s"], out["sklearn_fit_test_accuracy"] = t, float(m.score(xte, yte))
@@ -147,7 +196,6 @@ def main():
     t, m = timed(lambda: HistGradientBoostingClassifier(max_iter=100, max_depth=5, learning_rate=0.3,
                                                          early_stopping=False, random_state=42).fit(xtr, ytr), runs)
     out["sklearn_gbt_fit_s"], out["sklearn_gbt_test_accuracy"] = t, float(m.score(xte, yte))
-    out["versions"] = {"sklearn": __import__("sklearn").__version__, "torch": torch.__version__}
     print(json.dumps(out))
 
 

@@ -24,6 +24,8 @@ struct Stack {
     cancel: CancellationToken,
     /// In the order they started.
     services: Vec<Service>,
+    /// The model the predictor serves.
+    model: &'static str,
 }
 
 macro_rules! start {
@@ -41,10 +43,16 @@ impl Stack {
     /// Starts the six services on free ports (each after those it calls), sharing a fresh database, a fresh NATS namespace
     /// and a fresh artifact directory; the monitor has one-second windows and `monitor` flags.
     async fn start(monitor: &[&str]) -> Stack {
+        Stack::start_serving("penguins", &[], monitor).await
+    }
+
+    /// [`Stack::start`] with the predictor serving `model` and more `trainer` flags.
+    async fn start_serving(model: &'static str, trainer: &[&str], monitor: &[&str]) -> Stack {
         let mut stack = Stack {
             env: TestEnv::new().await,
             cancel: CancellationToken::new(),
             services: Vec::new(),
+            model,
         };
         let env = &stack.env;
 
@@ -73,23 +81,27 @@ impl Stack {
             stack,
             "trainer",
             petrel_trainer,
-            env.args(
-                "petrel-trainer",
-                &[
+            env.args("petrel-trainer", &{
+                let mut flags = vec![
                     "--registry-url",
                     &registry,
                     "--labeler-url",
                     &labeler,
                     "--ingest-url",
-                    &ingest
-                ]
-            )
+                    &ingest,
+                ];
+                flags.extend_from_slice(trainer);
+                flags
+            })
         );
         start!(
             stack,
             "predictor",
             petrel_predictor,
-            env.args("petrel-predictor", &["--registry-url", &registry])
+            env.args(
+                "petrel-predictor",
+                &["--registry-url", &registry, "--model-name", model]
+            )
         );
         start!(
             stack,
@@ -161,7 +173,7 @@ async fn traffic(stack: &Stack, rows: &[(Map<String, Value>, String)], tag: &str
             .iter()
             .zip(chunk)
             .map(|(p, (_, species))| {
-                assert_eq!(p.model_name, "penguins");
+                assert_eq!(p.model_name, stack.model);
                 let total: f32 = p.probabilities.values().sum();
                 assert!((total - 1.0).abs() < 1e-3, "probabilities sum to {total}");
                 if &p.class == species {
@@ -199,6 +211,7 @@ async fn csv_to_alert() {
                 schema: petrel_ml::Schema::penguins(),
                 csv: Some(penguins_csv()),
                 path: None,
+                generate: None,
                 purpose: Default::default(),
             },
         )
@@ -303,6 +316,7 @@ async fn train_and_serve(stack: &Stack) {
                 schema: petrel_ml::Schema::penguins(),
                 csv: Some(penguins_csv()),
                 path: None,
+                generate: None,
                 purpose: Default::default(),
             },
         )
@@ -585,5 +599,137 @@ async fn drift_retrains_on_labelled_production_data_and_promotes_only_a_winner()
     let jobs: Value = trainer.get("/v1/jobs").await.unwrap();
     assert_eq!(jobs["jobs"].as_array().unwrap().len(), 2, "{jobs}");
 
+    stack.stop().await;
+}
+
+/// Labelled generated reviews as request features and their sentiment.
+fn review_rows(spec: &petrel_ml::ReviewSpec) -> Vec<(Map<String, Value>, String)> {
+    let csv = petrel_ml::generate_reviews(spec).unwrap();
+    petrel_ml::csv_to_json_rows(csv.as_bytes())
+        .unwrap()
+        .rows
+        .into_iter()
+        .map(|row| {
+            let mut features = row.unwrap();
+            let Some(Value::String(label)) = features.remove("sentiment") else {
+                panic!("a generated review has a sentiment")
+            };
+            (features, label)
+        })
+        .collect()
+}
+
+/// The text model through the services: ingest generates a review feed, the trainer fits
+/// hashed TF-IDF and an MLP head, the registry promotes it, the predictor serves raw text, and
+/// a vocabulary shift in production traffic raises a drift alert on the text column's derived
+/// features while same-kind traffic raises none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_text_model_is_trained_served_and_watched_for_vocabulary_drift() {
+    let stack =
+        Stack::start_serving("reviews", &["--epochs", "30"], &["--confirm-windows", "1"]).await;
+    let mut alerts = stack.env.subscribe("alerts.>").await;
+    let mut promoted = stack.env.subscribe("model.promoted").await;
+    let ingest = ApiClient::new(stack.url("ingest"));
+    let resp: IngestResponse = ingest
+        .post(
+            "/v1/datasets",
+            &IngestRequest {
+                name: "reviews".into(),
+                schema: petrel_ml::Schema::reviews(),
+                csv: None,
+                path: None,
+                generate: Some(petrel_api::ingest::Generator::Reviews(
+                    petrel_ml::ReviewSpec::new(1500, 1),
+                )),
+                purpose: Default::default(),
+            },
+        )
+        .await
+        .expect("ingest");
+    assert_eq!(resp.dataset.row_count, 1500);
+
+    let msg = tokio::time::timeout(Duration::from_secs(120), promoted.next())
+        .await
+        .expect("a model is promoted")
+        .unwrap();
+    let event = Envelope::<ModelPromoted>::from_bytes(&msg.payload).unwrap();
+    assert_eq!(event.data.model_name, "reviews");
+    let registry = RegistryClient::new(stack.url("registry"));
+    let production = registry
+        .get_alias("reviews", "production")
+        .await
+        .unwrap()
+        .expect("alias set");
+    let accuracy = production.metrics["test_accuracy"];
+    assert!(accuracy > 0.85, "test accuracy {accuracy}");
+    let run = registry.get_run(production.run_id).await.unwrap();
+    assert_eq!(run.params["text_buckets"], "2048");
+    assert_eq!(run.params["text_ngrams"], "2");
+
+    let predictor = ApiClient::new(stack.url("predictor"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(m) = predictor.get::<ServedModel>("/v1/model").await {
+            assert_eq!(m.model_version, production.version);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the predictor never loaded the model"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A text value of the wrong type is a 4xx naming the column, as for any column.
+    let bad: Result<PredictResponse, _> = predictor
+        .post(
+            "/v1/predict",
+            &serde_json::json!({"rows": [{"features": {"product": "phone", "review": [1, 2]}}]}),
+        )
+        .await;
+    let err = bad.unwrap_err().to_string();
+    assert!(err.contains("review"), "{err}");
+
+    let normal = review_rows(&petrel_ml::ReviewSpec::new(90, 2));
+    let acc = traffic(&stack, &normal, "normal").await;
+    assert!(acc > 0.8, "accuracy on normal traffic {acc}");
+    let monitor = ApiClient::new(stack.url("monitor"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let list: ReportList = monitor.get("/v1/reports").await.unwrap();
+        if let Some(r) = list.reports.last() {
+            break r.clone();
+        }
+        assert!(Instant::now() < deadline, "no report for normal traffic");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        !first.alerts.iter().any(|a| a == "drift"),
+        "normal reviews raised drift: {first:?}"
+    );
+
+    let slang = review_rows(&petrel_ml::ReviewSpec {
+        shift: 0.8,
+        ..petrel_ml::ReviewSpec::new(90, 3)
+    });
+    let acc_shifted = traffic(&stack, &slang, "slang").await;
+    assert!(acc_shifted < acc, "{acc_shifted} vs {acc}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let drift = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, alerts.next())
+            .await
+            .expect("an alert arrives on alerts.>")
+            .unwrap();
+        let alert = Envelope::<Alert>::from_bytes(&msg.payload).expect("a well-formed alert");
+        if alert.data.kind == AlertKind::Drift {
+            break alert.data;
+        }
+    };
+    assert_eq!(drift.model_name, "reviews");
+    let names = drift.details["drifted_features"].as_array().unwrap();
+    assert!(
+        names.iter().any(|n| n == "review.oov_share") && names.iter().any(|n| n == "review.tokens"),
+        "{names:?}"
+    );
     stack.stop().await;
 }

@@ -14,16 +14,24 @@ use crate::{
 /// layer is still written as version 1, which every earlier build reads; a deeper one is
 /// version 2, which a version-1 build refuses rather than serving it without its extra layers.
 /// Version 3 holds gradient-boosted trees (`trees` instead of `weights`); MLP bundles are still
-/// written as 1 or 2.
-pub const BUNDLE_FORMAT_VERSION: u32 = 3;
+/// written as 1 or 2. Version 4 has a text column (hashed TF-IDF preprocessing and a text
+/// reference), whatever its model.
+pub const BUNDLE_FORMAT_VERSION: u32 = 4;
 
 /// The oldest bundle layout this build reads.
 pub const MIN_BUNDLE_FORMAT_VERSION: u32 = 1;
 
-/// The version a bundle is written as: the oldest that can hold its model (MLP `weights`, or
-/// trees when `None`).
+/// The version a bundle is written as: the oldest that can hold its schema and its model (MLP
+/// `weights`, or trees when `None`).
 #[must_use]
-pub fn format_version_for(weights: Option<&MlpWeights>) -> u32 {
+pub fn format_version_for(schema: &Schema, weights: Option<&MlpWeights>) -> u32 {
+    if schema
+        .features
+        .iter()
+        .any(|c| c.kind == crate::ColumnKind::Text)
+    {
+        return 4;
+    }
     match weights {
         Some(w) if w.deeper.is_empty() => 1,
         Some(_) => 2,
@@ -134,7 +142,7 @@ impl ModelBundle {
     fn check(&self) -> Result<(), MlError> {
         let bad = |m: String| Err(MlError::Bundle(format!("inconsistent model bundle: {m}")));
         let scorer = self.scorer()?;
-        let needed = format_version_for(self.weights.as_ref());
+        let needed = format_version_for(&self.schema, self.weights.as_ref());
         if self.format_version != needed {
             return bad(format!(
                 "format_version is {} but its model needs version {needed}",

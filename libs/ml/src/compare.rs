@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::train::Prepared;
-use crate::{ColumnKind, FeatureRow, LoadedModel, MlError, Schema, Scores, Table, TrainConfig};
+use crate::{FeatureRow, LoadedModel, MlError, Schema, Scores, Table, TrainConfig};
 
 /// The held-out test rows of a training, with their labels.
 #[derive(Clone, Debug)]
@@ -72,15 +72,11 @@ impl Holdout {
                 )));
             };
             if self.schema.features[j].kind != column.kind {
-                let word = |k: ColumnKind| match k {
-                    ColumnKind::Numeric => "numeric",
-                    ColumnKind::Categorical => "categorical",
-                };
                 return Err(MlError::Schema(format!(
                     "feature '{}' is {} here but {} for the model",
                     column.name,
-                    word(self.schema.features[j].kind),
-                    word(column.kind)
+                    self.schema.features[j].kind.as_str(),
+                    column.kind.as_str()
                 )));
             }
             from.push(j);
@@ -225,7 +221,7 @@ mod tests {
         assert!(s2.log_loss > s.log_loss);
         // A feature of another kind is refused by name.
         let mut recast = narrow.clone();
-        recast.schema.features[1].kind = ColumnKind::Categorical;
+        recast.schema.features[1].kind = crate::ColumnKind::Categorical;
         let err = Holdout::of(&recast, &config)
             .unwrap()
             .score(&champion)

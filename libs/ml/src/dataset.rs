@@ -288,7 +288,9 @@ fn parse_record(
                     row.push(None);
                 }
             },
-            ColumnKind::Categorical => row.push(Some(Value::Cat(token.to_string()))),
+            ColumnKind::Categorical | ColumnKind::Text => {
+                row.push(Some(Value::Cat(token.to_string())))
+            }
         }
     }
     target.map(|t| (row, t))
@@ -351,21 +353,21 @@ pub fn row_from_json(
                             .map_err(invalid)
                     }
                 }
-                (ColumnKind::Categorical, serde_json::Value::String(s)) => {
+                (ColumnKind::Categorical | ColumnKind::Text, serde_json::Value::String(s)) => {
                     if is_missing_token(s) {
                         Ok(None)
                     } else {
                         Ok(Some(Value::Cat(s.trim().to_string())))
                     }
                 }
-                (ColumnKind::Categorical, serde_json::Value::Number(n)) => {
+                (ColumnKind::Categorical | ColumnKind::Text, serde_json::Value::Number(n)) => {
                     Ok(Some(Value::Cat(number_as_category(n))))
                 }
                 (ColumnKind::Numeric, other) => Err(invalid(format!(
                     "expected a number, got {}",
                     json_type_name(other)
                 ))),
-                (ColumnKind::Categorical, other) => Err(invalid(format!(
+                (ColumnKind::Categorical | ColumnKind::Text, other) => Err(invalid(format!(
                     "expected a string, got {}",
                     json_type_name(other)
                 ))),
@@ -717,13 +719,13 @@ impl<'de> serde::de::Visitor<'de> for FastRow<'_> {
                         Ok(v) if v.is_finite() => row[i] = Some(Value::Num(v)),
                         _ => ok = false,
                     },
-                    ColumnKind::Categorical => row[i] = Some(Value::Cat(text)),
+                    ColumnKind::Categorical | ColumnKind::Text => row[i] = Some(Value::Cat(text)),
                 },
                 Scalar::Float(v) => match kind {
                     ColumnKind::Numeric if v.is_finite() => row[i] = Some(Value::Num(v)),
                     // Whole numbers read as the CSV reads them; other floats take the slow path
                     // for the exact text.
-                    ColumnKind::Categorical
+                    ColumnKind::Categorical | ColumnKind::Text
                         if v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0 =>
                     {
                         row[i] = Some(Value::Cat(format!("{}", v as i64)))
@@ -741,7 +743,7 @@ impl<'de> serde::de::Visitor<'de> for FastRow<'_> {
                                 Ok(v) => row[i] = Some(Value::Num(v)),
                                 Err(_) => ok = false,
                             },
-                            ColumnKind::Categorical => {
+                            ColumnKind::Categorical | ColumnKind::Text => {
                                 row[i] = Some(Value::Cat(s.trim().to_string()))
                             }
                         }

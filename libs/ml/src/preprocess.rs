@@ -31,6 +31,17 @@ pub enum ColumnTransform {
         /// training split had no value at all for this column.
         mode: Option<String>,
     },
+    /// Hashed TF-IDF: one output per bucket (see [`crate::text`]); a missing text is empty.
+    Text {
+        /// The column name, kept so a bundle can be checked against its schema.
+        name: String,
+        /// Smoothed inverse document frequency per bucket, fitted on the training split; its
+        /// length is the number of buckets.
+        idf: Vec<f64>,
+        /// Terms join up to this many consecutive words (1: words only).
+        #[serde(default = "one")]
+        ngrams: usize,
+    },
 }
 
 impl ColumnTransform {
@@ -39,15 +50,16 @@ impl ColumnTransform {
         match self {
             ColumnTransform::Numeric { .. } => 1,
             ColumnTransform::Categorical { categories, .. } => categories.len(),
+            ColumnTransform::Text { idf, .. } => idf.len(),
         }
     }
 
     /// The column name, whichever the kind.
     pub fn name(&self) -> &str {
         match self {
-            ColumnTransform::Numeric { name, .. } | ColumnTransform::Categorical { name, .. } => {
-                name
-            }
+            ColumnTransform::Numeric { name, .. }
+            | ColumnTransform::Categorical { name, .. }
+            | ColumnTransform::Text { name, .. } => name,
         }
     }
 }
@@ -62,6 +74,28 @@ impl ColumnTransform {
 pub struct Preprocessor {
     /// One transform per schema feature, in schema order.
     pub columns: Vec<ColumnTransform>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// How text columns are encoded: the buckets they hash into and the longest word run counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextEncoding {
+    /// Buckets per text column.
+    pub buckets: usize,
+    /// Terms join up to this many consecutive words.
+    pub ngrams: usize,
+}
+
+impl Default for TextEncoding {
+    fn default() -> TextEncoding {
+        TextEncoding {
+            buckets: crate::text::DEFAULT_TEXT_BUCKETS,
+            ngrams: crate::text::DEFAULT_NGRAMS,
+        }
+    }
 }
 
 /// Reads a numeric value, accepting a numeric string in case a row was built by hand.
@@ -92,12 +126,34 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 impl Preprocessor {
-    /// Learns the per-column statistics from `rows`, which must be the training split only.
+    /// Learns the per-column statistics from `rows`, which must be the training split only;
+    /// text columns hash into [`DEFAULT_TEXT_BUCKETS`](crate::text::DEFAULT_TEXT_BUCKETS).
     ///
     /// Fails when a row does not match the schema's width or a numeric column holds text that is
     /// not a number, since such rows mean the caller skipped validation.
     pub fn fit(schema: &Schema, rows: &[FeatureRow]) -> Result<Preprocessor, MlError> {
+        Preprocessor::fit_with(schema, rows, TextEncoding::default())
+    }
+
+    /// [`Preprocessor::fit`] with text columns encoded as `text` says.
+    pub fn fit_with(
+        schema: &Schema,
+        rows: &[FeatureRow],
+        text: TextEncoding,
+    ) -> Result<Preprocessor, MlError> {
         schema.validate()?;
+        if !(1..=crate::text::MAX_TEXT_BUCKETS).contains(&text.buckets) {
+            return Err(MlError::Training(format!(
+                "text_buckets must be between 1 and {}",
+                crate::text::MAX_TEXT_BUCKETS
+            )));
+        }
+        if !(1..=crate::text::MAX_NGRAMS).contains(&text.ngrams) {
+            return Err(MlError::Training(format!(
+                "text_ngrams must be between 1 and {}",
+                crate::text::MAX_NGRAMS
+            )));
+        }
         if rows.is_empty() {
             return Err(MlError::Training(
                 "cannot fit preprocessing on zero rows".into(),
@@ -169,6 +225,21 @@ impl Preprocessor {
                             categories: counts.keys().cloned().collect(),
                         })
                     }
+                    ColumnKind::Text => {
+                        let texts: Vec<Option<String>> = rows
+                            .iter()
+                            .map(|r| r[i].as_ref().map(as_category))
+                            .collect();
+                        Ok(ColumnTransform::Text {
+                            name: column.name.clone(),
+                            idf: crate::text::fit_idf(
+                                texts.iter().map(Option::as_deref),
+                                text.buckets,
+                                text.ngrams,
+                            ),
+                            ngrams: text.ngrams,
+                        })
+                    }
                 }
             })
             .collect::<Result<_, MlError>>()?;
@@ -216,6 +287,21 @@ impl Preprocessor {
                         dst[offset + slot] = 1.0;
                     }
                 }
+                ColumnTransform::Text { idf, ngrams, .. } => match value {
+                    Some(Value::Cat(text)) => crate::text::encode_into(
+                        text,
+                        idf,
+                        *ngrams,
+                        &mut dst[offset..offset + idf.len()],
+                    ),
+                    Some(number @ Value::Num(_)) => crate::text::encode_into(
+                        &as_category(number),
+                        idf,
+                        *ngrams,
+                        &mut dst[offset..offset + idf.len()],
+                    ),
+                    None => {}
+                },
             }
             offset += column.width();
         }
@@ -236,6 +322,7 @@ impl Preprocessor {
                 (transform, column.kind),
                 (ColumnTransform::Numeric { .. }, ColumnKind::Numeric)
                     | (ColumnTransform::Categorical { .. }, ColumnKind::Categorical)
+                    | (ColumnTransform::Text { .. }, ColumnKind::Text)
             );
             if transform.name() != column.name || !kind_matches {
                 return Err(format!(
@@ -272,6 +359,20 @@ impl Preprocessor {
                             "column '{}' has a mode that is not one of its categories",
                             column.name
                         ));
+                    }
+                }
+                ColumnTransform::Text { idf, ngrams, .. } => {
+                    if !(1..=crate::text::MAX_NGRAMS).contains(ngrams) {
+                        return Err(format!(
+                            "column '{}' joins {ngrams} words per term, more than this build reads",
+                            column.name
+                        ));
+                    }
+                    if idf.is_empty()
+                        || idf.len() > crate::text::MAX_TEXT_BUCKETS
+                        || !idf.iter().all(|w| w.is_finite() && *w >= 1.0)
+                    {
+                        return Err(format!("column '{}' has invalid text weights", column.name));
                     }
                 }
             }
@@ -388,6 +489,57 @@ mod tests {
             Err(MlError::InvalidValue { column, .. }) if column == "x"
         ));
         assert!(Preprocessor::fit(&schema(), &[]).is_err());
+    }
+
+    #[test]
+    fn text_columns_become_unit_length_tfidf_buckets() {
+        let schema = Schema {
+            features: vec![Column::numeric("x"), Column::text("t")],
+            target: "y".into(),
+        };
+        let text =
+            |x: f64, t: Option<&str>| vec![Some(Value::Num(x)), t.map(|t| Value::Cat(t.into()))];
+        let train = vec![
+            text(1.0, Some("great battery")),
+            text(2.0, Some("awful battery")),
+            text(3.0, None),
+        ];
+        let words = TextEncoding {
+            buckets: 64,
+            ngrams: 1,
+        };
+        let p = Preprocessor::fit_with(&schema, &train, words).unwrap();
+        p.check_matches(&schema).unwrap();
+        assert_eq!(p.width(), 1 + 64);
+        let m = p.transform(&[text(2.0, Some("Great, GREAT battery!")), text(2.0, None)]);
+        let row = &m[1..65];
+        let norm: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-6, "{norm}");
+        let great = crate::text::bucket("great", 64);
+        let battery = crate::text::bucket("battery", 64);
+        assert!(
+            row[great] > row[battery],
+            "twice the count and a rarer token"
+        );
+        // A missing text encodes as nothing at all.
+        assert!(m[66..].iter().all(|&v| v == 0.0));
+        // Other bucket counts are refused by name, and a text transform cannot pass for a
+        // categorical column.
+        let none = TextEncoding {
+            buckets: 0,
+            ngrams: 1,
+        };
+        let err = Preprocessor::fit_with(&schema, &train, none).unwrap_err();
+        assert!(err.to_string().contains("text_buckets"), "{err}");
+        let long = TextEncoding {
+            buckets: 8,
+            ngrams: 9,
+        };
+        let err = Preprocessor::fit_with(&schema, &train, long).unwrap_err();
+        assert!(err.to_string().contains("text_ngrams"), "{err}");
+        let mut other = schema.clone();
+        other.features[1].kind = ColumnKind::Categorical;
+        assert!(p.check_matches(&other).is_err());
     }
 
     #[test]

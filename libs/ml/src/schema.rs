@@ -15,6 +15,19 @@ pub enum ColumnKind {
     Numeric,
     /// A label from a finite set; one-hot encoded.
     Categorical,
+    /// Free text; tokenised and hashed into TF-IDF features (see [`crate::text`]).
+    Text,
+}
+
+impl ColumnKind {
+    /// The name used in JSON and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ColumnKind::Numeric => "numeric",
+            ColumnKind::Categorical => "categorical",
+            ColumnKind::Text => "text",
+        }
+    }
 }
 
 /// One feature column of a [`Schema`].
@@ -40,6 +53,14 @@ impl Column {
         Column {
             name: name.into(),
             kind: ColumnKind::Categorical,
+        }
+    }
+
+    /// A text column; a shorthand that keeps schema literals readable.
+    pub fn text(name: impl Into<String>) -> Column {
+        Column {
+            name: name.into(),
+            kind: ColumnKind::Text,
         }
     }
 }
@@ -239,6 +260,9 @@ mod tests {
         assert_eq!(json, r#"{"name":"sex","kind":"categorical"}"#);
         let back: Column = serde_json::from_str(r#"{"name":"x","kind":"numeric"}"#).unwrap();
         assert_eq!(back, Column::numeric("x"));
+        let back: Column = serde_json::from_str(r#"{"name":"r","kind":"text"}"#).unwrap();
+        assert_eq!(back, Column::text("r"));
+        assert_eq!(ColumnKind::Text.as_str(), "text");
     }
 }
 

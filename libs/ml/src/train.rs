@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::format_version_for;
 use crate::preprocess::as_category;
+use crate::text::TextProfile;
 use crate::{
     ColumnKind, FeatureRow, MlError, Mlp, MlpWeights, ModelBundle, Preprocessor, Schema, Scorer,
     Table, Value, stratified_split,
@@ -113,6 +114,10 @@ pub struct TrainConfig {
     pub test_fraction: f64,
     /// Seeds the split, the weight initialisation and the reference sampling.
     pub seed: u64,
+    /// Buckets each text column hashes into (its TF-IDF width).
+    pub text_buckets: usize,
+    /// Text terms join up to this many consecutive words (1: words, 2: words and pairs).
+    pub text_ngrams: usize,
 }
 
 impl Default for TrainConfig {
@@ -133,11 +138,21 @@ impl Default for TrainConfig {
             weight_decay: 1e-4,
             test_fraction: 0.2,
             seed: 42,
+            text_buckets: crate::text::DEFAULT_TEXT_BUCKETS,
+            text_ngrams: crate::text::DEFAULT_NGRAMS,
         }
     }
 }
 
 impl TrainConfig {
+    /// How text columns are encoded under this configuration.
+    pub fn text_encoding(&self) -> crate::TextEncoding {
+        crate::TextEncoding {
+            buckets: self.text_buckets,
+            ngrams: self.text_ngrams,
+        }
+    }
+
     /// Rejects settings that would make training meaningless or unbounded, with a message that
     /// names the setting.
     pub fn validate(&self) -> Result<(), MlError> {
@@ -188,6 +203,12 @@ impl TrainConfig {
         {
             return bad("test_fraction must be strictly between 0 and 1");
         }
+        if !(1..=crate::text::MAX_TEXT_BUCKETS).contains(&self.text_buckets) {
+            return bad("text_buckets must be between 1 and 65536");
+        }
+        if !(1..=crate::text::MAX_NGRAMS).contains(&self.text_ngrams) {
+            return bad("text_ngrams must be between 1 and 3");
+        }
         Ok(())
     }
 }
@@ -236,6 +257,9 @@ pub struct ReferenceProfile {
     /// Rows in the training split (0 in bundles written before it).
     #[serde(default)]
     pub rows: u64,
+    /// Text column name -> the reference of its derived features.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub text: BTreeMap<String, TextProfile>,
 }
 
 /// What the model predicted for each row of its held-out split, and whether it was right.
@@ -296,16 +320,7 @@ impl ReferenceProfile {
                     profile
                         .missing
                         .insert(column.name.clone(), (rows.len() - values.len()) as u64);
-                    if values.len() > REFERENCE_SAMPLE_CAP {
-                        // Mix the column index in so columns are not sampled at the same rows.
-                        let mut rng = StdRng::seed_from_u64(
-                            seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                        );
-                        let mut keep =
-                            sample(&mut rng, values.len(), REFERENCE_SAMPLE_CAP).into_vec();
-                        keep.sort_unstable();
-                        values = keep.into_iter().map(|k| values[k]).collect();
-                    }
+                    cap_sample(&mut values, seed, i);
                     profile.numeric.insert(column.name.clone(), values);
                 }
                 ColumnKind::Categorical => {
@@ -320,9 +335,49 @@ impl ReferenceProfile {
                         .insert(column.name.clone(), rows.len() as u64 - n);
                     profile.categorical.insert(column.name.clone(), counts);
                 }
+                ColumnKind::Text => {
+                    let texts: Vec<String> = present.map(as_category).collect();
+                    profile
+                        .missing
+                        .insert(column.name.clone(), (rows.len() - texts.len()) as u64);
+                    let (mut text, mut lengths) =
+                        TextProfile::from_texts(texts.iter().map(String::as_str));
+                    cap_sample(&mut lengths, seed, i);
+                    text.lengths = lengths;
+                    profile.text.insert(column.name.clone(), text);
+                }
             }
         }
         profile
+    }
+
+    /// Records, for each text column, the out-of-vocabulary share of `rows` (the held-out
+    /// split) against the vocabulary of the training split, capped as numeric samples are.
+    pub fn observe_held_out_text(&mut self, schema: &Schema, rows: &[FeatureRow], seed: u64) {
+        for (i, column) in schema.features.iter().enumerate() {
+            let Some(text) = self.text.get_mut(&column.name) else {
+                continue;
+            };
+            let mut shares: Vec<f64> = rows
+                .iter()
+                .filter_map(|r| r.get(i).and_then(Option::as_ref))
+                .filter_map(|v| crate::text::oov_share(&as_category(v), &text.vocabulary))
+                .collect();
+            cap_sample(&mut shares, seed ^ 0x5EED, i);
+            text.oov_shares = shares;
+        }
+    }
+}
+
+/// Keeps at most [`REFERENCE_SAMPLE_CAP`] of `values`, drawn with `seed` mixed with the column
+/// index `column` (so columns are not sampled at the same rows), in their original order.
+fn cap_sample(values: &mut Vec<f64>, seed: u64, column: usize) {
+    if values.len() > REFERENCE_SAMPLE_CAP {
+        let mut rng =
+            StdRng::seed_from_u64(seed ^ (column as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut keep = sample(&mut rng, values.len(), REFERENCE_SAMPLE_CAP).into_vec();
+        keep.sort_unstable();
+        *values = keep.into_iter().map(|k| values[k]).collect();
     }
 }
 
@@ -465,7 +520,7 @@ pub(crate) fn fit(
     let pick_labels = |idx: &[usize]| idx.iter().map(|&i| labels[i]).collect::<Vec<_>>();
     let fit_rows = pick_rows(&fit_idx);
     let fit_labels = pick_labels(&fit_idx);
-    let (preprocessor, width) = fit_preprocessor(schema, &fit_rows)?;
+    let (preprocessor, width) = fit_preprocessor(schema, &fit_rows, config.text_encoding())?;
     let validation = (!val_idx.is_empty()).then(|| {
         (
             preprocessor.transform(&pick_rows(&val_idx)),
@@ -578,8 +633,9 @@ pub(crate) fn fit(
 fn fit_preprocessor(
     schema: &Schema,
     rows: &[FeatureRow],
+    text: crate::TextEncoding,
 ) -> Result<(Preprocessor, usize), MlError> {
-    let preprocessor = Preprocessor::fit(schema, rows)?;
+    let preprocessor = Preprocessor::fit_with(schema, rows, text)?;
     let width = preprocessor.width();
     if width == 0 {
         return Err(MlError::Training(
@@ -600,7 +656,7 @@ fn fit_trees(
     progress: &mut dyn FnMut(usize, f64),
     stop: &Stop,
 ) -> Result<Fitted, MlError> {
-    let (preprocessor, width) = fit_preprocessor(schema, rows)?;
+    let (preprocessor, width) = fit_preprocessor(schema, rows, config.text_encoding())?;
     let x = preprocessor.transform(rows);
     let trees = crate::Trees::fit(&x, width, labels, classes, config, stop)?;
     let loss = log_loss(&trees.probabilities(&x), labels, classes);
@@ -656,7 +712,8 @@ pub fn train_classifier_until(
         progress,
         stop,
     )?;
-    let reference = ReferenceProfile::from_rows(schema, &train_rows, config.seed);
+    let mut reference = ReferenceProfile::from_rows(schema, &train_rows, config.seed);
+    reference.observe_held_out_text(schema, &test_rows, config.seed);
 
     let preprocessor = fitted.preprocessor;
     let scorer = fitted.scorer;
@@ -680,7 +737,7 @@ pub fn train_classifier_until(
         Scorer::Trees(t) => (None, Some(t)),
     };
     Ok(ModelBundle {
-        format_version: format_version_for(weights.as_ref()),
+        format_version: format_version_for(schema, weights.as_ref()),
         schema: schema.clone(),
         preprocessor,
         class_names: data.class_names,

@@ -41,7 +41,9 @@ pub fn penguin_rows() -> Vec<(String, Map<String, Value>)> {
                 let value = match (raw, kind) {
                     ("NA", _) => Value::Null,
                     (_, ColumnKind::Numeric) => serde_json::json!(raw.parse::<f64>().unwrap()),
-                    (_, ColumnKind::Categorical) => Value::String(raw.to_owned()),
+                    (_, ColumnKind::Categorical | ColumnKind::Text) => {
+                        Value::String(raw.to_owned())
+                    }
                 };
                 features.insert((*name).to_owned(), value);
             }

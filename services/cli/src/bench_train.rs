@@ -7,6 +7,10 @@
 //! - `throughput`: the same MLP on `--rows` synthetic rows (7 numeric features, 3 classes),
 //!   `--epochs` full-batch epochs: training samples per second.
 //! - `gbt`: gradient-boosted trees on penguins (100 rounds, depth 5, eta 0.3), median of runs.
+//! - `text`: the review sentiment model on `--text-data` (a `petrel reviews` CSV): reading and
+//!   validating the file, hashed TF-IDF of words and word pairs into 2,048 buckets, the same MLP
+//!   for `--text-epochs` full-batch epochs, and scoring the held-out 20%: the time to its test
+//!   accuracy, median of runs.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -39,6 +43,42 @@ pub struct TrainBench {
     /// Run only the throughput measurement (for profiling it alone).
     #[arg(long)]
     throughput_only: bool,
+    /// Generated reviews (`petrel reviews --out FILE`) for the text measurement; without it,
+    /// the text model is not measured.
+    #[arg(long)]
+    text_data: Option<PathBuf>,
+    /// Full-batch epochs of the text model.
+    #[arg(long, default_value_t = 30)]
+    text_epochs: usize,
+    /// Run only the text measurement.
+    #[arg(long, requires = "text_data")]
+    text_only: bool,
+}
+
+/// The median seconds from the review file's bytes to a trained, evaluated text model, and
+/// that model's test accuracy and training rows.
+fn text_fit(bytes: &[u8], epochs: usize, runs: usize) -> anyhow::Result<serde_json::Value> {
+    let config = TrainConfig {
+        epochs,
+        ..TrainConfig::default()
+    };
+    let mut secs = Vec::with_capacity(runs);
+    let mut last = None;
+    for _ in 0..runs {
+        let s = Instant::now();
+        let table = parse_csv(bytes, &Schema::reviews())?.table;
+        let bundle = train_classifier(&table, &config, &mut |_, _| {})?;
+        secs.push(s.elapsed().as_secs_f64());
+        last = Some(bundle.metrics);
+    }
+    secs.sort_by(f64::total_cmp);
+    let metrics = last.context("at least one run")?;
+    Ok(json!({
+        "text_fit_s": secs[secs.len() / 2],
+        "text_test_accuracy": metrics.test_accuracy,
+        "text_rows": metrics.n_train + metrics.n_test,
+        "text_epochs": epochs,
+    }))
 }
 
 /// Seconds to train the default MLP for `epochs` on `rows` synthetic rows, and the bundle.
@@ -107,6 +147,18 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let text = match &b.text_data {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(text_fit(&bytes, b.text_epochs, b.runs)?)
+        }
+        None => None,
+    };
+    if b.text_only {
+        println!("{}", text.unwrap_or_default());
+        return Ok(());
+    }
     let bytes =
         std::fs::read(&b.data).with_context(|| format!("cannot read {}", b.data.display()))?;
     let penguins = parse_csv(&bytes, &Schema::penguins())?.table;
@@ -144,9 +196,7 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
     };
     let (gbt_fit_s, gbt_accuracy) = median_fit(&penguins, &gbt, b.runs)?;
 
-    println!(
-        "{}",
-        json!({
+    let mut out = json!({
             "fit_s": fit_s,
             "fit_test_accuracy": accuracy,
             "sweep_s": sweep_s,
@@ -160,7 +210,10 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
             "throughput_test_accuracy": bundle.metrics.test_accuracy,
             "gbt_fit_s": gbt_fit_s,
             "gbt_test_accuracy": gbt_accuracy,
-        })
-    );
+    });
+    if let (Some(out), Some(serde_json::Value::Object(text))) = (out.as_object_mut(), text) {
+        out.extend(text);
+    }
+    println!("{out}");
     Ok(())
 }

@@ -378,6 +378,7 @@ async fn drive(a: &DemoArgs, services: &mut [Service], deadline: Instant) -> any
                 schema: Schema::penguins(),
                 csv: Some(csv),
                 path: None,
+                generate: None,
                 purpose: Default::default(),
             },
         )

@@ -8,6 +8,7 @@
 //! not a failure; read the verdict, or `drifted` in `--json`), 2 when the input is unusable
 //! (unreadable file, bad schema, a column missing from one file, a column with no value).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -17,7 +18,7 @@ use petrel_drift::{
     CategoricalSample, Column, ColumnData, ColumnVerdict, DatasetVerdict, DriftConfig, Kind,
     NumericSample, Preset,
 };
-use petrel_ml::{ColumnKind, Schema, is_missing_token};
+use petrel_ml::{ColumnKind, Schema, is_missing_token, text};
 use serde::Serialize;
 
 #[derive(clap::Args, Debug)]
@@ -192,23 +193,19 @@ impl RawTable {
 }
 
 /// The columns to compare and their kinds: the schema's features, or every reference column
-/// with its kind inferred from both files.
+/// with its kind inferred from both files. A text column (only a schema can say one is) is
+/// compared through its derived features, as the monitor compares it: `NAME.length` (tokens per
+/// text) and `NAME.tokens` (the distribution of the reference's most frequent tokens).
 fn plan_columns(
     reference: &RawTable,
     current: &RawTable,
     schema: Option<&Schema>,
-) -> anyhow::Result<Vec<(String, Kind)>> {
-    let wanted: Vec<(String, Option<Kind>)> = match schema {
+) -> anyhow::Result<Vec<(String, ColumnKind)>> {
+    let wanted: Vec<(String, Option<ColumnKind>)> = match schema {
         Some(s) => s
             .features
             .iter()
-            .map(|c| {
-                let kind = match c.kind {
-                    ColumnKind::Numeric => Kind::Numeric,
-                    ColumnKind::Categorical => Kind::Categorical,
-                };
-                (c.name.clone(), Some(kind))
-            })
+            .map(|c| (c.name.clone(), Some(c.kind)))
             .collect(),
         None => reference.header.iter().map(|h| (h.clone(), None)).collect(),
     };
@@ -233,15 +230,15 @@ fn plan_columns(
 
 /// Numeric when there is at least one value and every non-missing value on both sides parses
 /// as a finite number; categorical otherwise.
-fn infer_kind(reference: &[Option<String>], current: &[Option<String>]) -> Kind {
+fn infer_kind(reference: &[Option<String>], current: &[Option<String>]) -> ColumnKind {
     let mut values = reference.iter().chain(current).flatten().peekable();
     if values.peek().is_none() {
-        return Kind::Categorical;
+        return ColumnKind::Categorical;
     }
     if values.all(|v| v.parse::<f64>().is_ok_and(f64::is_finite)) {
-        Kind::Numeric
+        ColumnKind::Numeric
     } else {
-        Kind::Categorical
+        ColumnKind::Categorical
     }
 }
 
@@ -250,12 +247,14 @@ fn infer_kind(reference: &[Option<String>], current: &[Option<String>]) -> Kind 
 enum Typed<'a> {
     Numeric(Vec<Option<f64>>, Vec<Option<f64>>),
     Categorical(&'a [Option<String>], &'a [Option<String>]),
+    /// Counts per category, both sides (a text column's token distribution).
+    Counts(BTreeMap<String, u64>, BTreeMap<String, u64>),
 }
 
 fn parse_columns<'a>(
     reference: &'a RawTable,
     current: &'a RawTable,
-    plan: &[(String, Kind)],
+    plan: &[(String, ColumnKind)],
 ) -> anyhow::Result<Vec<(String, Typed<'a>)>> {
     let mut out = Vec::with_capacity(plan.len());
     for (name, kind) in plan {
@@ -265,13 +264,37 @@ fn parse_columns<'a>(
             current.column(name).unwrap_or_default(),
         );
         let typed = match kind {
-            Kind::Numeric => Typed::Numeric(
+            ColumnKind::Numeric => Typed::Numeric(
                 numbers(r).with_context(|| format!("reference column '{name}'"))?,
                 numbers(c).with_context(|| format!("current column '{name}'"))?,
             ),
-            Kind::Categorical => Typed::Categorical(r, c),
+            ColumnKind::Categorical => Typed::Categorical(r, c),
+            ColumnKind::Text => {
+                let lengths = |cells: &[Option<String>]| -> Vec<Option<f64>> {
+                    cells
+                        .iter()
+                        .map(|t| t.as_deref().map(|t| text::tokens(t).count() as f64))
+                        .collect()
+                };
+                out.push((
+                    text::derived_name(name, "length"),
+                    Typed::Numeric(lengths(r), lengths(c)),
+                ));
+                let present =
+                    |cells: &'a [Option<String>]| cells.iter().flatten().map(String::as_str);
+                let (profile, _) = text::TextProfile::from_texts(present(r));
+                Typed::Counts(
+                    text::token_counts(present(r), &profile.tokens),
+                    text::token_counts(present(c), &profile.tokens),
+                )
+            }
         };
-        out.push((name.clone(), typed));
+        let name = if *kind == ColumnKind::Text {
+            text::derived_name(name, "tokens")
+        } else {
+            name.clone()
+        };
+        out.push((name, typed));
     }
     Ok(out)
 }
@@ -290,6 +313,10 @@ fn to_columns(typed: Vec<(String, Typed<'_>)>) -> Vec<Column> {
                 reference: categorical(r),
                 current: categorical(c),
             },
+            Typed::Counts(r, c) => ColumnData::Categorical {
+                reference: CategoricalSample::from_counts(r, 0),
+                current: CategoricalSample::from_counts(c, 0),
+            },
         },
     };
     let rows: usize = typed
@@ -297,6 +324,7 @@ fn to_columns(typed: Vec<(String, Typed<'_>)>) -> Vec<Column> {
         .map(|(_, t)| match t {
             Typed::Numeric(r, c) => r.len() + c.len(),
             Typed::Categorical(r, c) => r.len() + c.len(),
+            Typed::Counts(r, c) => r.len() + c.len(),
         })
         .sum();
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
@@ -490,18 +518,18 @@ mod tests {
         let t = RawTable::parse(PENGUINS.as_bytes()).unwrap();
         assert_eq!(t.rows, 344);
         let plan = plan_columns(&t, &t, None).unwrap();
-        let kinds: Vec<(&str, Kind)> = plan.iter().map(|(n, k)| (n.as_str(), *k)).collect();
+        let kinds: Vec<(&str, ColumnKind)> = plan.iter().map(|(n, k)| (n.as_str(), *k)).collect();
         assert_eq!(
             kinds,
             [
-                ("species", Kind::Categorical),
-                ("island", Kind::Categorical),
-                ("bill_length_mm", Kind::Numeric),
-                ("bill_depth_mm", Kind::Numeric),
-                ("flipper_length_mm", Kind::Numeric),
-                ("body_mass_g", Kind::Numeric),
-                ("sex", Kind::Categorical),
-                ("year", Kind::Numeric),
+                ("species", ColumnKind::Categorical),
+                ("island", ColumnKind::Categorical),
+                ("bill_length_mm", ColumnKind::Numeric),
+                ("bill_depth_mm", ColumnKind::Numeric),
+                ("flipper_length_mm", ColumnKind::Numeric),
+                ("body_mass_g", ColumnKind::Numeric),
+                ("sex", ColumnKind::Categorical),
+                ("year", ColumnKind::Numeric),
             ]
         );
         // "NA" is a missing value, not a category.

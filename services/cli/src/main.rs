@@ -60,6 +60,9 @@ enum Command {
     /// Work with registered models.
     #[command(subcommand)]
     Models(Models),
+    /// Generate seeded, labelled product reviews as CSV (product, review, sentiment): the text
+    /// model's simulated feed; --shift draws sentiment words from an unseen vocabulary.
+    Reviews(ReviewsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -77,10 +80,16 @@ struct IngestArgs {
     /// Dataset name (also the name of the model trained from it).
     #[arg(long, default_value = "penguins")]
     name: String,
-    /// JSON schema file: {"features":[{"name":..,"kind":"numeric"|"categorical"}],"target":..}.
-    /// Defaults to the penguins schema.
+    /// JSON schema file: {"features":[{"name":..,"kind":"numeric"|"categorical"|"text"}],
+    /// "target":..}. Defaults to the penguins schema, or the reviews schema with --reviews.
     #[arg(long)]
     schema: Option<PathBuf>,
+    /// Instead of a file, have ingest generate this many labelled reviews (product, review,
+    /// sentiment) for the text model, from --seed, --shift and --noise.
+    #[arg(long, value_name = "ROWS")]
+    reviews: Option<usize>,
+    #[command(flatten)]
+    feed: ReviewFeedArgs,
     /// What the dataset is for: training (the trainer trains on it), scoring (the predictor
     /// serving a model of the same name scores it in bulk) or reference.
     #[arg(long, default_value = "training", value_parser = parse_purpose)]
@@ -91,6 +100,43 @@ struct IngestArgs {
         default_value = "http://127.0.0.1:8083"
     )]
     ingest_url: String,
+}
+
+/// The settings of the review generator.
+#[derive(clap::Args, Debug, Clone)]
+struct ReviewFeedArgs {
+    /// Seed of the review generator: the same settings give the same rows.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Share of sentiment words drawn from a vocabulary training never saw (drift), in [0, 1].
+    #[arg(long, default_value_t = 0.0)]
+    shift: f64,
+    /// Share of labels flipped at random, in [0, 0.5].
+    #[arg(long, default_value_t = 0.05)]
+    noise: f64,
+}
+
+impl ReviewFeedArgs {
+    fn spec(&self, rows: usize) -> petrel_ml::ReviewSpec {
+        petrel_ml::ReviewSpec {
+            rows,
+            seed: self.seed,
+            shift: self.shift,
+            noise: self.noise,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct ReviewsArgs {
+    /// Reviews to generate.
+    #[arg(long, default_value_t = 1000)]
+    rows: usize,
+    #[command(flatten)]
+    feed: ReviewFeedArgs,
+    /// Write the CSV here instead of to standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -119,6 +165,7 @@ async fn main() {
         Command::Bench(b) => bench::run(b).await,
         Command::Models(Models::Package(a)) => package::run(a).await,
         Command::Drift(a) => drift::run(a),
+        Command::Reviews(a) => reviews(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -130,14 +177,43 @@ fn parse_purpose(s: &str) -> Result<DatasetPurpose, String> {
     DatasetPurpose::parse(s).ok_or_else(|| format!("{s:?} is not training, scoring or reference"))
 }
 
+fn reviews(a: ReviewsArgs) -> anyhow::Result<()> {
+    let csv = petrel_ml::generate_reviews(&a.feed.spec(a.rows))?;
+    match &a.out {
+        Some(path) => {
+            std::fs::write(path, csv).with_context(|| format!("cannot write {}", path.display()))?
+        }
+        None => {
+            use std::io::Write as _;
+            std::io::stdout()
+                .lock()
+                .write_all(csv.as_bytes())
+                .context("cannot write the reviews")?;
+        }
+    }
+    Ok(())
+}
+
 async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
-    let csv = std::fs::read_to_string(&a.file)
-        .with_context(|| format!("cannot read {}", a.file.display()))?;
+    let (csv, generate) = match a.reviews {
+        Some(rows) => (
+            None,
+            Some(petrel_api::ingest::Generator::Reviews(a.feed.spec(rows))),
+        ),
+        None => (
+            Some(
+                std::fs::read_to_string(&a.file)
+                    .with_context(|| format!("cannot read {}", a.file.display()))?,
+            ),
+            None,
+        ),
+    };
     let schema = match &a.schema {
         Some(p) => serde_json::from_str(
             &std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
         )
         .context("the schema file is not a valid schema")?,
+        None if a.reviews.is_some() => Schema::reviews(),
         None => Schema::penguins(),
     };
     let resp: IngestResponse = ApiClient::new(&a.ingest_url)
@@ -146,8 +222,9 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             &IngestRequest {
                 name: a.name,
                 schema,
-                csv: Some(csv),
+                csv,
                 path: None,
+                generate,
                 purpose: a.purpose,
             },
         )

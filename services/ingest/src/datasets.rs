@@ -6,10 +6,10 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use bytes::Bytes;
-use petrel_api::ingest::{Dataset, IngestRequest, IngestResponse};
+use petrel_api::ingest::{Dataset, Generator, IngestRequest, IngestResponse};
 use petrel_events::outbox;
 use petrel_events::payloads::DataReady;
-use petrel_ml::{DatasetPurpose, MlError, parse_csv};
+use petrel_ml::{DatasetPurpose, MlError, generate_reviews, parse_csv};
 use petrel_runtime::http::{ApiError, Json, Path};
 use serde_json::json;
 use sqlx::Row;
@@ -49,11 +49,23 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Reads the CSV from the request body, or from a file under the data directory.
+/// Reads the CSV from the request body or from a file under the data directory, or generates
+/// it.
 async fn read_source(state: &AppState, req: &IngestRequest) -> Result<Bytes, ApiError> {
-    match (&req.csv, &req.path) {
-        (Some(csv), None) => Ok(Bytes::from(csv.clone().into_bytes())),
-        (None, Some(path)) => {
+    match (&req.csv, &req.path, &req.generate) {
+        (Some(csv), None, None) => Ok(Bytes::from(csv.clone().into_bytes())),
+        (None, None, Some(Generator::Reviews(spec))) => {
+            spec.validate()
+                .map_err(|e| ApiError::invalid(format!("generate: {}", plain(&e))))?;
+            let spec = spec.clone();
+            // Generation is CPU work proportional to the rows: keep it off the async workers.
+            let csv = tokio::task::spawn_blocking(move || generate_reviews(&spec))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)?;
+            Ok(Bytes::from(csv.into_bytes()))
+        }
+        (None, Some(path), None) => {
             let root = tokio::fs::canonicalize(&state.data_dir)
                 .await
                 .map_err(|_| {
@@ -77,8 +89,16 @@ async fn read_source(state: &AppState, req: &IngestRequest) -> Result<Bytes, Api
             Ok(Bytes::from(bytes))
         }
         _ => Err(ApiError::invalid(
-            "give exactly one of `csv` (the file's text) or `path`",
+            "give exactly one of `csv` (the file's text), `path` or `generate`",
         )),
+    }
+}
+
+/// An error's message without the "schema error: " prefix the ML crate puts on settings.
+fn plain(e: &MlError) -> String {
+    match e {
+        MlError::Schema(m) => m.clone(),
+        other => other.to_string(),
     }
 }
 

@@ -23,6 +23,7 @@ fn by_csv(name: &str, csv: &str) -> Value {
         schema: Schema::penguins(),
         csv: Some(csv.to_owned()),
         path: None,
+        generate: None,
         purpose: Default::default(),
     })
     .unwrap()
@@ -34,6 +35,7 @@ fn by_path(name: &str, path: &str) -> Value {
         schema: Schema::penguins(),
         csv: None,
         path: Some(path.to_owned()),
+        generate: None,
         purpose: Default::default(),
     })
     .unwrap()
@@ -189,6 +191,68 @@ async fn a_scoring_dataset_is_stored_and_announced_as_one() {
     body["purpose"] = json!("fun");
     let (status, _) = svc.send(Method::POST, "/v1/datasets", Some(body)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    svc.stop().await;
+    world.cleanup().await;
+}
+
+/// The review generator as a source: seeded, so the same spec is the same dataset and a shifted
+/// one a new version; text columns are stored and announced like any other.
+#[tokio::test]
+async fn a_generated_review_feed_is_reproducible_and_its_spec_checked() {
+    let world = TestEnv::new().await;
+    let svc = start_ingest(&world).await;
+    let mut events = world.events("data.>").await;
+    let body =
+        |spec: Value| json!({ "name": "reviews", "schema": Schema::reviews(), "generate": spec });
+    let spec = json!({ "generator": "reviews", "rows": 300, "seed": 5 });
+    let first = ingest(&svc, body(spec.clone()), StatusCode::CREATED).await;
+    assert_eq!(first.dataset.row_count, 300);
+    assert_eq!(first.dataset.schema, Schema::reviews());
+    // What was stored is what the generator makes locally, byte for byte.
+    let local = petrel_ml::generate_reviews(&petrel_ml::ReviewSpec::new(300, 5)).unwrap();
+    assert_eq!(read_uri(&first.dataset.uri), local.as_bytes());
+    assert_eq!(first.dataset.content_hash, sha256(local.as_bytes()));
+    let (_, bytes) = events.next().await;
+    assert_eq!(data_ready(&bytes).data.dataset_id, first.dataset.id);
+    // The same spec again is the same dataset, and nothing is announced.
+    let again = ingest(&svc, body(spec), StatusCode::OK).await;
+    assert!(!again.created);
+    assert_eq!(again.dataset.id, first.dataset.id);
+    events.assert_quiet(QUIET).await;
+    // A shifted feed is new data: version 2.
+    let shifted = json!({ "generator": "reviews", "rows": 300, "seed": 5, "shift": 0.5 });
+    let second = ingest(&svc, body(shifted), StatusCode::CREATED).await;
+    assert_eq!(second.dataset.version, 2);
+
+    let invalid = |r: &(StatusCode, Value), needle: &str| {
+        assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+        let m = r.1["error"]["message"].as_str().unwrap();
+        assert!(m.contains(needle), "{m} lacks {needle}");
+    };
+    let send = |b: Value| svc.send(Method::POST, "/v1/datasets", Some(b));
+    let r = send(body(json!({ "generator": "reviews", "rows": 0 }))).await;
+    invalid(&r, "rows must be between 1 and 1000000");
+    let r = send(body(
+        json!({ "generator": "reviews", "rows": 5, "shift": 2 }),
+    ))
+    .await;
+    invalid(&r, "shift must be a share in [0, 1]");
+    let r = send(body(
+        json!({ "generator": "reviews", "rows": 5, "sift": 0.5 }),
+    ))
+    .await;
+    assert!(r.0.is_client_error(), "{}", r.1);
+    assert!(
+        r.1["error"]["message"].as_str().unwrap().contains("sift"),
+        "{}",
+        r.1
+    );
+    let r = send(body(json!({ "generator": "poems", "rows": 5 }))).await;
+    assert!(r.0.is_client_error(), "{}", r.1);
+    let mut both = body(json!({ "generator": "reviews", "rows": 5 }));
+    both["csv"] = json!("a,b\n1,2\n");
+    let r = send(both).await;
+    invalid(&r, "exactly one of");
     svc.stop().await;
     world.cleanup().await;
 }

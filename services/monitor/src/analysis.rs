@@ -9,7 +9,7 @@ use petrel_drift::{
     CategoricalSample, Column, ColumnData, ColumnVerdict, DatasetVerdict, DriftConfig, Method,
     NumericSample, detect,
 };
-use petrel_ml::{ColumnKind, Value, row_from_json};
+use petrel_ml::{ColumnKind, Value, row_from_json, text};
 
 use crate::reference::Reference;
 
@@ -157,6 +157,20 @@ pub fn analyse(
                     },
                 });
             }
+            ColumnKind::Text => {
+                let Some(base) = reference.text.get(&col.name) else {
+                    continue;
+                };
+                let texts: Vec<Option<String>> = rows
+                    .iter()
+                    .map(|r| match cell(r) {
+                        Some(Value::Cat(s)) => Some(s),
+                        Some(Value::Num(x)) => Some(x.to_string()),
+                        None => None,
+                    })
+                    .collect();
+                text_columns(&col.name, base, &texts, limits, &mut columns, &mut quality);
+            }
         }
     }
     let (drift, skipped) = match detect(&columns, config) {
@@ -228,6 +242,101 @@ pub fn analyse(
         estimated_accuracy,
         skipped,
     }
+}
+
+/// A text column enters the drift tests and the quality report as three derived columns:
+/// `NAME.length` (tokens per text, with the missing texts), `NAME.oov_share` (each text's share
+/// of words outside the training vocabulary) and `NAME.tokens` (the distribution of the most
+/// frequent training tokens, every other token as one category).
+fn text_columns(
+    name: &str,
+    base: &crate::reference::TextReference,
+    texts: &[Option<String>],
+    limits: QualityLimits,
+    columns: &mut Vec<Column>,
+    quality: &mut Vec<ColumnQuality>,
+) {
+    let length_name = text::derived_name(name, "length");
+    let length = NumericSample::from_options(
+        texts
+            .iter()
+            .map(|t| t.as_deref().map(|t| text::tokens(t).count() as f64)),
+    );
+    quality.push(column_quality(
+        &length_name,
+        length.missing(),
+        length.rows(),
+        &base.length,
+    ));
+    columns.push(Column {
+        name: length_name,
+        data: ColumnData::Numeric {
+            reference: base.length.clone(),
+            current: length,
+        },
+    });
+
+    let oov_name = text::derived_name(name, "oov_share");
+    let mut shares = Vec::new();
+    let mut unknown: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut words, mut unknown_words) = (0u64, 0u64);
+    for t in texts.iter().flatten() {
+        let mut n = 0u64;
+        let mut out = 0u64;
+        for token in text::tokens(t) {
+            n += 1;
+            if base.vocabulary.binary_search(&token).is_err() {
+                out += 1;
+                *unknown.entry(token).or_insert(0) += 1;
+            }
+        }
+        if n > 0 {
+            shares.push(out as f64 / n as f64);
+        }
+        words += n;
+        unknown_words += out;
+    }
+    let mut q = column_quality(&oov_name, 0, shares.len() as u64, &base.oov_share);
+    let current_share = share(unknown_words, words);
+    q.unseen_share = Some(current_share);
+    let mut ranked: Vec<(String, u64)> = unknown.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    q.unseen = ranked.into_iter().take(5).map(|(t, _)| t).collect();
+    if current_share > base.mean_oov_share + limits.unseen_share {
+        q.issues.push(format!(
+            "{:.1}% of words are outside the training vocabulary, against {:.1}% on held-out \
+             training data ({})",
+            current_share * 100.0,
+            base.mean_oov_share * 100.0,
+            q.unseen.join(", ")
+        ));
+    }
+    quality.push(q);
+    columns.push(Column {
+        name: oov_name,
+        data: ColumnData::Numeric {
+            reference: base.oov_share.clone(),
+            current: NumericSample::new(&shares),
+        },
+    });
+
+    let tokens_name = text::derived_name(name, "tokens");
+    let current = CategoricalSample::from_counts(
+        text::token_counts(texts.iter().flatten().map(String::as_str), &base.top_tokens),
+        0,
+    );
+    quality.push(column_quality_categorical(
+        &tokens_name,
+        &current,
+        &base.tokens,
+    ));
+    columns.push(Column {
+        name: tokens_name,
+        data: ColumnData::Categorical {
+            reference: base.tokens.clone(),
+            current,
+        },
+    });
 }
 
 fn share(part: u64, whole: u64) -> f64 {
@@ -304,6 +413,98 @@ mod tests {
                 confidence: 0.97,
             })
             .collect()
+    }
+
+    /// A reviews model and a feed of reviews as request objects.
+    fn reviews(spec: &petrel_ml::ReviewSpec) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let csv = petrel_ml::generate_reviews(spec).unwrap();
+        petrel_ml::csv_to_json_rows(csv.as_bytes())
+            .unwrap()
+            .rows
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn text_columns_are_watched_through_length_vocabulary_and_tokens() {
+        let csv = petrel_ml::generate_reviews(&petrel_ml::ReviewSpec::new(1500, 21)).unwrap();
+        let table = petrel_ml::parse_csv(csv.as_bytes(), &petrel_ml::Schema::reviews())
+            .unwrap()
+            .table;
+        let config = petrel_ml::TrainConfig {
+            epochs: 30,
+            ..petrel_ml::TrainConfig::default()
+        };
+        let bundle = petrel_ml::train_classifier(&table, &config, &mut |_, _| {}).unwrap();
+        let reference = Reference::from_bundle(bundle);
+        let drift = DriftConfig::default();
+        let fresh = reviews(&petrel_ml::ReviewSpec::new(4000, 22));
+        let shifted = reviews(&petrel_ml::ReviewSpec {
+            shift: 0.6,
+            ..petrel_ml::ReviewSpec::new(400, 23)
+        });
+        let text_drifted = |a: &Analysis| {
+            a.drift
+                .as_ref()
+                .expect("tested")
+                .columns
+                .iter()
+                .filter(|c| c.column.starts_with("review.") && distribution_drifted(c))
+                .map(|c| c.column.clone())
+                .collect::<Vec<_>>()
+        };
+        // Random windows of the same feed: the derived columns rarely raise a false alarm.
+        let mut flagged = 0;
+        for seed in 0..40 {
+            let a = analyse(&reference, &sample(&fresh, 100, seed), &drift, limits(), 30);
+            let names: Vec<&str> = a
+                .drift
+                .as_ref()
+                .unwrap()
+                .columns
+                .iter()
+                .map(|c| c.column.as_str())
+                .collect();
+            assert_eq!(
+                names,
+                [
+                    "product",
+                    "review.length",
+                    "review.oov_share",
+                    "review.tokens"
+                ]
+            );
+            if !text_drifted(&a).is_empty() {
+                flagged += 1;
+            }
+            let oov = a
+                .data_quality
+                .iter()
+                .find(|q| q.column == "review.oov_share")
+                .unwrap();
+            assert!(oov.issues.is_empty(), "{oov:?}");
+        }
+        assert!(flagged <= 4, "{flagged} of 40 normal windows flagged");
+        // New words: the vocabulary and token columns drift, and the quality report names them.
+        let a = analyse(&reference, &sample(&shifted, 100, 7), &drift, limits(), 30);
+        let drifted = text_drifted(&a);
+        assert!(
+            drifted.contains(&"review.oov_share".to_owned()),
+            "{drifted:?}"
+        );
+        assert!(drifted.contains(&"review.tokens".to_owned()), "{drifted:?}");
+        let oov = a
+            .data_quality
+            .iter()
+            .find(|q| q.column == "review.oov_share")
+            .unwrap();
+        assert!(oov.unseen_share.unwrap() > 0.05, "{oov:?}");
+        assert!(
+            oov.issues[0].contains("outside the training vocabulary"),
+            "{oov:?}"
+        );
+        assert!(!oov.unseen.is_empty());
     }
 
     #[test]

@@ -24,6 +24,23 @@ pub struct NumericReference {
     pub max: f64,
 }
 
+/// A text column's derived features in training.
+#[derive(Debug)]
+pub struct TextReference {
+    /// Tokens per training text, with the training split's missing texts.
+    pub length: NumericSample,
+    /// Out-of-vocabulary share of each held-out text.
+    pub oov_share: NumericSample,
+    /// Mean of `oov_share`: the share of unknown words new data of the training kind shows.
+    pub mean_oov_share: f64,
+    /// The training vocabulary, sorted.
+    pub vocabulary: Vec<String>,
+    /// Counts of the most frequent training tokens (the rest as one category).
+    pub tokens: CategoricalSample,
+    /// The same counts, as the current window's tokens are bucketed against them.
+    pub top_tokens: std::collections::BTreeMap<String, u64>,
+}
+
 /// The model's outputs on its held-out split.
 #[derive(Debug)]
 pub struct PredictionReference {
@@ -39,6 +56,7 @@ pub struct Reference {
     pub schema: Schema,
     pub numeric: std::collections::BTreeMap<String, NumericReference>,
     pub categorical: std::collections::BTreeMap<String, CategoricalSample>,
+    pub text: std::collections::BTreeMap<String, TextReference>,
     /// Absent for bundles written before held-out outputs were kept.
     pub predictions: Option<PredictionReference>,
     /// Accuracy on the held-out split at training time.
@@ -52,6 +70,7 @@ impl Reference {
         let profile = bundle.reference;
         let mut numeric = std::collections::BTreeMap::new();
         let mut categorical = std::collections::BTreeMap::new();
+        let mut text = std::collections::BTreeMap::new();
         for col in &bundle.schema.features {
             let missing = profile.missing.get(&col.name).copied().unwrap_or(0);
             match col.kind {
@@ -83,6 +102,30 @@ impl Reference {
                         CategoricalSample::from_counts(counts.clone(), missing),
                     );
                 }
+                ColumnKind::Text => {
+                    let Some(t) = profile.text.get(&col.name) else {
+                        continue;
+                    };
+                    let kept = t.lengths.len() as u64;
+                    let present = profile.rows.saturating_sub(missing).max(1);
+                    let missing = if kept < present {
+                        ((missing as f64) * (kept as f64) / (present as f64)).round() as u64
+                    } else {
+                        missing
+                    };
+                    let oov = &t.oov_shares;
+                    text.insert(
+                        col.name.clone(),
+                        TextReference {
+                            length: NumericSample::new(&t.lengths).with_missing(missing),
+                            oov_share: NumericSample::new(oov),
+                            mean_oov_share: oov.iter().sum::<f64>() / oov.len().max(1) as f64,
+                            vocabulary: t.vocabulary.clone(),
+                            tokens: CategoricalSample::from_counts(t.tokens.clone(), 0),
+                            top_tokens: t.tokens.clone(),
+                        },
+                    );
+                }
             }
         }
         let predictions = bundle
@@ -110,6 +153,7 @@ impl Reference {
             schema: bundle.schema,
             numeric,
             categorical,
+            text,
             predictions,
             test_accuracy: bundle.metrics.test_accuracy,
         }

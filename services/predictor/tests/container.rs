@@ -24,10 +24,20 @@ fn scratch() -> PathBuf {
 /// Writes the penguins bundle and its manifest into `dir` as a package, version `version`.
 /// The bundle goes last and by rename, so a server watching `dir` never reads half of it.
 fn write_package(dir: &Path, version: i32) -> PackageManifest {
+    write_bundle(dir, "penguins", bundle(), version)
+}
+
+/// [`write_package`] of any bundle, as model `name`.
+fn write_bundle(
+    dir: &Path,
+    name: &str,
+    bundle: &petrel_ml::ModelBundle,
+    version: i32,
+) -> PackageManifest {
     std::fs::create_dir_all(dir).unwrap();
-    let bytes = bundle().to_bytes().unwrap();
+    let bytes = bundle.to_bytes().unwrap();
     let manifest = PackageManifest {
-        name: "penguins".into(),
+        name: name.into(),
         version,
         artifact_uri: "file:///artifacts/models/penguins/job/bundle.json".into(),
         sha256: petrel_store::content_hash(&bytes),
@@ -375,6 +385,69 @@ async fn the_open_inference_protocol_is_served() {
         json!([{"name": "class", "shape": [1], "datatype": "BYTES", "data": ["Gentoo"]}])
     );
     assert!(uuid::Uuid::parse_str(body["id"].as_str().unwrap()).is_ok());
+    c.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A text model in the container: raw review text in MLflow's dataframe formats, in CSV, and
+/// as a `BYTES` tensor of the Open Inference Protocol, all answered alike.
+#[tokio::test]
+async fn a_text_model_takes_raw_text_in_every_protocol() {
+    let csv = petrel_ml::generate_reviews(&petrel_ml::ReviewSpec::new(1500, 4)).unwrap();
+    let table = petrel_ml::parse_csv(csv.as_bytes(), &petrel_ml::Schema::reviews())
+        .unwrap()
+        .table;
+    let config = petrel_ml::TrainConfig {
+        epochs: 30,
+        ..petrel_ml::TrainConfig::default()
+    };
+    let text_bundle = petrel_ml::train_classifier(&table, &config, &mut |_, _| {}).unwrap();
+    let dir = scratch();
+    write_bundle(&dir, "reviews", &text_bundle, 1);
+    let c = start(&dir, &[]).await;
+    let http = reqwest::Client::new();
+    let good = "the battery is really excellent, would recommend";
+    let bad = "the screen was cracked. the support is useless, want a refund";
+    let split = json!({"dataframe_split": {"columns": ["product", "review"],
+        "data": [["phone", good], ["kettle", bad]]}});
+    let (status, body) = send(http.post(c.url("/invocations")).json(&split)).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Vec<&str> = body["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["class"].as_str().unwrap())
+        .collect();
+    assert_eq!(answer, ["positive", "negative"], "{body}");
+    let frame = format!("product,review\nphone,\"{good}\"\nkettle,\"{bad}\"\n");
+    let (status, body) = post(&http, &c, "/invocations", "text/csv", frame.into_bytes()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["predictions"][1]["class"], "negative", "{body}");
+
+    let (status, meta) = send(http.get(c.url("/v2/models/reviews"))).await;
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!(
+        meta["inputs"][1],
+        json!({"name": "review", "datatype": "BYTES", "shape": [-1]})
+    );
+    let tensors = json!({"inputs": [
+        {"name": "product", "shape": [2], "datatype": "BYTES", "data": ["phone", "kettle"]},
+        {"name": "review", "shape": [2], "datatype": "BYTES", "data": [good, bad]}]});
+    let (status, body) = send(http.post(c.url("/v2/models/reviews/infer")).json(&tensors)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["outputs"][0]["data"],
+        json!(["positive", "negative"]),
+        "{body}"
+    );
+    // A text column given a list is refused by name.
+    let wrong = json!({"dataframe_records": [{"product": "phone", "review": ["a", "b"]}]});
+    let (status, body) = send(http.post(c.url("/invocations")).json(&wrong)).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("review"),
+        "{body}"
+    );
     c.stop().await;
     std::fs::remove_dir_all(dir).unwrap();
 }

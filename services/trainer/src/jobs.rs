@@ -777,6 +777,8 @@ fn config_params(c: &TrainConfig) -> BTreeMap<String, String> {
             ("eta".to_owned(), c.eta.to_string()),
             ("test_fraction".to_owned(), c.test_fraction.to_string()),
             ("seed".to_owned(), c.seed.to_string()),
+            ("text_buckets".to_owned(), c.text_buckets.to_string()),
+            ("text_ngrams".to_owned(), c.text_ngrams.to_string()),
         ]);
         return params;
     }
@@ -790,6 +792,8 @@ fn config_params(c: &TrainConfig) -> BTreeMap<String, String> {
         ("weight_decay".to_owned(), c.weight_decay.to_string()),
         ("test_fraction".to_owned(), c.test_fraction.to_string()),
         ("seed".to_owned(), c.seed.to_string()),
+        ("text_buckets".to_owned(), c.text_buckets.to_string()),
+        ("text_ngrams".to_owned(), c.text_ngrams.to_string()),
     ]);
     params
 }

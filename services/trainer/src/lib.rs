@@ -90,6 +90,12 @@ pub struct Config {
     /// Early stopping: epochs without a lower validation loss before training stops (0: off).
     #[arg(long, env = "PETREL_TRAIN_PATIENCE", default_value_t = TrainConfig::default().patience)]
     pub patience: usize,
+    /// Buckets each text column hashes into: the width of its TF-IDF features.
+    #[arg(long, env = "PETREL_TRAIN_TEXT_BUCKETS", default_value_t = TrainConfig::default().text_buckets)]
+    pub text_buckets: usize,
+    /// Text terms join up to this many consecutive words (1: words, 2: words and word pairs).
+    #[arg(long, env = "PETREL_TRAIN_TEXT_NGRAMS", default_value_t = TrainConfig::default().text_ngrams)]
+    pub text_ngrams: usize,
     /// Stratified k-fold cross-validation of every job's configuration on its training split,
     /// logged as `cv_*` metrics (0: off; 2 to 20 folds).
     #[arg(long, env = "PETREL_TRAIN_CV_FOLDS", default_value_t = 0)]
@@ -144,6 +150,8 @@ impl Config {
             weight_decay: self.weight_decay,
             test_fraction: self.test_fraction,
             seed: self.seed,
+            text_buckets: self.text_buckets,
+            text_ngrams: self.text_ngrams,
             ..TrainConfig::default()
         }
     }

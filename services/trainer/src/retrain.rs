@@ -387,6 +387,7 @@ async fn retrain(
                 schema,
                 csv: Some(text),
                 path: None,
+                generate: None,
                 purpose: DatasetPurpose::Training,
             },
         )

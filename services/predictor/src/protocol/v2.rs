@@ -422,7 +422,7 @@ pub fn model_metadata(
         .map(|c| {
             let datatype = match c.kind {
                 ColumnKind::Numeric => "FP64",
-                ColumnKind::Categorical => "BYTES",
+                ColumnKind::Categorical | ColumnKind::Text => "BYTES",
             };
             json!({ "name": c.name, "datatype": datatype, "shape": [-1] })
         })
