@@ -76,6 +76,10 @@ pub struct FoldScore {
     /// Epochs trained, and the epoch kept when early stopping was on.
     pub epochs_run: usize,
     pub best_epoch: Option<usize>,
+    /// The training loss as the fold's model trained: `(epoch, loss)` about 20 times over the
+    /// epochs, and for the last epoch (the learning curve a trial's run shows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub train_loss: Vec<(usize, f64)>,
 }
 
 /// What [`cross_validate`] measured.
@@ -166,13 +170,17 @@ pub fn cross_validate(
         }
         let fit_rows = data.rows(&fit_idx);
         let fit_labels = data.labels_of(&fit_idx);
+        let mut curve = Vec::new();
         let fitted = fit(
             &table.schema,
             &fit_rows,
             &fit_labels,
             k,
             config,
-            &mut |epoch, loss| progress(fold, epoch, loss),
+            &mut |epoch, loss| {
+                curve.push((epoch, loss));
+                progress(fold, epoch, loss)
+            },
             stop,
         )?;
         let val_x = fitted.preprocessor.transform(&data.rows(&val_idx));
@@ -184,6 +192,7 @@ pub fn cross_validate(
             n_validation: val_idx.len(),
             epochs_run: fitted.epochs_run,
             best_epoch: fitted.best_epoch,
+            train_loss: curve,
         });
     }
     Ok(CrossValidation {

@@ -809,8 +809,22 @@ fn points(metrics: &BTreeMap<String, f64>) -> Vec<MetricInput> {
         .collect()
 }
 
+/// A fold's training loss as metric points `fold_K_train_loss` (K from 1), step = epoch. A
+/// loss that is not finite (a diverged trial) is left out: the registry refuses it.
+fn learning_curve(f: &petrel_ml::FoldScore) -> impl Iterator<Item = MetricInput> + '_ {
+    f.train_loss
+        .iter()
+        .filter(|(_, loss)| loss.is_finite())
+        .map(move |&(epoch, loss)| MetricInput {
+            key: format!("fold_{}_train_loss", f.fold + 1),
+            value: loss,
+            step: epoch as i64,
+        })
+}
+
 /// Records each trial of a sweep as a child run of `parent`: its configuration, its
-/// cross-validated metrics and each fold's accuracy (step = fold), and whether it was chosen.
+/// cross-validated metrics, each fold's accuracy (step = fold), each fold's learning curve
+/// (`fold_K_train_loss`, step = epoch), and whether it was chosen.
 /// Keyed by job and trial, so a resumed job finds the runs it already wrote.
 async fn log_trials(
     state: &AppState,
@@ -846,6 +860,7 @@ async fn log_trials(
                     value: f.scores.accuracy,
                     step: f.fold as i64,
                 });
+                metrics.extend(learning_curve(f));
             }
             state
                 .registry

@@ -358,6 +358,20 @@ async fn a_sweep_logs_each_trial_as_a_child_run_and_registers_the_best() {
         Some(3),
         "{history}"
     );
+    // And each fold's learning curve: the training loss at increasing epochs, ending at the
+    // last epoch trained, falling as the trial learned.
+    let (status, curve) = stack
+        .mlflow_get(&format!(
+            "metrics/get-history?run_id={id}&metric_key=fold_2_train_loss"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{curve}");
+    let points = curve["metrics"].as_array().unwrap();
+    assert!(points.len() >= 10, "{curve}");
+    let steps: Vec<i64> = points.iter().map(|p| p["step"].as_i64().unwrap()).collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    let loss = |p: &Value| p["value"].as_f64().unwrap();
+    assert!(loss(points.last().unwrap()) < loss(&points[0]), "{curve}");
 
     stack.stop().await;
     let _ = std::fs::remove_dir_all(dir);
