@@ -513,6 +513,38 @@ mod tests {
         petrel_drift::detect(&columns, &DriftConfig::new(preset)).unwrap()
     }
 
+    /// A text column is compared through its length and token distribution, named as the
+    /// monitor names them: a new seed of the same feed does not drift, slang does.
+    #[test]
+    fn text_columns_are_compared_through_derived_features() {
+        let feed = |seed, shift| {
+            petrel_ml::generate_reviews(&petrel_ml::ReviewSpec {
+                shift,
+                ..petrel_ml::ReviewSpec::new(800, seed)
+            })
+            .unwrap()
+        };
+        let schema = Schema::reviews();
+        let verdict = |current: &str| {
+            let r = RawTable::parse(feed(1, 0.0).as_bytes()).unwrap();
+            let c = RawTable::parse(current.as_bytes()).unwrap();
+            let plan = plan_columns(&r, &c, Some(&schema)).unwrap();
+            let columns = to_columns(parse_columns(&r, &c, &plan).unwrap());
+            petrel_drift::detect(&columns, &DriftConfig::new(Preset::Petrel)).unwrap()
+        };
+        let same = verdict(&feed(2, 0.0));
+        let names: Vec<&str> = same.columns.iter().map(|c| c.column.as_str()).collect();
+        assert_eq!(names, ["product", "review.length", "review.tokens"]);
+        assert!(!same.drifted, "{:?}", same.columns);
+        let slang = verdict(&feed(2, 0.7));
+        let tokens = slang
+            .columns
+            .iter()
+            .find(|c| c.column == "review.tokens")
+            .unwrap();
+        assert!(tokens.drifted, "{tokens:?}");
+    }
+
     #[test]
     fn infers_penguin_column_kinds() {
         let t = RawTable::parse(PENGUINS.as_bytes()).unwrap();
