@@ -194,6 +194,50 @@ async fn traffic(stack: &Stack, rows: &[(Map<String, Value>, String)], tag: &str
     correct as f64 / rows.len() as f64
 }
 
+/// Waits until the predictor serves `version`.
+async fn wait_served(stack: &Stack, version: i32) {
+    let predictor = ApiClient::new(stack.url("predictor"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(predictor.get::<ServedModel>("/v1/model").await, Ok(m) if m.model_version == version)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the predictor never loaded the model"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The monitor's first window report, once there is one.
+async fn first_report(stack: &Stack) -> petrel_api::monitor::Report {
+    let monitor = ApiClient::new(stack.url("monitor"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list: ReportList = monitor.get("/v1/reports").await.unwrap();
+        if let Some(r) = list.reports.last() {
+            return r.clone();
+        }
+        assert!(Instant::now() < deadline, "no report for normal traffic");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The next drift alert on `alerts` (other kinds are skipped), within a minute.
+async fn next_drift_alert(alerts: &mut async_nats::Subscriber) -> Envelope<Alert> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, alerts.next())
+            .await
+            .expect("an alert arrives on alerts.>")
+            .unwrap();
+        let alert = Envelope::<Alert>::from_bytes(&msg.payload).expect("a well-formed alert");
+        if alert.data.kind == AlertKind::Drift {
+            return alert;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn csv_to_alert() {
     // One drifted window opens the alert here; the false-alarm test keeps the default 2.
@@ -240,19 +284,7 @@ async fn csv_to_alert() {
     assert_eq!(run.params["seed"], "42");
 
     // 4. the predictor loads it
-    let predictor = ApiClient::new(stack.url("predictor"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(m) = predictor.get::<ServedModel>("/v1/model").await {
-            assert_eq!(m.model_version, production.version);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the predictor never loaded the model"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_served(&stack, production.version).await;
 
     // 5-6. normal traffic: accurate, labelled, and no alert
     let rows = samples();
@@ -261,16 +293,7 @@ async fn csv_to_alert() {
     let normal: Vec<_> = spread(0).map(|i| rows[i].clone()).collect();
     let acc = traffic(&stack, &normal, "normal").await;
     assert!(acc > 0.9, "accuracy on normal traffic {acc}");
-    let monitor = ApiClient::new(stack.url("monitor"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        let list: ReportList = monitor.get("/v1/reports").await.unwrap();
-        if let Some(r) = list.reports.last() {
-            break r.clone();
-        }
-        assert!(Instant::now() < deadline, "no report for normal traffic");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let first = first_report(&stack).await;
     assert!(first.n_predictions >= 30);
     assert!(
         !first.alerts.iter().any(|a| a == "drift"),
@@ -280,19 +303,9 @@ async fn csv_to_alert() {
     // drifted traffic: shifted measurements must raise a drift alert
     let drifted = shifted(&rows, 90, 1);
     traffic(&stack, &drifted, "drifted").await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let drift = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg = tokio::time::timeout(left, alerts.next())
-            .await
-            .expect("an alert arrives on alerts.>")
-            .unwrap();
-        let alert = Envelope::<Alert>::from_bytes(&msg.payload).expect("a well-formed alert");
-        if alert.data.kind == AlertKind::Drift {
-            break alert.data;
-        }
-    };
+    let drift = next_drift_alert(&mut alerts).await.data;
     assert_eq!(drift.model_name, "penguins");
+    let monitor = ApiClient::new(stack.url("monitor"));
     let names = drift.details["drifted_features"].as_array().unwrap();
     assert!(names.iter().any(|n| n == "bill_length_mm"), "{names:?}");
     // The alert points at a stored report listing it.
@@ -331,16 +344,7 @@ async fn train_and_serve(stack: &Stack) {
         .unwrap()
         .data
         .version;
-    let predictor = ApiClient::new(stack.url("predictor"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(predictor.get::<ServedModel>("/v1/model").await, Ok(m) if m.model_version == version)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the predictor never loaded the model"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_served(stack, version).await;
 }
 
 /// Randomly sampled normal traffic through the real predictor, over more than 20 one-second
@@ -494,18 +498,7 @@ async fn drift_retrains_on_labelled_production_data_and_promotes_only_a_winner()
 
     let drifted = shifted(&samples(), LABELLED, 1);
     let served_accuracy = traffic(&stack, &drifted, "drifted").await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let drift = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg = tokio::time::timeout(left, alerts.next())
-            .await
-            .expect("a drift alert arrives")
-            .unwrap();
-        let alert = Envelope::<Alert>::from_bytes(&msg.payload).unwrap();
-        if alert.data.kind == AlertKind::Drift {
-            break alert;
-        }
-    };
+    let drift = next_drift_alert(&mut alerts).await;
 
     // The retraining waits for the labels, ingests them, and the trainer trains on them.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -666,19 +659,8 @@ async fn a_text_model_is_trained_served_and_watched_for_vocabulary_drift() {
     assert_eq!(run.params["text_buckets"], "2048");
     assert_eq!(run.params["text_ngrams"], "2");
 
+    wait_served(&stack, production.version).await;
     let predictor = ApiClient::new(stack.url("predictor"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(m) = predictor.get::<ServedModel>("/v1/model").await {
-            assert_eq!(m.model_version, production.version);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the predictor never loaded the model"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     // A text value of the wrong type is a 4xx naming the column, as for any column.
     let bad: Result<PredictResponse, _> = predictor
         .post(
@@ -692,16 +674,7 @@ async fn a_text_model_is_trained_served_and_watched_for_vocabulary_drift() {
     let normal = review_rows(&petrel_ml::ReviewSpec::new(90, 2));
     let acc = traffic(&stack, &normal, "normal").await;
     assert!(acc > 0.8, "accuracy on normal traffic {acc}");
-    let monitor = ApiClient::new(stack.url("monitor"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        let list: ReportList = monitor.get("/v1/reports").await.unwrap();
-        if let Some(r) = list.reports.last() {
-            break r.clone();
-        }
-        assert!(Instant::now() < deadline, "no report for normal traffic");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let first = first_report(&stack).await;
     assert!(
         !first.alerts.iter().any(|a| a == "drift"),
         "normal reviews raised drift: {first:?}"
@@ -713,18 +686,7 @@ async fn a_text_model_is_trained_served_and_watched_for_vocabulary_drift() {
     });
     let acc_shifted = traffic(&stack, &slang, "slang").await;
     assert!(acc_shifted < acc, "{acc_shifted} vs {acc}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let drift = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg = tokio::time::timeout(left, alerts.next())
-            .await
-            .expect("an alert arrives on alerts.>")
-            .unwrap();
-        let alert = Envelope::<Alert>::from_bytes(&msg.payload).expect("a well-formed alert");
-        if alert.data.kind == AlertKind::Drift {
-            break alert.data;
-        }
-    };
+    let drift = next_drift_alert(&mut alerts).await.data;
     assert_eq!(drift.model_name, "reviews");
     let names = drift.details["drifted_features"].as_array().unwrap();
     assert!(

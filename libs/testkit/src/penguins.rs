@@ -63,6 +63,21 @@ pub fn bundle() -> &'static ModelBundle {
     })
 }
 
+/// A review sentiment model (product and review text, 30 epochs) trained on 1,500 generated
+/// reviews, once per test binary.
+pub fn reviews_bundle() -> &'static ModelBundle {
+    static BUNDLE: OnceLock<ModelBundle> = OnceLock::new();
+    BUNDLE.get_or_init(|| {
+        let csv = petrel_ml::generate_reviews(&petrel_ml::ReviewSpec::new(1500, 21)).unwrap();
+        let report = parse_csv(csv.as_bytes(), &Schema::reviews()).unwrap();
+        let config = TrainConfig {
+            epochs: 30,
+            ..TrainConfig::default()
+        };
+        train_classifier(&report.table, &config, &mut |_, _| {}).unwrap()
+    })
+}
+
 /// Stores the [`bundle`] under `key` in the test's artifact store and registers it with the
 /// `registry` as a new version of `penguins` from a new run, as the trainer would. The registry
 /// promotes it to `production` when its accuracy is at least production's.

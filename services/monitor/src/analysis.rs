@@ -80,6 +80,16 @@ pub fn analyse(
         .collect();
     let mut columns = Vec::new();
     let mut quality = Vec::new();
+    // Column `i` as text: categories and free text alike (a number reads as its digits).
+    let texts = |i: usize| -> Vec<Option<String>> {
+        rows.iter()
+            .map(|r| match r.get(i).cloned().flatten() {
+                Some(Value::Cat(s)) => Some(s),
+                Some(Value::Num(x)) => Some(x.to_string()),
+                None => None,
+            })
+            .collect()
+    };
     for (i, col) in schema.features.iter().enumerate() {
         let cell = |r: &Vec<Option<Value>>| r.get(i).cloned().flatten();
         match col.kind {
@@ -122,14 +132,7 @@ pub fn analyse(
                 let Some(base) = reference.categorical.get(&col.name) else {
                     continue;
                 };
-                let values: Vec<Option<String>> = rows
-                    .iter()
-                    .map(|r| match cell(r) {
-                        Some(Value::Cat(s)) => Some(s),
-                        Some(Value::Num(x)) => Some(x.to_string()),
-                        None => None,
-                    })
-                    .collect();
+                let values = texts(i);
                 let current = CategoricalSample::from_values(values.iter().map(Option::as_deref));
                 let unseen: BTreeMap<&str, u64> = current
                     .counts()
@@ -161,15 +164,14 @@ pub fn analyse(
                 let Some(base) = reference.text.get(&col.name) else {
                     continue;
                 };
-                let texts: Vec<Option<String>> = rows
-                    .iter()
-                    .map(|r| match cell(r) {
-                        Some(Value::Cat(s)) => Some(s),
-                        Some(Value::Num(x)) => Some(x.to_string()),
-                        None => None,
-                    })
-                    .collect();
-                text_columns(&col.name, base, &texts, limits, &mut columns, &mut quality);
+                text_columns(
+                    &col.name,
+                    base,
+                    &texts(i),
+                    limits,
+                    &mut columns,
+                    &mut quality,
+                );
             }
         }
     }
@@ -428,16 +430,7 @@ mod tests {
 
     #[test]
     fn text_columns_are_watched_through_length_vocabulary_and_tokens() {
-        let csv = petrel_ml::generate_reviews(&petrel_ml::ReviewSpec::new(1500, 21)).unwrap();
-        let table = petrel_ml::parse_csv(csv.as_bytes(), &petrel_ml::Schema::reviews())
-            .unwrap()
-            .table;
-        let config = petrel_ml::TrainConfig {
-            epochs: 30,
-            ..petrel_ml::TrainConfig::default()
-        };
-        let bundle = petrel_ml::train_classifier(&table, &config, &mut |_, _| {}).unwrap();
-        let reference = Reference::from_bundle(bundle);
+        let reference = Reference::from_bundle(petrel_testkit::reviews_bundle().clone());
         let drift = DriftConfig::default();
         let fresh = reviews(&petrel_ml::ReviewSpec::new(4000, 22));
         let shifted = reviews(&petrel_ml::ReviewSpec {

@@ -393,17 +393,8 @@ async fn the_open_inference_protocol_is_served() {
 /// as a `BYTES` tensor of the Open Inference Protocol, all answered alike.
 #[tokio::test]
 async fn a_text_model_takes_raw_text_in_every_protocol() {
-    let csv = petrel_ml::generate_reviews(&petrel_ml::ReviewSpec::new(1500, 4)).unwrap();
-    let table = petrel_ml::parse_csv(csv.as_bytes(), &petrel_ml::Schema::reviews())
-        .unwrap()
-        .table;
-    let config = petrel_ml::TrainConfig {
-        epochs: 30,
-        ..petrel_ml::TrainConfig::default()
-    };
-    let text_bundle = petrel_ml::train_classifier(&table, &config, &mut |_, _| {}).unwrap();
     let dir = scratch();
-    write_bundle(&dir, "reviews", &text_bundle, 1);
+    write_bundle(&dir, "reviews", petrel_testkit::reviews_bundle(), 1);
     let c = start(&dir, &[]).await;
     let http = reqwest::Client::new();
     let good = "the battery is really excellent, would recommend";
