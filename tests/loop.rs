@@ -194,6 +194,27 @@ async fn traffic(stack: &Stack, rows: &[(Map<String, Value>, String)], tag: &str
     correct as f64 / rows.len() as f64
 }
 
+/// Waits for the `model.promoted` of `model` to production on `promoted`, and returns the
+/// version the alias then names.
+async fn promoted_to_production(
+    stack: &Stack,
+    promoted: &mut async_nats::Subscriber,
+    model: &str,
+) -> petrel_api::registry::ModelVersion {
+    let msg = tokio::time::timeout(Duration::from_secs(120), promoted.next())
+        .await
+        .expect("a model is promoted")
+        .unwrap();
+    let event = Envelope::<ModelPromoted>::from_bytes(&msg.payload).unwrap();
+    assert_eq!(event.data.model_name, model);
+    assert_eq!(event.data.alias, "production");
+    RegistryClient::new(stack.url("registry"))
+        .get_alias(model, "production")
+        .await
+        .unwrap()
+        .expect("alias set")
+}
+
 /// Waits until the predictor serves `version`.
 async fn wait_served(stack: &Stack, version: i32) {
     let predictor = ApiClient::new(stack.url("predictor"));
@@ -265,19 +286,8 @@ async fn csv_to_alert() {
     assert_eq!(resp.dataset.row_count, 344);
 
     // 2-3. trainer trains and registers; registry promotes and announces it
-    let msg = tokio::time::timeout(Duration::from_secs(120), promoted.next())
-        .await
-        .expect("a model is promoted")
-        .unwrap();
-    let event = Envelope::<ModelPromoted>::from_bytes(&msg.payload).unwrap();
-    assert_eq!(event.data.model_name, "penguins");
-    assert_eq!(event.data.alias, "production");
+    let production = promoted_to_production(&stack, &mut promoted, "penguins").await;
     let registry = RegistryClient::new(stack.url("registry"));
-    let production = registry
-        .get_alias("penguins", "production")
-        .await
-        .unwrap()
-        .expect("alias set");
     let accuracy = production.metrics["test_accuracy"];
     assert!(accuracy >= 0.95, "test accuracy {accuracy}");
     let run = registry.get_run(production.run_id).await.unwrap();
@@ -641,18 +651,8 @@ async fn a_text_model_is_trained_served_and_watched_for_vocabulary_drift() {
         .expect("ingest");
     assert_eq!(resp.dataset.row_count, 1500);
 
-    let msg = tokio::time::timeout(Duration::from_secs(120), promoted.next())
-        .await
-        .expect("a model is promoted")
-        .unwrap();
-    let event = Envelope::<ModelPromoted>::from_bytes(&msg.payload).unwrap();
-    assert_eq!(event.data.model_name, "reviews");
+    let production = promoted_to_production(&stack, &mut promoted, "reviews").await;
     let registry = RegistryClient::new(stack.url("registry"));
-    let production = registry
-        .get_alias("reviews", "production")
-        .await
-        .unwrap()
-        .expect("alias set");
     let accuracy = production.metrics["test_accuracy"];
     assert!(accuracy > 0.85, "test accuracy {accuracy}");
     let run = registry.get_run(production.run_id).await.unwrap();
