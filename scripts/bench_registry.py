@@ -124,7 +124,7 @@ search.sort()
 # Artifact upload through the proxy (`mlflow.log_artifact` with a tracking server), against
 # the disk's own speed: the same bytes written to a file on the same filesystem and synced,
 # as a server must before it answers 200 for a durable upload (bench_registry_ceilings.py).
-from bench_registry_ceilings import socket_to_disk  # noqa: E402
+from bench_registry_ceilings import file_sync, put_artifact, socket_to_disk  # noqa: E402
 
 
 upload_mb_s = disk_mb_s = socket_disk_mb_s = socket_sha_mb_s = None
@@ -132,23 +132,8 @@ if args.artifact_mb:
     blob = os.urandom(args.artifact_mb << 20)
     times, disk = [], []
     for i in range(3):
-        t = time.perf_counter()
-        up = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
-        up.request("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{exp}/{run}/artifacts/blob{i}.bin",
-                   body=blob, headers={"Content-Type": "application/octet-stream"})
-        resp = up.getresponse()
-        resp.read()
-        if resp.status != 200:
-            raise SystemExit(f"artifact upload: {resp.status}")
-        times.append(time.perf_counter() - t)
-        path = os.path.join(args.scratch, f"disk-ceiling-{i}.bin")
-        t = time.perf_counter()
-        with open(path, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        disk.append(time.perf_counter() - t)
-        os.remove(path)
+        times.append(put_artifact(args.url, exp, run, f"blob{i}.bin", blob))
+        disk.append(file_sync(blob, args.scratch))
     upload_mb_s = args.artifact_mb / statistics.median(times)
     disk_mb_s = args.artifact_mb / statistics.median(disk)
     socket_disk_mb_s = args.artifact_mb / statistics.median(

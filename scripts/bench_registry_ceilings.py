@@ -1,11 +1,28 @@
 """Upload ceilings for scripts/bench_registry.py and scripts/bench_upload.py: how fast the
 same bytes reach a synced file on this machine without any server."""
 import hashlib
+import http.client
 import os
 import queue
 import socket
 import threading
 import time
+import urllib.parse
+
+
+def put_artifact(base, exp, run, name, blob):
+    """Seconds for one upload of `blob` as artifact `name` of a run, through MLflow's
+    `mlflow-artifacts` proxy route (both servers serve it), on a fresh connection."""
+    u = urllib.parse.urlparse(base)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+    start = time.perf_counter()
+    c.request("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{exp}/{run}/artifacts/{name}",
+              body=blob, headers={"Content-Type": "application/octet-stream"})
+    r = c.getresponse()
+    r.read()
+    if r.status != 200:
+        raise SystemExit(f"upload to {base}: {r.status}")
+    return time.perf_counter() - start
 
 
 def file_sync(blob, scratch):

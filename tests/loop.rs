@@ -194,6 +194,30 @@ async fn traffic(stack: &Stack, rows: &[(Map<String, Value>, String)], tag: &str
     correct as f64 / rows.len() as f64
 }
 
+/// Sends `request` to ingest.
+async fn ingest(stack: &Stack, request: IngestRequest) -> IngestResponse {
+    ApiClient::new(stack.url("ingest"))
+        .post("/v1/datasets", &request)
+        .await
+        .expect("ingest")
+}
+
+/// Ingests the penguins file for training.
+async fn ingest_penguins(stack: &Stack) -> IngestResponse {
+    ingest(
+        stack,
+        IngestRequest {
+            name: "penguins".into(),
+            schema: petrel_ml::Schema::penguins(),
+            csv: Some(penguins_csv()),
+            path: None,
+            generate: None,
+            purpose: Default::default(),
+        },
+    )
+    .await
+}
+
 /// Waits for the `model.promoted` of `model` to production on `promoted`, and returns the
 /// version the alias then names.
 async fn promoted_to_production(
@@ -267,21 +291,7 @@ async fn csv_to_alert() {
     let mut promoted = stack.env.subscribe("model.promoted").await;
 
     // 1. ingest
-    let ingest = ApiClient::new(stack.url("ingest"));
-    let resp: IngestResponse = ingest
-        .post(
-            "/v1/datasets",
-            &IngestRequest {
-                name: "penguins".into(),
-                schema: petrel_ml::Schema::penguins(),
-                csv: Some(penguins_csv()),
-                path: None,
-                generate: None,
-                purpose: Default::default(),
-            },
-        )
-        .await
-        .expect("ingest");
+    let resp = ingest_penguins(&stack).await;
     assert!(resp.created);
     assert_eq!(resp.dataset.row_count, 344);
 
@@ -331,20 +341,7 @@ async fn csv_to_alert() {
 /// Ingests penguins and waits until the predictor serves the promoted model.
 async fn train_and_serve(stack: &Stack) {
     let mut promoted = stack.env.subscribe("model.promoted").await;
-    let resp: IngestResponse = ApiClient::new(stack.url("ingest"))
-        .post(
-            "/v1/datasets",
-            &IngestRequest {
-                name: "penguins".into(),
-                schema: petrel_ml::Schema::penguins(),
-                csv: Some(penguins_csv()),
-                path: None,
-                generate: None,
-                purpose: Default::default(),
-            },
-        )
-        .await
-        .expect("ingest");
+    let resp = ingest_penguins(stack).await;
     assert!(resp.created);
     let msg = tokio::time::timeout(Duration::from_secs(120), promoted.next())
         .await
@@ -632,23 +629,20 @@ async fn a_text_model_is_trained_served_and_watched_for_vocabulary_drift() {
         Stack::start_serving("reviews", &["--epochs", "30"], &["--confirm-windows", "1"]).await;
     let mut alerts = stack.env.subscribe("alerts.>").await;
     let mut promoted = stack.env.subscribe("model.promoted").await;
-    let ingest = ApiClient::new(stack.url("ingest"));
-    let resp: IngestResponse = ingest
-        .post(
-            "/v1/datasets",
-            &IngestRequest {
-                name: "reviews".into(),
-                schema: petrel_ml::Schema::reviews(),
-                csv: None,
-                path: None,
-                generate: Some(petrel_api::ingest::Generator::Reviews(
-                    petrel_ml::ReviewSpec::new(1500, 1),
-                )),
-                purpose: Default::default(),
-            },
-        )
-        .await
-        .expect("ingest");
+    let resp = ingest(
+        &stack,
+        IngestRequest {
+            name: "reviews".into(),
+            schema: petrel_ml::Schema::reviews(),
+            csv: None,
+            path: None,
+            generate: Some(petrel_api::ingest::Generator::Reviews(
+                petrel_ml::ReviewSpec::new(1500, 1),
+            )),
+            purpose: Default::default(),
+        },
+    )
+    .await;
     assert_eq!(resp.dataset.row_count, 1500);
 
     let production = promoted_to_production(&stack, &mut promoted, "reviews").await;

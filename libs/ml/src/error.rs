@@ -34,6 +34,10 @@ pub enum MlError {
     /// A row's features are not a JSON object (an array, a number, broken JSON).
     #[error("the features must be an object of column name to value")]
     NotAnObject,
+    /// A setting is outside its range (a generator's rows, shift or noise); the message names
+    /// the setting.
+    #[error("{0}")]
+    Setting(String),
     /// Training cannot start or did not converge (bad configuration, too little data, ...).
     #[error("training error: {0}")]
     Training(String),

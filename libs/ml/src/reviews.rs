@@ -56,7 +56,7 @@ impl ReviewSpec {
 
     /// Refuses settings outside their ranges, naming the setting.
     pub fn validate(&self) -> Result<(), MlError> {
-        let bad = |m: &str| Err(MlError::Schema(m.to_owned()));
+        let bad = |m: &str| Err(MlError::Setting(m.to_owned()));
         if !(1..=MAX_REVIEW_ROWS).contains(&self.rows) {
             return bad("rows must be between 1 and 1000000");
         }

@@ -149,15 +149,20 @@ pub fn token_counts<'a>(
     let mut counts = BTreeMap::new();
     for text in texts {
         for token in tokens(text) {
-            let key = if top.contains_key(&token) {
-                token
-            } else {
-                OTHER_TOKENS.to_owned()
-            };
-            *counts.entry(key).or_insert(0) += 1;
+            *counts.entry(token_category(token, top)).or_insert(0) += 1;
         }
     }
     counts
+}
+
+/// The token-distribution category of `token`: itself when it is one of `top`, else
+/// [`OTHER_TOKENS`].
+pub fn token_category(token: String, top: &BTreeMap<String, u64>) -> String {
+    if top.contains_key(&token) {
+        token
+    } else {
+        OTHER_TOKENS.to_owned()
+    }
 }
 
 /// The name under which the monitor reports a feature derived from text column `column`.

@@ -249,6 +249,34 @@ impl Default for SweepSpec {
 }
 
 impl SweepSpec {
+    /// How many trials [`trials`](Self::trials) makes: the grid's size, or `samples` when that
+    /// is smaller.
+    pub fn count(&self) -> usize {
+        let total = self.grid_points();
+        self.samples.map_or(total, |s| s.min(total))
+    }
+
+    /// The points of the grid (saturating at `usize::MAX` for absurd grids, which `trials`
+    /// refuses).
+    fn grid_points(&self) -> usize {
+        let g = &self.grid;
+        [
+            g.hidden_size.len(),
+            g.depth.len(),
+            g.learning_rate.len(),
+            g.epochs.len(),
+            g.dropout.len(),
+            g.weight_decay.len(),
+            g.rounds.len(),
+            g.max_depth.len(),
+            g.eta.len(),
+        ]
+        .iter()
+        .map(|&n| n.max(1))
+        .try_fold(1usize, |acc, n| acc.checked_mul(n))
+        .unwrap_or(usize::MAX)
+    }
+
     /// The configurations to try, each `base` with one grid point applied and validated.
     ///
     /// # Errors
@@ -276,22 +304,8 @@ impl SweepSpec {
                 .collect()
         }
         let g = &self.grid;
-        let total = [
-            g.hidden_size.len(),
-            g.depth.len(),
-            g.learning_rate.len(),
-            g.epochs.len(),
-            g.dropout.len(),
-            g.weight_decay.len(),
-            g.rounds.len(),
-            g.max_depth.len(),
-            g.eta.len(),
-        ]
-        .iter()
-        .map(|&n| n.max(1))
-        .try_fold(1usize, |acc, n| acc.checked_mul(n))
-        .unwrap_or(usize::MAX);
-        let wanted = self.samples.map_or(total, |s| s.min(total));
+        let total = self.grid_points();
+        let wanted = self.count();
         if wanted == 0 {
             return Err(MlError::Training("a sweep needs at least one trial".into()));
         }

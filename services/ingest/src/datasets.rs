@@ -56,7 +56,7 @@ async fn read_source(state: &AppState, req: &IngestRequest) -> Result<Bytes, Api
         (Some(csv), None, None) => Ok(Bytes::from(csv.clone().into_bytes())),
         (None, None, Some(Generator::Reviews(spec))) => {
             spec.validate()
-                .map_err(|e| ApiError::invalid(format!("generate: {}", plain(&e))))?;
+                .map_err(|e| ApiError::invalid(format!("generate: {e}")))?;
             let spec = spec.clone();
             // Generation is CPU work proportional to the rows: keep it off the async workers.
             let csv = tokio::task::spawn_blocking(move || generate_reviews(&spec))
@@ -91,14 +91,6 @@ async fn read_source(state: &AppState, req: &IngestRequest) -> Result<Bytes, Api
         _ => Err(ApiError::invalid(
             "give exactly one of `csv` (the file's text), `path` or `generate`",
         )),
-    }
-}
-
-/// An error's message without the "schema error: " prefix the ML crate puts on settings.
-fn plain(e: &MlError) -> String {
-    match e {
-        MlError::Schema(m) => m.clone(),
-        other => other.to_string(),
     }
 }
 

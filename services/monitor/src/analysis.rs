@@ -258,12 +258,38 @@ fn text_columns(
     columns: &mut Vec<Column>,
     quality: &mut Vec<ColumnQuality>,
 ) {
+    // One pass over each text's tokens feeds all three columns.
+    let mut lengths = Vec::with_capacity(texts.len());
+    let mut shares = Vec::new();
+    let mut unknown: BTreeMap<String, u64> = BTreeMap::new();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut words, mut unknown_words) = (0u64, 0u64);
+    for t in texts {
+        let Some(t) = t else {
+            lengths.push(None);
+            continue;
+        };
+        let (mut n, mut out) = (0u64, 0u64);
+        for token in text::tokens(t) {
+            n += 1;
+            if base.vocabulary.binary_search(&token).is_err() {
+                out += 1;
+                *unknown.entry(token.clone()).or_insert(0) += 1;
+            }
+            *counts
+                .entry(text::token_category(token, &base.top_tokens))
+                .or_insert(0) += 1;
+        }
+        lengths.push(Some(n as f64));
+        if n > 0 {
+            shares.push(out as f64 / n as f64);
+        }
+        words += n;
+        unknown_words += out;
+    }
+
     let length_name = text::derived_name(name, "length");
-    let length = NumericSample::from_options(
-        texts
-            .iter()
-            .map(|t| t.as_deref().map(|t| text::tokens(t).count() as f64)),
-    );
+    let length = NumericSample::from_options(lengths);
     quality.push(column_quality(
         &length_name,
         length.missing(),
@@ -279,25 +305,6 @@ fn text_columns(
     });
 
     let oov_name = text::derived_name(name, "oov_share");
-    let mut shares = Vec::new();
-    let mut unknown: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut words, mut unknown_words) = (0u64, 0u64);
-    for t in texts.iter().flatten() {
-        let mut n = 0u64;
-        let mut out = 0u64;
-        for token in text::tokens(t) {
-            n += 1;
-            if base.vocabulary.binary_search(&token).is_err() {
-                out += 1;
-                *unknown.entry(token).or_insert(0) += 1;
-            }
-        }
-        if n > 0 {
-            shares.push(out as f64 / n as f64);
-        }
-        words += n;
-        unknown_words += out;
-    }
     let mut q = column_quality(&oov_name, 0, shares.len() as u64, &base.oov_share);
     let current_share = share(unknown_words, words);
     q.unseen_share = Some(current_share);
@@ -323,10 +330,7 @@ fn text_columns(
     });
 
     let tokens_name = text::derived_name(name, "tokens");
-    let current = CategoricalSample::from_counts(
-        text::token_counts(texts.iter().flatten().map(String::as_str), &base.top_tokens),
-        0,
-    );
+    let current = CategoricalSample::from_counts(counts, 0);
     quality.push(column_quality_categorical(
         &tokens_name,
         &current,

@@ -13,8 +13,8 @@ use petrel_api::registry::{
 use petrel_events::consumer::Outcome;
 use petrel_events::payloads::{DataReady, DatasetPurpose};
 use petrel_ml::{
-    CrossValidation, Holdout, HoldoutScore, MlError, ModelBundle, Stop, Table, TrainConfig, Trial,
-    cross_validate, parse_csv, sweep, train_classifier_until,
+    CrossValidation, Holdout, HoldoutScore, MlError, ModelBundle, Stop, SweepSpec, Table,
+    TrainConfig, Trial, cross_validate, parse_csv, sweep, train_classifier_until,
 };
 use petrel_store::StoreError;
 use serde::Serialize;
@@ -459,13 +459,8 @@ async fn run_job(
     let progress = Arc::new(Mutex::new(Progress::default()));
     let config = plan.config.clone();
     let tuning = plan.tuning.clone();
-    let trials_total = match &tuning.sweep {
-        Some(spec) => spec
-            .trials(&config)
-            .map_err(|e| JobError::Permanent(e.to_string()))?
-            .len(),
-        None => 0,
-    };
+    // The plan's sweep was checked when the job was made (`trials` refuses a bad one).
+    let trials_total = tuning.sweep.as_ref().map_or(0, SweepSpec::count);
     let p = progress.clone();
     let started = std::time::Instant::now();
     let t = table.clone();
