@@ -689,3 +689,168 @@ async fn a_text_model_is_trained_served_and_watched_for_vocabulary_drift() {
     );
     stack.stop().await;
 }
+
+/// The bundled digits as JSON features (the image as its CSV cell: space-separated pixels)
+/// plus the digit.
+fn digit_rows() -> Vec<(Map<String, Value>, String)> {
+    let csv = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.csv")).unwrap();
+    petrel_ml::csv_to_json_rows(&csv)
+        .unwrap()
+        .rows
+        .into_iter()
+        .map(|row| {
+            let mut features = row.unwrap();
+            let label = match features.remove("digit") {
+                Some(Value::Number(n)) => (n.as_f64().unwrap() as i64).to_string(),
+                other => panic!("a digit, not {other:?}"),
+            };
+            (features, label)
+        })
+        .collect()
+}
+
+/// `features` with its image re-encoded: as a JSON array of pixel numbers, or as a base64 PNG.
+fn image_as(features: &Map<String, Value>, png: bool) -> Map<String, Value> {
+    let spec = petrel_ml::Schema::digits().features[0].image.unwrap();
+    let pixels =
+        petrel_ml::image::parse_image_text(features["image"].as_str().unwrap(), &spec).unwrap();
+    let image = if png {
+        Value::String(petrel_ml::image::encode_png_base64(&pixels, &spec))
+    } else {
+        serde_json::json!(pixels)
+    };
+    Map::from_iter([("image".to_owned(), image)])
+}
+
+/// The image CNN through the services: ingest takes the digits file, the trainer fits the CNN,
+/// the registry promotes it, the predictor serves images sent as pixel arrays, base64 PNGs and
+/// Open Inference Protocol tensors alike, and brighter production images raise a drift alert on
+/// the image's mean intensity while images like training's raise none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_image_model_is_trained_served_as_pixels_and_pngs_and_watched_for_brightness_drift() {
+    let stack = Stack::start_serving(
+        "digits",
+        &["--kind", "cnn", "--epochs", "8"],
+        &["--confirm-windows", "1"],
+    )
+    .await;
+    let mut alerts = stack.env.subscribe("alerts.>").await;
+    let mut promoted = stack.env.subscribe("model.promoted").await;
+    let csv = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.csv"))
+        .unwrap();
+    let resp = ingest(
+        &stack,
+        IngestRequest {
+            name: "digits".into(),
+            schema: petrel_ml::Schema::digits(),
+            csv: Some(csv),
+            path: None,
+            generate: None,
+            purpose: Default::default(),
+        },
+    )
+    .await;
+    assert_eq!(resp.dataset.row_count, 1797);
+
+    let production = promoted_to_production(&stack, &mut promoted, "digits").await;
+    let accuracy = production.metrics["test_accuracy"];
+    assert!(accuracy > 0.9, "test accuracy {accuracy}");
+    let registry = RegistryClient::new(stack.url("registry"));
+    let run = registry.get_run(production.run_id).await.unwrap();
+    assert_eq!(run.params["model_kind"], "cnn");
+    assert_eq!(run.params["channels"], "8");
+    assert_eq!(run.tags["petrel.model_type"], "burn-cnn");
+
+    wait_served(&stack, production.version).await;
+    let predictor = ApiClient::new(stack.url("predictor"));
+    let rows = digit_rows();
+    // The same image as an array and as a PNG gets the same answer.
+    let predict = |features: Map<String, Value>| {
+        let predictor = &predictor;
+        async move {
+            let req = PredictRequest {
+                rows: vec![PredictRow {
+                    inference_id: None,
+                    features,
+                }],
+            };
+            let resp: Result<PredictResponse, _> = predictor.post("/v1/predict", &req).await;
+            resp.map(|mut r| r.predictions.remove(0))
+        }
+    };
+    let as_array = predict(image_as(&rows[0].0, false)).await.unwrap();
+    let as_png = predict(image_as(&rows[0].0, true)).await.unwrap();
+    assert_eq!(as_array.class, as_png.class);
+    assert_eq!(as_array.class, rows[0].1);
+    // A wrong-sized image is a 4xx naming the column and the size.
+    let err = predict(Map::from_iter([(
+        "image".to_owned(),
+        serde_json::json!([1, 2, 3]),
+    )]))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("image") && err.contains("8x8"), "{err}");
+    // The Open Inference Protocol: an FP32 [1, 8, 8] tensor and a BYTES PNG tensor.
+    let pixels = image_as(&rows[0].0, false)["image"].clone();
+    let png = image_as(&rows[0].0, true)["image"].clone();
+    for (datatype, shape, data) in [
+        ("FP32", serde_json::json!([1, 8, 8]), pixels),
+        ("BYTES", serde_json::json!([1]), serde_json::json!([png])),
+    ] {
+        let body = serde_json::json!({"inputs": [
+            {"name": "image", "datatype": datatype, "shape": shape, "data": data}
+        ]});
+        let resp: Value = predictor
+            .post("/v2/models/digits/infer", &body)
+            .await
+            .unwrap_or_else(|e| panic!("{datatype}: {e}"));
+        assert_eq!(
+            resp["outputs"][0]["data"][0], as_array.class,
+            "{datatype}: {resp}"
+        );
+    }
+
+    // Production traffic: images like training's, half as arrays and half as PNGs.
+    let sample = |offset: usize, png_every: usize| -> Vec<(Map<String, Value>, String)> {
+        rows.iter()
+            .skip(offset)
+            .step_by(12)
+            .take(90)
+            .enumerate()
+            .map(|(i, (f, label))| (image_as(f, i % png_every == 0), label.clone()))
+            .collect()
+    };
+    let normal = sample(1, 2);
+    let acc = traffic(&stack, &normal, "normal").await;
+    assert!(acc > 0.85, "accuracy on normal traffic {acc}");
+    let first = first_report(&stack).await;
+    assert!(
+        !first.alerts.iter().any(|a| a == "drift"),
+        "images like training's raised drift: {first:?}"
+    );
+
+    // Brighter images (every pixel +5, within the image's range).
+    let brighter: Vec<(Map<String, Value>, String)> = sample(7, 3)
+        .into_iter()
+        .map(|(f, label)| {
+            let spec = petrel_ml::Schema::digits().features[0].image.unwrap();
+            let pixels = petrel_ml::row_from_json(&f, &petrel_ml::Schema::digits()).unwrap();
+            let Some(petrel_ml::Value::Pixels(p)) = pixels[0].clone() else {
+                panic!("an image")
+            };
+            let bright: Vec<f32> = p.iter().map(|v| (v + 5.0).min(16.0)).collect();
+            let image = Value::String(petrel_ml::image::encode_png_base64(&bright, &spec));
+            (Map::from_iter([("image".to_owned(), image)]), label)
+        })
+        .collect();
+    traffic(&stack, &brighter, "bright").await;
+    let drift = next_drift_alert(&mut alerts).await.data;
+    assert_eq!(drift.model_name, "digits");
+    let names = drift.details["drifted_features"].as_array().unwrap();
+    assert!(
+        names.iter().any(|n| n == "image.mean_intensity"),
+        "{names:?}"
+    );
+    stack.stop().await;
+}

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    HeldOut, LoadedModel, Metrics, MlError, MlpWeights, Preprocessor, ReferenceProfile, Schema,
-    Scorer, TrainConfig, Trees,
+    CnnWeights, HeldOut, LoadedModel, Metrics, MlError, MlpWeights, Preprocessor, ReferenceProfile,
+    Schema, Scorer, TrainConfig, Trees,
 };
 
 /// The newest bundle layout this build writes and reads; bumped on any incompatible change so
@@ -15,27 +15,26 @@ use crate::{
 /// version 2, which a version-1 build refuses rather than serving it without its extra layers.
 /// Version 3 holds gradient-boosted trees (`trees` instead of `weights`); MLP bundles are still
 /// written as 1 or 2. Version 4 has a text column (hashed TF-IDF preprocessing and a text
-/// reference), whatever its model.
-pub const BUNDLE_FORMAT_VERSION: u32 = 4;
+/// reference), whatever its model. Version 5 has an image column or a CNN (`cnn`).
+pub const BUNDLE_FORMAT_VERSION: u32 = 5;
 
 /// The oldest bundle layout this build reads.
 pub const MIN_BUNDLE_FORMAT_VERSION: u32 = 1;
 
-/// The version a bundle is written as: the oldest that can hold its schema and its model (MLP
-/// `weights`, or trees when `None`).
+/// The version a bundle is written as: the oldest that can hold its schema and its model.
 #[must_use]
-pub fn format_version_for(schema: &Schema, weights: Option<&MlpWeights>) -> u32 {
-    if schema
-        .features
-        .iter()
-        .any(|c| c.kind == crate::ColumnKind::Text)
-    {
+pub fn format_version_for(schema: &Schema, scorer: &Scorer) -> u32 {
+    let has = |kind| schema.features.iter().any(|c| c.kind == kind);
+    if has(crate::ColumnKind::Image) || matches!(scorer, Scorer::Cnn(_)) {
+        return 5;
+    }
+    if has(crate::ColumnKind::Text) {
         return 4;
     }
-    match weights {
-        Some(w) if w.deeper.is_empty() => 1,
-        Some(_) => 2,
-        None => 3,
+    match scorer {
+        Scorer::Mlp(w) if w.deeper.is_empty() => 1,
+        Scorer::Mlp(_) => 2,
+        Scorer::Trees(_) | Scorer::Cnn(_) => 3,
     }
 }
 
@@ -70,6 +69,9 @@ pub struct ModelBundle {
     /// The trained ensemble (gradient-boosted-tree bundles, format 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trees: Option<Trees>,
+    /// The trained convolutional network (CNN bundles, format 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnn: Option<CnnWeights>,
 }
 
 /// Just enough of a bundle to read its version before trusting the rest of the layout.
@@ -119,12 +121,24 @@ impl ModelBundle {
 
     /// The model's parameters, whichever kind it is.
     pub fn scorer(&self) -> Result<Scorer, MlError> {
-        match (&self.weights, &self.trees) {
-            (Some(w), None) => Ok(Scorer::Mlp(w.clone())),
-            (None, Some(t)) => Ok(Scorer::Trees(t.clone())),
+        match (&self.weights, &self.trees, &self.cnn) {
+            (Some(w), None, None) => Ok(Scorer::Mlp(w.clone())),
+            (None, Some(t), None) => Ok(Scorer::Trees(t.clone())),
+            (None, None, Some(c)) => Ok(Scorer::Cnn(c.clone())),
             _ => Err(MlError::Bundle(
-                "inconsistent model bundle: it must hold either network weights or trees".into(),
+                "inconsistent model bundle: it must hold exactly one of network weights, trees \
+                 or a convolutional network"
+                    .into(),
             )),
+        }
+    }
+
+    /// The bundle fields that hold `scorer`: `(weights, trees, cnn)`, one of them set.
+    pub fn model_fields(scorer: Scorer) -> (Option<MlpWeights>, Option<Trees>, Option<CnnWeights>) {
+        match scorer {
+            Scorer::Mlp(w) => (Some(w), None, None),
+            Scorer::Trees(t) => (None, Some(t), None),
+            Scorer::Cnn(c) => (None, None, Some(c)),
         }
     }
 
@@ -132,6 +146,8 @@ impl ModelBundle {
     pub fn kind(&self) -> crate::ModelKind {
         if self.trees.is_some() {
             crate::ModelKind::Gbt
+        } else if self.cnn.is_some() {
+            crate::ModelKind::Cnn
         } else {
             crate::ModelKind::Mlp
         }
@@ -142,7 +158,7 @@ impl ModelBundle {
     fn check(&self) -> Result<(), MlError> {
         let bad = |m: String| Err(MlError::Bundle(format!("inconsistent model bundle: {m}")));
         let scorer = self.scorer()?;
-        let needed = format_version_for(&self.schema, self.weights.as_ref());
+        let needed = format_version_for(&self.schema, &scorer);
         if self.format_version != needed {
             return bad(format!(
                 "format_version is {} but its model needs version {needed}",
@@ -181,6 +197,19 @@ impl ModelBundle {
                 scorer.inputs(),
                 self.preprocessor.width()
             ));
+        }
+        if let Scorer::Cnn(cnn) = &scorer {
+            let image_only = matches!(
+                self.preprocessor.columns.as_slice(),
+                [crate::ColumnTransform::Image { height, width, .. }]
+                    if (*height, *width) == (cnn.height, cnn.width)
+            );
+            if !image_only {
+                return bad(format!(
+                    "the convolutional network takes one {}x{} image column",
+                    cnn.height, cnn.width
+                ));
+            }
         }
         if scorer.classes() != self.class_names.len() {
             return bad(format!(

@@ -12,8 +12,10 @@ use crate::{ColumnKind, MlError, Schema};
 pub enum Value {
     /// A finite number, for a numeric column.
     Num(f64),
-    /// A category label, for a categorical column.
+    /// A category label, for a categorical column (or a text, for a text column).
     Cat(String),
+    /// An image's pixel values, row-major, in its column's units (see [`crate::image`]).
+    Pixels(Vec<f32>),
 }
 
 /// One row of features in schema order; None = missing.
@@ -291,6 +293,22 @@ fn parse_record(
             ColumnKind::Categorical | ColumnKind::Text => {
                 row.push(Some(Value::Cat(token.to_string())))
             }
+            ColumnKind::Image => match column
+                .image
+                .as_ref()
+                .ok_or_else(|| "the column declares no image shape".to_string())
+                .and_then(|spec| crate::image::parse_image_text(token, spec))
+            {
+                Ok(pixels) => row.push(Some(Value::Pixels(pixels))),
+                Err(message) => {
+                    errors.push(RowError {
+                        line,
+                        column: Some(column.name.clone()),
+                        message,
+                    });
+                    row.push(None);
+                }
+            },
         }
     }
     target.map(|t| (row, t))
@@ -339,6 +357,18 @@ pub fn row_from_json(
                 None | Some(serde_json::Value::Null) => return Ok(None),
                 Some(v) => v,
             };
+            if column.kind == ColumnKind::Image {
+                if value.as_str().is_some_and(is_missing_token) {
+                    return Ok(None);
+                }
+                let spec = column
+                    .image
+                    .as_ref()
+                    .ok_or_else(|| invalid("the column declares no image shape".to_string()))?;
+                return crate::image::pixels_from_json(value, spec)
+                    .map(|p| Some(Value::Pixels(p)))
+                    .map_err(invalid);
+            }
             match (column.kind, value) {
                 (ColumnKind::Numeric, serde_json::Value::Number(n)) => match n.as_f64() {
                     Some(v) if v.is_finite() => Ok(Some(Value::Num(v))),
@@ -367,10 +397,9 @@ pub fn row_from_json(
                     "expected a number, got {}",
                     json_type_name(other)
                 ))),
-                (ColumnKind::Categorical | ColumnKind::Text, other) => Err(invalid(format!(
-                    "expected a string, got {}",
-                    json_type_name(other)
-                ))),
+                (ColumnKind::Categorical | ColumnKind::Text | ColumnKind::Image, other) => Err(
+                    invalid(format!("expected a string, got {}", json_type_name(other))),
+                ),
             }
         })
         .collect()
@@ -712,6 +741,12 @@ impl<'de> serde::de::Visitor<'de> for FastRow<'_> {
                 continue;
             };
             let kind = schema.features[i].kind;
+            if kind == ColumnKind::Image {
+                // Pixel arrays and PNGs are read, and checked, by the slow path.
+                map.next_value::<serde::de::IgnoredAny>()?;
+                ok = false;
+                continue;
+            }
             match map.next_value::<Scalar<'de>>()? {
                 Scalar::Null => row[i] = None,
                 Scalar::Int(text) => match kind {
@@ -720,6 +755,7 @@ impl<'de> serde::de::Visitor<'de> for FastRow<'_> {
                         _ => ok = false,
                     },
                     ColumnKind::Categorical | ColumnKind::Text => row[i] = Some(Value::Cat(text)),
+                    ColumnKind::Image => ok = false,
                 },
                 Scalar::Float(v) => match kind {
                     ColumnKind::Numeric if v.is_finite() => row[i] = Some(Value::Num(v)),
@@ -746,6 +782,7 @@ impl<'de> serde::de::Visitor<'de> for FastRow<'_> {
                             ColumnKind::Categorical | ColumnKind::Text => {
                                 row[i] = Some(Value::Cat(s.trim().to_string()))
                             }
+                            ColumnKind::Image => ok = false,
                         }
                     }
                 }

@@ -11,11 +11,13 @@
 //! one model across request tasks. A test checks that both forward passes agree.
 
 mod bundle;
+mod cnn;
 mod compare;
 mod csv_json;
 mod dataset;
 mod error;
 mod gbt;
+pub mod image;
 mod infer;
 mod model;
 mod package;
@@ -31,6 +33,7 @@ mod tune;
 pub use bundle::{
     BUNDLE_FORMAT_VERSION, MIN_BUNDLE_FORMAT_VERSION, ModelBundle, format_version_for,
 };
+pub use cnn::{Cnn, CnnWeights, ConvLayer};
 pub use compare::{Holdout, HoldoutScore};
 pub use csv_json::{JsonRows, csv_cell_to_json, csv_to_json_rows};
 pub use dataset::{

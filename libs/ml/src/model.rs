@@ -31,13 +31,13 @@ pub struct Mlp {
 /// Uniform `(-k, k)` values with `k = 1/sqrt(fan_in)`, burn's default `Linear` initialisation,
 /// drawn from our own seeded generator so initialisation never touches burn's process-global RNG
 /// (which concurrent trainings in one process would otherwise race on).
-fn uniform(rng: &mut StdRng, len: usize, fan_in: usize) -> Vec<f32> {
+pub(crate) fn uniform(rng: &mut StdRng, len: usize, fan_in: usize) -> Vec<f32> {
     let k = 1.0 / (fan_in.max(1) as f32).sqrt();
     (0..len).map(|_| rng.random_range(-k..k)).collect()
 }
 
 /// Builds a `Linear` layer holding exactly the given row-major `[inputs, outputs]` weights.
-fn linear_from(layer: &DenseLayer, device: &Device) -> Linear {
+pub(crate) fn linear_from(layer: &DenseLayer, device: &Device) -> Linear {
     let weight = Tensor::<2>::from_data(
         TensorData::new(layer.weight.clone(), [layer.inputs, layer.outputs]),
         device,
@@ -49,17 +49,32 @@ fn linear_from(layer: &DenseLayer, device: &Device) -> Linear {
     }
 }
 
+/// A trained tensor's values.
+pub(crate) fn read_tensor(data: TensorData) -> Result<Vec<f32>, MlError> {
+    data.try_into_vec_as::<f32>()
+        .map_err(|e| MlError::Training(format!("cannot read trained weights: {e:?}")))
+}
+
+/// Logits to probabilities, in place, shifted by the largest for stability.
+pub(crate) fn softmax_in_place(values: &mut [f32]) {
+    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for p in values.iter_mut() {
+        *p = (*p - max).exp();
+        sum += *p;
+    }
+    for p in values.iter_mut() {
+        *p /= sum;
+    }
+}
+
 /// Copies a `Linear` layer's parameters out of burn.
-fn dense_from(linear: &Linear) -> Result<DenseLayer, MlError> {
-    let read = |data: TensorData| {
-        data.try_into_vec_as::<f32>()
-            .map_err(|e| MlError::Training(format!("cannot read trained weights: {e:?}")))
-    };
+pub(crate) fn dense_from(linear: &Linear) -> Result<DenseLayer, MlError> {
     let weight = linear.weight.val();
     let [inputs, outputs] = weight.dims();
-    let weight = read(weight.into_data())?;
+    let weight = read_tensor(weight.into_data())?;
     let bias = match &linear.bias {
-        Some(b) => read(b.val().into_data())?,
+        Some(b) => read_tensor(b.val().into_data())?,
         None => vec![0.0; outputs],
     };
     Ok(DenseLayer {
@@ -166,7 +181,7 @@ pub struct DenseLayer {
 
 impl DenseLayer {
     /// Checks shapes and finiteness, because a bundle may come from anywhere.
-    fn validate(&self, what: &str) -> Result<(), String> {
+    pub(crate) fn validate(&self, what: &str) -> Result<(), String> {
         if self.inputs == 0 || self.outputs == 0 {
             return Err(format!("{what} layer has a zero dimension"));
         }
@@ -184,7 +199,7 @@ impl DenseLayer {
     }
 
     /// `out = x W + b`; `out` must be `outputs` long.
-    fn apply(&self, x: &[f32], out: &mut [f32]) {
+    pub(crate) fn apply(&self, x: &[f32], out: &mut [f32]) {
         out.copy_from_slice(&self.bias);
         for (xi, w_row) in x.iter().zip(self.weight.chunks_exact(self.outputs)) {
             if *xi != 0.0 {
@@ -273,15 +288,7 @@ impl MlpWeights {
             std::mem::swap(&mut a, &mut b);
         }
         self.output.apply(&a[..width], probs);
-        let max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for p in probs.iter_mut() {
-            *p = (*p - max).exp();
-            sum += *p;
-        }
-        for p in probs.iter_mut() {
-            *p /= sum;
-        }
+        softmax_in_place(probs);
     }
 
     /// Class probabilities for a row-major `[n, inputs()]` matrix, row-major `[n, classes()]`.
@@ -302,7 +309,7 @@ impl MlpWeights {
 }
 
 /// Serde helpers storing `Vec<f32>` as one hex string of little-endian bit patterns.
-mod hex_f32 {
+pub(crate) mod hex_f32 {
     use serde::de::Error as _;
     use serde::{Deserialize, Deserializer, Serializer};
 

@@ -42,6 +42,20 @@ pub enum ColumnTransform {
         #[serde(default = "one")]
         ngrams: usize,
     },
+    /// One output per pixel, `(p - mean) / std` with the mean and standard deviation of every
+    /// training pixel; a missing image encodes as the mean image (all zeros).
+    Image {
+        /// The column name, kept so a bundle can be checked against its schema.
+        name: String,
+        /// Rows of pixels.
+        height: usize,
+        /// Pixels per row.
+        width: usize,
+        /// Mean of all training pixels, in the column's units.
+        mean: f64,
+        /// Population standard deviation of all training pixels (1 when it was 0).
+        std: f64,
+    },
 }
 
 impl ColumnTransform {
@@ -51,6 +65,7 @@ impl ColumnTransform {
             ColumnTransform::Numeric { .. } => 1,
             ColumnTransform::Categorical { categories, .. } => categories.len(),
             ColumnTransform::Text { idf, .. } => idf.len(),
+            ColumnTransform::Image { height, width, .. } => height * width,
         }
     }
 
@@ -59,7 +74,8 @@ impl ColumnTransform {
         match self {
             ColumnTransform::Numeric { name, .. }
             | ColumnTransform::Categorical { name, .. }
-            | ColumnTransform::Text { name, .. } => name,
+            | ColumnTransform::Text { name, .. }
+            | ColumnTransform::Image { name, .. } => name,
         }
     }
 }
@@ -103,6 +119,7 @@ fn as_number(value: &Value) -> Option<f64> {
     match value {
         Value::Num(v) => Some(*v).filter(|v| v.is_finite()),
         Value::Cat(s) => s.trim().parse::<f64>().ok().filter(|v| v.is_finite()),
+        Value::Pixels(_) => None,
     }
 }
 
@@ -111,6 +128,7 @@ pub(crate) fn as_category(value: &Value) -> String {
     match value {
         Value::Cat(s) => s.clone(),
         Value::Num(v) => format!("{v}"),
+        Value::Pixels(p) => format!("[{} pixels]", p.len()),
     }
 }
 
@@ -240,6 +258,46 @@ impl Preprocessor {
                             ngrams: text.ngrams,
                         })
                     }
+                    ColumnKind::Image => {
+                        let spec = column.image.ok_or_else(|| {
+                            MlError::Schema(format!(
+                                "image column '{}' declares no shape",
+                                column.name
+                            ))
+                        })?;
+                        let (mut n, mut sum, mut sq) = (0u64, 0.0f64, 0.0f64);
+                        for value in present {
+                            let Value::Pixels(pixels) = value else {
+                                return Err(MlError::InvalidValue {
+                                    column: column.name.clone(),
+                                    message: "expected an image".into(),
+                                });
+                            };
+                            for &p in pixels {
+                                n += 1;
+                                sum += f64::from(p);
+                                sq += f64::from(p) * f64::from(p);
+                            }
+                        }
+                        let mean = if n == 0 { 0.0 } else { sum / n as f64 };
+                        let var = if n == 0 {
+                            0.0
+                        } else {
+                            (sq / n as f64 - mean * mean).max(0.0)
+                        };
+                        let std = var.sqrt();
+                        Ok(ColumnTransform::Image {
+                            name: column.name.clone(),
+                            height: spec.height,
+                            width: spec.width,
+                            mean,
+                            std: if std.is_finite() && std > 1e-12 {
+                                std
+                            } else {
+                                1.0
+                            },
+                        })
+                    }
                 }
             })
             .collect::<Result<_, MlError>>()?;
@@ -300,8 +358,19 @@ impl Preprocessor {
                         *ngrams,
                         &mut dst[offset..offset + idf.len()],
                     ),
-                    None => {}
+                    Some(Value::Pixels(_)) | None => {}
                 },
+                ColumnTransform::Image { mean, std, .. } => {
+                    let out = &mut dst[offset..offset + column.width()];
+                    if let Some(Value::Pixels(pixels)) = value
+                        && pixels.len() == out.len()
+                    {
+                        let (mean, inv) = (*mean as f32, (1.0 / *std) as f32);
+                        for (o, &p) in out.iter_mut().zip(pixels) {
+                            *o = (p - mean) * inv;
+                        }
+                    }
+                }
             }
             offset += column.width();
         }
@@ -323,6 +392,7 @@ impl Preprocessor {
                 (ColumnTransform::Numeric { .. }, ColumnKind::Numeric)
                     | (ColumnTransform::Categorical { .. }, ColumnKind::Categorical)
                     | (ColumnTransform::Text { .. }, ColumnKind::Text)
+                    | (ColumnTransform::Image { .. }, ColumnKind::Image)
             );
             if transform.name() != column.name || !kind_matches {
                 return Err(format!(
@@ -373,6 +443,27 @@ impl Preprocessor {
                         || !idf.iter().all(|w| w.is_finite() && *w >= 1.0)
                     {
                         return Err(format!("column '{}' has invalid text weights", column.name));
+                    }
+                }
+                ColumnTransform::Image {
+                    height,
+                    width,
+                    mean,
+                    std,
+                    ..
+                } => {
+                    let declared = column.image.map(|s| (s.height, s.width));
+                    if declared != Some((*height, *width)) {
+                        return Err(format!(
+                            "column '{}' was fitted on {height}x{width} images, not the schema's",
+                            column.name
+                        ));
+                    }
+                    if !(mean.is_finite() && std.is_finite() && *std > 0.0) {
+                        return Err(format!(
+                            "column '{}' has invalid pixel statistics",
+                            column.name
+                        ));
                     }
                 }
             }

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::MlError;
+use crate::image::ImageSpec;
 
 /// How a feature column is interpreted, which decides both parsing and preprocessing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +18,8 @@ pub enum ColumnKind {
     Categorical,
     /// Free text; tokenised and hashed into TF-IDF features (see [`crate::text`]).
     Text,
+    /// A greyscale image of the shape its column declares (see [`crate::image`]).
+    Image,
 }
 
 impl ColumnKind {
@@ -26,6 +29,7 @@ impl ColumnKind {
             ColumnKind::Numeric => "numeric",
             ColumnKind::Categorical => "categorical",
             ColumnKind::Text => "text",
+            ColumnKind::Image => "image",
         }
     }
 }
@@ -37,6 +41,9 @@ pub struct Column {
     pub name: String,
     /// How the column's values are parsed and encoded.
     pub kind: ColumnKind,
+    /// The shape and pixel range of an image column (required for `image`, absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none", flatten)]
+    pub image: Option<ImageSpec>,
 }
 
 impl Column {
@@ -45,6 +52,7 @@ impl Column {
         Column {
             name: name.into(),
             kind: ColumnKind::Numeric,
+            image: None,
         }
     }
 
@@ -53,6 +61,7 @@ impl Column {
         Column {
             name: name.into(),
             kind: ColumnKind::Categorical,
+            image: None,
         }
     }
 
@@ -61,6 +70,20 @@ impl Column {
         Column {
             name: name.into(),
             kind: ColumnKind::Text,
+            image: None,
+        }
+    }
+
+    /// An image column of `height x width` pixels valued `0..=max_value`.
+    pub fn image(name: impl Into<String>, height: usize, width: usize, max_value: f64) -> Column {
+        Column {
+            name: name.into(),
+            kind: ColumnKind::Image,
+            image: Some(ImageSpec {
+                height,
+                width,
+                max_value,
+            }),
         }
     }
 }
@@ -89,6 +112,15 @@ impl Schema {
                 Column::numeric("year"),
             ],
             target: "species".to_string(),
+        }
+    }
+
+    /// The schema of the bundled handwritten digits (`data/digits.csv`): one 8x8 image of
+    /// pixels 0..16, target `digit`.
+    pub fn digits() -> Schema {
+        Schema {
+            features: vec![Column::image("image", 8, 8, 16.0)],
+            target: "digit".to_string(),
         }
     }
 
@@ -134,6 +166,26 @@ impl Schema {
                     "column name '{}' has leading or trailing whitespace",
                     column.name
                 )));
+            }
+            match (column.kind, &column.image) {
+                (ColumnKind::Image, Some(spec)) => {
+                    spec.validate(&column.name).map_err(MlError::Schema)?
+                }
+                (ColumnKind::Image, None) => {
+                    return Err(MlError::Schema(format!(
+                        "image column '{}' needs its height, width and max_value",
+                        column.name
+                    )));
+                }
+                (_, Some(_)) => {
+                    return Err(MlError::Schema(format!(
+                        "column '{}' is {}, but height, width and max_value belong to image \
+                         columns",
+                        column.name,
+                        column.kind.as_str()
+                    )));
+                }
+                (_, None) => {}
             }
             if !seen.insert(column.name.as_str()) {
                 return Err(MlError::Schema(format!(
@@ -263,6 +315,33 @@ mod tests {
         let back: Column = serde_json::from_str(r#"{"name":"r","kind":"text"}"#).unwrap();
         assert_eq!(back, Column::text("r"));
         assert_eq!(ColumnKind::Text.as_str(), "text");
+        let json = serde_json::to_string(&Column::image("img", 8, 8, 16.0)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"name":"img","kind":"image","height":8,"width":8,"max_value":16.0}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Column>(&json).unwrap(),
+            Column::image("img", 8, 8, 16.0)
+        );
+    }
+
+    #[test]
+    fn image_columns_declare_a_usable_shape() {
+        Schema::digits().validate().unwrap();
+        let schema = |column: Column| Schema {
+            features: vec![column],
+            target: "y".into(),
+        };
+        let err = |c: Column| schema(c).validate().unwrap_err().to_string();
+        assert!(err(Column::image("i", 0, 8, 16.0)).contains("between 1x1"));
+        assert!(err(Column::image("i", 8, 8, 0.0)).contains("max_value above 0"));
+        let mut bare = Column::image("i", 8, 8, 16.0);
+        bare.image = None;
+        assert!(err(bare).contains("needs its height, width and max_value"));
+        let mut numeric = Column::numeric("x");
+        numeric.image = Column::image("i", 8, 8, 16.0).image;
+        assert!(err(numeric).contains("belong to image columns"));
     }
 }
 

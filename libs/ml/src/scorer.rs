@@ -1,20 +1,31 @@
-//! What turns encoded inputs into class probabilities: an MLP's weights or an ensemble of
-//! gradient-boosted trees.
+//! What turns encoded inputs into class probabilities: an MLP's weights, an ensemble of
+//! gradient-boosted trees, or a CNN's weights.
 
-use crate::{MlpWeights, Trees};
+use crate::{CnnWeights, MlpWeights, Trees};
 
 /// A trained model's parameters, of either kind.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Scorer {
     Mlp(MlpWeights),
     Trees(Trees),
+    Cnn(CnnWeights),
 }
 
 impl Scorer {
+    /// The kind of model these parameters belong to.
+    pub fn kind(&self) -> crate::ModelKind {
+        match self {
+            Scorer::Mlp(_) => crate::ModelKind::Mlp,
+            Scorer::Trees(_) => crate::ModelKind::Gbt,
+            Scorer::Cnn(_) => crate::ModelKind::Cnn,
+        }
+    }
+
     pub fn inputs(&self) -> usize {
         match self {
             Scorer::Mlp(w) => w.inputs(),
             Scorer::Trees(t) => t.inputs,
+            Scorer::Cnn(w) => w.inputs(),
         }
     }
 
@@ -22,6 +33,7 @@ impl Scorer {
         match self {
             Scorer::Mlp(w) => w.classes(),
             Scorer::Trees(t) => t.classes,
+            Scorer::Cnn(w) => w.classes(),
         }
     }
 
@@ -29,6 +41,7 @@ impl Scorer {
         match self {
             Scorer::Mlp(w) => w.validate(),
             Scorer::Trees(t) => t.validate(),
+            Scorer::Cnn(w) => w.validate(),
         }
     }
 
@@ -37,6 +50,7 @@ impl Scorer {
         match self {
             Scorer::Mlp(w) => w.probabilities(matrix),
             Scorer::Trees(t) => t.probabilities(matrix),
+            Scorer::Cnn(w) => w.probabilities(matrix),
         }
     }
 
@@ -45,6 +59,7 @@ impl Scorer {
         match self {
             Scorer::Mlp(w) => w.probabilities_into(x, scratch, probs),
             Scorer::Trees(t) => t.probabilities_into(x, probs),
+            Scorer::Cnn(w) => w.probabilities_into(x, scratch, probs),
         }
     }
 
@@ -53,6 +68,7 @@ impl Scorer {
         match self {
             Scorer::Mlp(w) => 2 * w.widest_hidden(),
             Scorer::Trees(_) => 0,
+            Scorer::Cnn(w) => w.scratch_len(),
         }
     }
 }

@@ -9,6 +9,7 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -48,7 +49,7 @@ impl Stop {
         self.0.load(Ordering::Relaxed)
     }
 
-    fn check(&self) -> Result<(), MlError> {
+    pub(crate) fn check(&self) -> Result<(), MlError> {
         if self.is_stopped() {
             Err(MlError::Cancelled)
         } else {
@@ -66,6 +67,9 @@ pub enum ModelKind {
     Mlp,
     /// Gradient-boosted trees (`rounds`, `max_depth`, `eta`), through `forust-ml`.
     Gbt,
+    /// The burn convolutional network for one image column (`channels`, `hidden_size`,
+    /// `dropout`, `epochs`, `batch_size`, ...).
+    Cnn,
 }
 
 impl ModelKind {
@@ -73,6 +77,7 @@ impl ModelKind {
         match self {
             ModelKind::Mlp => "mlp",
             ModelKind::Gbt => "gbt",
+            ModelKind::Cnn => "cnn",
         }
     }
 }
@@ -118,6 +123,11 @@ pub struct TrainConfig {
     pub text_buckets: usize,
     /// Text terms join up to this many consecutive words (1: words, 2: words and pairs).
     pub text_ngrams: usize,
+    /// CNN: channels of the first convolution block (the second has twice as many).
+    pub channels: usize,
+    /// Rows per optimisation step; 0 is automatic: the whole split for the MLP (full-batch),
+    /// 64 for the CNN. An epoch is one pass over the rows in shuffled batches.
+    pub batch_size: usize,
 }
 
 impl Default for TrainConfig {
@@ -140,6 +150,8 @@ impl Default for TrainConfig {
             seed: 42,
             text_buckets: crate::text::DEFAULT_TEXT_BUCKETS,
             text_ngrams: crate::text::DEFAULT_NGRAMS,
+            channels: 8,
+            batch_size: 0,
         }
     }
 }
@@ -209,6 +221,12 @@ impl TrainConfig {
         if !(1..=crate::text::MAX_NGRAMS).contains(&self.text_ngrams) {
             return bad("text_ngrams must be between 1 and 3");
         }
+        if !(1..=256).contains(&self.channels) {
+            return bad("channels must be between 1 and 256");
+        }
+        if self.batch_size > 1_000_000 {
+            return bad("batch_size must be at most 1000000 (0 picks one)");
+        }
         Ok(())
     }
 }
@@ -260,6 +278,9 @@ pub struct ReferenceProfile {
     /// Text column name -> the reference of its derived features.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub text: BTreeMap<String, TextProfile>,
+    /// Image column name -> the intensity statistics of its training images.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub image: BTreeMap<String, crate::image::ImageProfile>,
 }
 
 /// What the model predicted for each row of its held-out split, and whether it was right.
@@ -314,6 +335,7 @@ impl ReferenceProfile {
                         .filter_map(|v| match v {
                             Value::Num(x) => Some(*x),
                             Value::Cat(s) => s.trim().parse().ok(),
+                            Value::Pixels(_) => None,
                         })
                         .filter(|x: &f64| x.is_finite())
                         .collect();
@@ -345,6 +367,30 @@ impl ReferenceProfile {
                     cap_sample(&mut lengths, seed, i);
                     text.lengths = lengths;
                     profile.text.insert(column.name.clone(), text);
+                }
+                ColumnKind::Image => {
+                    let max = column.image.map_or(1.0, |s| s.max_value);
+                    let (mut means, mut contrasts) = (Vec::new(), Vec::new());
+                    for value in present {
+                        if let Value::Pixels(pixels) = value {
+                            let (m, c) = crate::image::intensity(pixels, max);
+                            means.push(m);
+                            contrasts.push(c);
+                        }
+                    }
+                    profile
+                        .missing
+                        .insert(column.name.clone(), (rows.len() - means.len()) as u64);
+                    // The same seed and column keep both samples at the same rows.
+                    cap_sample(&mut means, seed, i);
+                    cap_sample(&mut contrasts, seed, i);
+                    profile.image.insert(
+                        column.name.clone(),
+                        crate::image::ImageProfile {
+                            mean_intensity: means,
+                            contrast: contrasts,
+                        },
+                    );
                 }
             }
         }
@@ -507,8 +553,12 @@ pub(crate) fn fit(
     progress: &mut dyn FnMut(usize, f64),
     stop: &Stop,
 ) -> Result<Fitted, MlError> {
-    if config.kind == ModelKind::Gbt {
-        return fit_trees(schema, rows, labels, classes, config, progress, stop);
+    match config.kind {
+        ModelKind::Gbt => return fit_trees(schema, rows, labels, classes, config, progress, stop),
+        ModelKind::Cnn => {
+            return crate::cnn::fit_cnn(schema, rows, labels, classes, config, progress, stop);
+        }
+        ModelKind::Mlp => {}
     }
     // Early stopping measures the loss on rows set aside from this split.
     let (fit_idx, val_idx) = if config.patience > 0 {
@@ -530,17 +580,32 @@ pub(crate) fn fit(
 
     let device = training_device().autodiff();
     let n = fit_rows.len();
-    let x = Tensor::<2>::from_data(
-        TensorData::new(preprocessor.transform(&fit_rows), [n, width]),
-        &device,
-    );
-    let y = Tensor::<1, Int>::from_data(
-        TensorData::new(
-            fit_labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
-            [n],
-        ),
-        &device,
-    );
+    let matrix = preprocessor.transform(&fit_rows);
+    let tensors = |idx: Option<&[usize]>| -> (Tensor<2>, Tensor<1, Int>) {
+        let (xs, ys): (Vec<f32>, Vec<i64>) = match idx {
+            None => (
+                matrix.clone(),
+                fit_labels.iter().map(|&l| l as i64).collect(),
+            ),
+            Some(idx) => (
+                idx.iter()
+                    .flat_map(|&r| &matrix[r * width..(r + 1) * width])
+                    .copied()
+                    .collect(),
+                idx.iter().map(|&r| fit_labels[r] as i64).collect(),
+            ),
+        };
+        let len = ys.len();
+        (
+            Tensor::<2>::from_data(TensorData::new(xs, [len, width]), &device),
+            Tensor::<1, Int>::from_data(TensorData::new(ys, [len]), &device),
+        )
+    };
+    // Full batch (the default) builds its tensors once; minibatches are drawn every epoch.
+    let minibatch = (config.batch_size > 0 && config.batch_size < n).then_some(config.batch_size);
+    let full = minibatch.is_none().then(|| tensors(None));
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut shuffle_rng = StdRng::seed_from_u64(config.seed ^ 0xBA7C_0000);
     let mut model = Mlp::init(
         width,
         config.hidden_size,
@@ -562,36 +627,42 @@ pub(crate) fn fit(
     for epoch in 1..=config.epochs {
         stop.check()?;
         epochs_run = epoch;
-        let logits = if config.dropout > 0.0 {
-            model.forward_with(x.clone(), &mut |_, h| {
-                let [rows, cols] = h.dims();
-                let mask: Vec<f32> = (0..rows * cols)
-                    .map(|_| {
-                        if mask_rng.random::<f64>() < keep {
-                            (1.0 / keep) as f32
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect();
-                h * Tensor::<2>::from_data(TensorData::new(mask, [rows, cols]), &device)
-            })
-        } else {
-            model.forward(x.clone())
-        };
-        let loss = loss_fn.forward(logits, y.clone());
         let last = epoch == config.epochs;
         let report = epoch % report_every == 0 || last;
-        let loss_value = report.then(|| loss.clone().into_scalar::<f32>());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optimizer.step(config.learning_rate, model, grads);
-        if let Some(value) = loss_value {
-            if !value.is_finite() {
-                return Err(MlError::Training(format!(
-                    "training diverged at epoch {epoch} (loss is {value}); lower learning_rate"
-                )));
+        // The loss is read (a synchronisation) only when it is reported or may end training.
+        let want_loss = report || validation.is_some();
+        let batches: Vec<(Tensor<2>, Tensor<1, Int>)> = match (&full, minibatch) {
+            (Some(all), _) => vec![all.clone()],
+            (None, Some(b)) => {
+                order.shuffle(&mut shuffle_rng);
+                order.chunks(b).map(|chunk| tensors(Some(chunk))).collect()
             }
-            progress(epoch, f64::from(value));
+            (None, None) => unreachable!("full batch is built when there are no minibatches"),
+        };
+        let mut total = 0.0f64;
+        for (x, y) in batches {
+            let rows = y.dims()[0];
+            let logits = if config.dropout > 0.0 {
+                model.forward_with(x, &mut |_, h| dropout(h, &mut mask_rng, keep))
+            } else {
+                model.forward(x)
+            };
+            let loss = loss_fn.forward(logits, y);
+            if want_loss {
+                let value = loss.clone().into_scalar::<f32>();
+                if !value.is_finite() {
+                    return Err(MlError::Training(format!(
+                        "training diverged at epoch {epoch} (loss is {value}); lower learning_rate"
+                    )));
+                }
+                total += f64::from(value) * rows as f64;
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optimizer.step(config.learning_rate, model, grads);
+        }
+        let epoch_loss = total / n as f64;
+        if report {
+            progress(epoch, epoch_loss);
         }
         if let Some((val_x, val_y)) = &validation {
             let weights = model.to_weights()?;
@@ -604,8 +675,7 @@ pub(crate) fn fit(
                 .is_some_and(|(_, at, _)| epoch - at >= config.patience)
             {
                 if !report {
-                    let value = loss.into_scalar::<f32>();
-                    progress(epoch, f64::from(value));
+                    progress(epoch, epoch_loss);
                 }
                 break;
             }
@@ -629,8 +699,25 @@ pub(crate) fn fit(
     })
 }
 
+/// Inverted dropout: each activation kept with probability `keep` and scaled by `1 / keep`,
+/// with the mask drawn from `rng` (training stays a function of the seed).
+pub(crate) fn dropout(h: Tensor<2>, rng: &mut StdRng, keep: f64) -> Tensor<2> {
+    let [rows, cols] = h.dims();
+    let mask: Vec<f32> = (0..rows * cols)
+        .map(|_| {
+            if rng.random::<f64>() < keep {
+                (1.0 / keep) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let device = h.device();
+    h * Tensor::<2>::from_data(TensorData::new(mask, [rows, cols]), &device)
+}
+
 /// Preprocessing fitted on `rows`, and its width, refusing one that leaves no input.
-fn fit_preprocessor(
+pub(crate) fn fit_preprocessor(
     schema: &Schema,
     rows: &[FeatureRow],
     text: crate::TextEncoding,
@@ -732,12 +819,10 @@ pub fn train_classifier_until(
     };
     let held_out = HeldOut::from_probabilities(&test_probs, &test_labels, &data.class_names);
 
-    let (weights, trees) = match scorer {
-        Scorer::Mlp(w) => (Some(w), None),
-        Scorer::Trees(t) => (None, Some(t)),
-    };
+    let format_version = format_version_for(schema, &scorer);
+    let (weights, trees, cnn) = ModelBundle::model_fields(scorer);
     Ok(ModelBundle {
-        format_version: format_version_for(schema, weights.as_ref()),
+        format_version,
         schema: schema.clone(),
         preprocessor,
         class_names: data.class_names,
@@ -747,6 +832,7 @@ pub fn train_classifier_until(
         held_out: Some(held_out),
         weights,
         trees,
+        cnn,
     })
 }
 
@@ -770,7 +856,7 @@ fn accuracy(probs: &[f32], labels: &[usize], k: usize) -> f64 {
     right as f64 / labels.len().max(1) as f64
 }
 
-fn log_loss(probs: &[f32], labels: &[usize], k: usize) -> f64 {
+pub(crate) fn log_loss(probs: &[f32], labels: &[usize], k: usize) -> f64 {
     let total: f64 = probs
         .chunks_exact(k)
         .zip(labels)

@@ -222,6 +222,10 @@ pub struct SweepGrid {
     pub rounds: Vec<usize>,
     pub max_depth: Vec<usize>,
     pub eta: Vec<f64>,
+    /// Rows per optimisation step (MLP and CNN).
+    pub batch_size: Vec<usize>,
+    /// CNN: channels of the first convolution block.
+    pub channels: Vec<usize>,
 }
 
 /// A sweep: the grid, the folds each trial is cross-validated on, how many trials run at
@@ -270,6 +274,8 @@ impl SweepSpec {
             g.rounds.len(),
             g.max_depth.len(),
             g.eta.len(),
+            g.batch_size.len(),
+            g.channels.len(),
         ]
         .iter()
         .map(|&n| n.max(1))
@@ -331,6 +337,8 @@ impl SweepSpec {
         out = expand(out, &g.rounds, |c, v| c.rounds = v);
         out = expand(out, &g.max_depth, |c, v| c.max_depth = v);
         out = expand(out, &g.eta, |c, v| c.eta = v);
+        out = expand(out, &g.batch_size, |c, v| c.batch_size = v);
+        out = expand(out, &g.channels, |c, v| c.channels = v);
         if wanted < total {
             let mut rng = StdRng::seed_from_u64(base.seed ^ 0x5A3B);
             out.shuffle(&mut rng);

@@ -26,7 +26,7 @@ fn trees_learn_penguins_and_serve_what_they_were_scored_with() {
     let table = penguins();
     let bundle = train_classifier(&table, &gbt(), &mut |_, _| {}).unwrap();
     assert_eq!(bundle.format_version, 3);
-    assert_eq!(BUNDLE_FORMAT_VERSION, 4);
+    assert_eq!(BUNDLE_FORMAT_VERSION, 5);
     assert_eq!(bundle.kind(), ModelKind::Gbt);
     assert!(bundle.weights.is_none() && bundle.trees.is_some());
     let m = &bundle.metrics;

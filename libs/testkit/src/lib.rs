@@ -26,7 +26,8 @@ pub use events::{Events, next_event, stored_events, wait_consumer_caught_up};
 pub use http::{assert_error, error_message, send};
 pub use nats::ThrowawayNats;
 pub use penguins::{
-    PENGUINS_CSV, SPECIES, bundle, penguin_rows, penguins_csv, register_model, reviews_bundle,
+    PENGUINS_CSV, SPECIES, bundle, digits_bundle, digits_csv, penguin_rows, penguins_csv,
+    register_model, reviews_bundle,
 };
 pub use postgres::ThrowawayPostgres;
 pub use seaweed::{S3_ACCESS_KEY, S3_SECRET_KEY, SeaweedFs};

@@ -41,7 +41,7 @@ pub fn penguin_rows() -> Vec<(String, Map<String, Value>)> {
                 let value = match (raw, kind) {
                     ("NA", _) => Value::Null,
                     (_, ColumnKind::Numeric) => serde_json::json!(raw.parse::<f64>().unwrap()),
-                    (_, ColumnKind::Categorical | ColumnKind::Text) => {
+                    (_, ColumnKind::Categorical | ColumnKind::Text | ColumnKind::Image) => {
                         Value::String(raw.to_owned())
                     }
                 };
@@ -70,6 +70,29 @@ pub fn reviews_bundle() -> &'static ModelBundle {
     BUNDLE.get_or_init(|| {
         let csv = petrel_ml::generate_reviews(&petrel_ml::ReviewSpec::new(1500, 21)).unwrap();
         let report = parse_csv(csv.as_bytes(), &Schema::reviews()).unwrap();
+        let config = TrainConfig {
+            epochs: 30,
+            ..TrainConfig::default()
+        };
+        train_classifier(&report.table, &config, &mut |_, _| {}).unwrap()
+    })
+}
+
+/// The bundled digits file (`data/digits.csv`).
+pub fn digits_csv() -> Vec<u8> {
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../data/digits.csv"
+    ))
+    .unwrap()
+}
+
+/// A digits model (an MLP over the 64 pixels, 30 epochs: the monitor watches images the same
+/// whatever the model), once per test binary.
+pub fn digits_bundle() -> &'static ModelBundle {
+    static BUNDLE: OnceLock<ModelBundle> = OnceLock::new();
+    BUNDLE.get_or_init(|| {
+        let report = parse_csv(&digits_csv(), &Schema::digits()).unwrap();
         let config = TrainConfig {
             epochs: 30,
             ..TrainConfig::default()

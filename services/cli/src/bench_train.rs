@@ -53,6 +53,42 @@ pub struct TrainBench {
     /// Run only the text measurement.
     #[arg(long, requires = "text_data")]
     text_only: bool,
+    /// The digits file (`data/digits.csv`) for the image CNN measurement; without it, the CNN
+    /// is not measured.
+    #[arg(long)]
+    digits_data: Option<PathBuf>,
+    /// Epochs of the digits CNN (minibatches of 64).
+    #[arg(long, default_value_t = 12)]
+    digits_epochs: usize,
+    /// Run only the digits measurement.
+    #[arg(long, requires = "digits_data", conflicts_with = "text_only")]
+    digits_only: bool,
+}
+
+/// The median seconds from the digits file's bytes to a trained, evaluated CNN, and that
+/// model's test accuracy.
+fn digits_fit(bytes: &[u8], epochs: usize, runs: usize) -> anyhow::Result<serde_json::Value> {
+    let config = TrainConfig {
+        kind: ModelKind::Cnn,
+        epochs,
+        ..TrainConfig::default()
+    };
+    let mut secs = Vec::with_capacity(runs);
+    let mut last = None;
+    for _ in 0..runs {
+        let s = Instant::now();
+        let table = parse_csv(bytes, &Schema::digits())?.table;
+        let bundle = train_classifier(&table, &config, &mut |_, _| {})?;
+        secs.push(s.elapsed().as_secs_f64());
+        last = Some(bundle.metrics);
+    }
+    secs.sort_by(f64::total_cmp);
+    let metrics = last.context("at least one run")?;
+    Ok(json!({
+        "digits_fit_s": secs[secs.len() / 2],
+        "digits_test_accuracy": metrics.test_accuracy,
+        "digits_epochs": epochs,
+    }))
 }
 
 /// The median seconds from the review file's bytes to a trained, evaluated text model, and
@@ -147,6 +183,18 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let digits = match &b.digits_data {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(digits_fit(&bytes, b.digits_epochs, b.runs)?)
+        }
+        None => None,
+    };
+    if b.digits_only {
+        println!("{}", digits.unwrap_or_default());
+        return Ok(());
+    }
     let text = match &b.text_data {
         Some(path) => {
             let bytes =
@@ -211,8 +259,10 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
             "gbt_fit_s": gbt_fit_s,
             "gbt_test_accuracy": gbt_accuracy,
     });
-    if let (Some(out), Some(serde_json::Value::Object(text))) = (out.as_object_mut(), text) {
-        out.extend(text);
+    for extra in [text, digits].into_iter().flatten() {
+        if let (Some(out), serde_json::Value::Object(extra)) = (out.as_object_mut(), extra) {
+            out.extend(extra);
+        }
     }
     println!("{out}");
     Ok(())

@@ -106,7 +106,7 @@ fn execute(args: &DriftArgs) -> anyhow::Result<String> {
     let current = RawTable::parse(&read(&args.current)?)
         .with_context(|| format!("cannot parse {}", args.current.display()))?;
     let plan = plan_columns(&reference, &current, schema.as_ref())?;
-    let typed = parse_columns(&reference, &current, &plan)?;
+    let typed = parse_columns(&reference, &current, &plan, schema.as_ref())?;
     let read_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let drift_started = Instant::now();
@@ -255,6 +255,7 @@ fn parse_columns<'a>(
     reference: &'a RawTable,
     current: &'a RawTable,
     plan: &[(String, ColumnKind)],
+    schema: Option<&Schema>,
 ) -> anyhow::Result<Vec<(String, Typed<'a>)>> {
     let mut out = Vec::with_capacity(plan.len());
     for (name, kind) in plan {
@@ -287,6 +288,46 @@ fn parse_columns<'a>(
                     text::token_counts(present(r), &profile.tokens),
                     text::token_counts(present(c), &profile.tokens),
                 )
+            }
+            ColumnKind::Image => {
+                // Only a schema says a column is an image, and it declares the shape.
+                let spec = schema
+                    .and_then(|s| s.feature_index(name).map(|i| &s.features[i]))
+                    .and_then(|c| c.image)
+                    .with_context(|| format!("image column '{name}' declares no shape"))?;
+                let stats = |cells: &[Option<String>], side: &str| {
+                    cells
+                        .iter()
+                        .enumerate()
+                        .map(|(row, cell)| {
+                            cell.as_deref()
+                                .map(|t| {
+                                    petrel_ml::image::parse_image_text(t, &spec)
+                                        .map(|p| petrel_ml::image::intensity(&p, spec.max_value))
+                                        .map_err(|e| {
+                                            anyhow::anyhow!(
+                                                "{side} column '{name}', row {}: {e}",
+                                                row + 1
+                                            )
+                                        })
+                                })
+                                .transpose()
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()
+                };
+                let (r, c) = (stats(r, "reference")?, stats(c, "current")?);
+                let pick = |v: &[Option<(f64, f64)>], f: fn((f64, f64)) -> f64| {
+                    v.iter().map(|s| s.map(f)).collect::<Vec<_>>()
+                };
+                out.push((
+                    text::derived_name(name, "mean_intensity"),
+                    Typed::Numeric(pick(&r, |s| s.0), pick(&c, |s| s.0)),
+                ));
+                out.push((
+                    text::derived_name(name, "contrast"),
+                    Typed::Numeric(pick(&r, |s| s.1), pick(&c, |s| s.1)),
+                ));
+                continue;
             }
         };
         let name = if *kind == ColumnKind::Text {
@@ -509,7 +550,7 @@ mod tests {
         let r = RawTable::parse(reference.as_bytes()).unwrap();
         let c = RawTable::parse(current.as_bytes()).unwrap();
         let plan = plan_columns(&r, &c, None).unwrap();
-        let columns = to_columns(parse_columns(&r, &c, &plan).unwrap());
+        let columns = to_columns(parse_columns(&r, &c, &plan, None).unwrap());
         petrel_drift::detect(&columns, &DriftConfig::new(preset)).unwrap()
     }
 
@@ -529,7 +570,7 @@ mod tests {
             let r = RawTable::parse(feed(1, 0.0).as_bytes()).unwrap();
             let c = RawTable::parse(current.as_bytes()).unwrap();
             let plan = plan_columns(&r, &c, Some(&schema)).unwrap();
-            let columns = to_columns(parse_columns(&r, &c, &plan).unwrap());
+            let columns = to_columns(parse_columns(&r, &c, &plan, Some(&schema)).unwrap());
             petrel_drift::detect(&columns, &DriftConfig::new(Preset::Petrel)).unwrap()
         };
         let same = verdict(&feed(2, 0.0));
@@ -641,8 +682,58 @@ mod tests {
             target: "a".into(),
         };
         let plan = plan_columns(&r, &r, Some(&schema)).unwrap();
-        let err = parse_columns(&r, &r, &plan).err().unwrap();
+        let err = parse_columns(&r, &r, &plan, None).err().unwrap();
         assert!(format!("{err:#}").contains("'x' is not a finite number"));
+    }
+
+    #[test]
+    fn image_columns_are_compared_through_intensity_and_contrast() {
+        let digits = include_str!("../../../data/digits.csv");
+        let schema = Schema::digits();
+        let mut lines = digits.lines();
+        let header = lines.next().unwrap();
+        let rows: Vec<&str> = lines.collect();
+        let (a, b) = rows.split_at(rows.len() / 2);
+        let join = |part: &[String]| format!("{header}\n{}\n", part.join("\n"));
+        let plain = |part: &[&str]| part.iter().map(|r| (*r).to_owned()).collect::<Vec<_>>();
+        // Every pixel +5, capped at the range's 16.
+        let brighter: Vec<String> = b
+            .iter()
+            .map(|r| {
+                let (image, digit) = r.rsplit_once(',').unwrap();
+                let bright: Vec<String> = image
+                    .split(' ')
+                    .map(|p| (p.parse::<f64>().unwrap() + 5.0).min(16.0).to_string())
+                    .collect();
+                format!("{},{digit}", bright.join(" "))
+            })
+            .collect();
+        let verdict = |current: &str| {
+            let r = RawTable::parse(join(&plain(a)).as_bytes()).unwrap();
+            let c = RawTable::parse(current.as_bytes()).unwrap();
+            let plan = plan_columns(&r, &c, Some(&schema)).unwrap();
+            let columns = to_columns(parse_columns(&r, &c, &plan, Some(&schema)).unwrap());
+            petrel_drift::detect(&columns, &DriftConfig::new(Preset::Petrel)).unwrap()
+        };
+        let same = verdict(&join(&plain(b)));
+        let names: Vec<&str> = same.columns.iter().map(|c| c.column.as_str()).collect();
+        assert_eq!(names, ["image.mean_intensity", "image.contrast"]);
+        assert!(!same.drifted, "{:?}", same.columns);
+        let bright = verdict(&join(&brighter));
+        assert!(
+            bright.drifted && bright.columns[0].drifted,
+            "{:?}",
+            bright.columns
+        );
+        // A broken image names its side, column and row.
+        let r = RawTable::parse(join(&plain(a)).as_bytes()).unwrap();
+        let c = RawTable::parse(format!("{header}\n1 2 3,0\n").as_bytes()).unwrap();
+        let plan = plan_columns(&r, &c, Some(&schema)).unwrap();
+        let err = parse_columns(&r, &c, &plan, Some(&schema)).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("current column 'image', row 1: the image has 3 pixel"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -77,13 +77,31 @@ struct IngestArgs {
     /// The CSV file.
     #[arg(long, default_value = "data/penguins.csv")]
     file: PathBuf,
-    /// Dataset name (also the name of the model trained from it).
-    #[arg(long, default_value = "penguins")]
-    name: String,
-    /// JSON schema file: {"features":[{"name":..,"kind":"numeric"|"categorical"|"text"}],
-    /// "target":..}. Defaults to the penguins schema, or the reviews schema with --reviews.
+    /// Dataset name (also the name of the model trained from it); `penguins` by default,
+    /// `digits` with --digits, `reviews` with --reviews, `images` with --idx-images.
+    #[arg(long)]
+    name: Option<String>,
+    /// JSON schema file: {"features":[{"name":..,"kind":"numeric"|"categorical"|"text"}, or
+    /// {"name":..,"kind":"image","height":..,"width":..,"max_value":..}], "target":..}.
+    /// Defaults to the penguins schema, or the schema of --digits, --reviews or --idx-images.
     #[arg(long)]
     schema: Option<PathBuf>,
+    /// Ingest the bundled handwritten digits (data/digits.csv: 1,797 8x8 images, pixels 0..16,
+    /// target `digit`) for the image CNN.
+    #[arg(long, conflicts_with_all = ["reviews", "idx_images"])]
+    digits: bool,
+    /// Ingest images from an IDX file (idx3-ubyte, gzipped or not, as Fashion-MNIST and MNIST
+    /// ship them), with --idx-labels; the schema is one `image` column of the file's size,
+    /// pixels 0..255, target `label`.
+    #[arg(long, requires = "idx_labels", conflicts_with = "reviews")]
+    idx_images: Option<PathBuf>,
+    /// The IDX label file (idx1-ubyte) that goes with --idx-images.
+    #[arg(long, requires = "idx_images")]
+    idx_labels: Option<PathBuf>,
+    /// With --idx-images: name the labels with Fashion-MNIST's classes (T-shirt/top, Trouser,
+    /// ...) instead of their numbers.
+    #[arg(long, requires = "idx_images")]
+    fashion: bool,
     /// Instead of a file, have ingest generate this many labelled reviews (product, review,
     /// sentiment) for the text model, from --seed, --shift and --noise.
     #[arg(long, value_name = "ROWS")]
@@ -195,32 +213,62 @@ fn reviews(a: ReviewsArgs) -> anyhow::Result<()> {
 }
 
 async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
-    let (csv, generate) = match a.reviews {
-        Some(rows) => (
-            None,
-            Some(petrel_api::ingest::Generator::Reviews(a.feed.spec(rows))),
-        ),
-        None => (
-            Some(
-                std::fs::read_to_string(&a.file)
-                    .with_context(|| format!("cannot read {}", a.file.display()))?,
-            ),
-            None,
-        ),
+    let read = |path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let (csv, generate, schema, name) = if let Some(rows) = a.reviews {
+        let generator = petrel_api::ingest::Generator::Reviews(a.feed.spec(rows));
+        (None, Some(generator), Schema::reviews(), "reviews")
+    } else if let (Some(images), Some(labels)) = (&a.idx_images, &a.idx_labels) {
+        let images = petrel_ml::image::read_idx_images(&read(images)?)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{}", images.display()))?;
+        let labels = petrel_ml::image::read_idx_labels(&read(labels)?)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{}", labels.display()))?;
+        let names = a
+            .fashion
+            .then_some(&petrel_ml::image::FASHION_MNIST_CLASSES[..]);
+        let csv =
+            petrel_ml::image::idx_to_csv(&images, &labels, names).map_err(anyhow::Error::msg)?;
+        let schema = Schema {
+            features: vec![petrel_ml::Column::image(
+                "image",
+                images.height,
+                images.width,
+                255.0,
+            )],
+            target: "label".to_owned(),
+        };
+        let csv = String::from_utf8(csv).context("the IDX images did not convert to text")?;
+        (Some(csv), None, schema, "images")
+    } else {
+        let file = if a.digits {
+            PathBuf::from("data/digits.csv")
+        } else {
+            a.file.clone()
+        };
+        let csv = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let (schema, name) = if a.digits {
+            (Schema::digits(), "digits")
+        } else {
+            (Schema::penguins(), "penguins")
+        };
+        (Some(csv), None, schema, name)
     };
     let schema = match &a.schema {
-        Some(p) => serde_json::from_str(
-            &std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
-        )
-        .context("the schema file is not a valid schema")?,
-        None if a.reviews.is_some() => Schema::reviews(),
-        None => Schema::penguins(),
+        Some(p) => {
+            serde_json::from_slice(&read(p)?).context("the schema file is not a valid schema")?
+        }
+        None => schema,
     };
+    let name = a.name.clone().unwrap_or_else(|| name.to_owned());
     let resp: IngestResponse = ApiClient::new(&a.ingest_url)
         .post(
             "/v1/datasets",
             &IngestRequest {
-                name: a.name,
+                name,
                 schema,
                 csv,
                 path: None,

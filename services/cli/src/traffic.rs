@@ -33,7 +33,8 @@ pub struct TrafficArgs {
     /// Delay before a row's true label is posted, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub label_delay_ms: u64,
-    /// Shift numeric features, e.g. `bill_length_mm=+12,flipper_length_mm=+25`.
+    /// Shift numeric features, e.g. `bill_length_mm=+12,flipper_length_mm=+25`; for an image
+    /// column of pixel values (`image=+4`), every pixel, within the image's range.
     #[arg(long, value_parser = parse_drift, default_value = "")]
     pub drift: Drift,
     /// Sampling seed.
@@ -116,14 +117,43 @@ pub fn load_samples(file: &PathBuf, target: &str) -> anyhow::Result<Vec<Sample>>
 fn shifted(sample: &Sample, drift: &Drift) -> Map<String, Value> {
     let mut f = sample.features.clone();
     for (col, delta) in &drift.0 {
-        if let Some(Value::Number(n)) = f.get(col)
-            && let Some(x) = n.as_f64()
-            && let Some(v) = serde_json::Number::from_f64(x + delta)
-        {
-            f.insert(col.clone(), Value::Number(v));
+        match f.get(col) {
+            Some(Value::Number(n)) => {
+                if let Some(v) = n
+                    .as_f64()
+                    .and_then(|x| serde_json::Number::from_f64(x + delta))
+                {
+                    f.insert(col.clone(), Value::Number(v));
+                }
+            }
+            Some(Value::String(s)) => {
+                if let Some(brighter) = brighten(s, *delta) {
+                    f.insert(col.clone(), Value::String(brighter));
+                }
+            }
+            _ => {}
         }
     }
     f
+}
+
+/// An image cell of space-separated pixel values with `delta` added to every pixel, kept
+/// within 0 and the image's own brightest pixel (so it stays inside its column's range);
+/// `None` for anything that is not such a cell.
+fn brighten(cell: &str, delta: f64) -> Option<String> {
+    let pixels: Vec<f64> = cell
+        .split_whitespace()
+        .map(|t| t.parse::<f64>().ok().filter(|v| v.is_finite()))
+        .collect::<Option<_>>()?;
+    if pixels.len() < 2 {
+        return None;
+    }
+    let max = pixels.iter().copied().fold(0.0, f64::max);
+    let out: Vec<String> = pixels
+        .iter()
+        .map(|p| format!("{}", (p + delta).clamp(0.0, max)))
+        .collect();
+    Some(out.join(" "))
 }
 
 /// What a traffic run did.
@@ -248,5 +278,27 @@ mod tests {
         let drift = parse_drift("bill_length_mm=+10").unwrap();
         let f = shifted(&samples[0], &drift);
         assert!((f["bill_length_mm"].as_f64().unwrap() - 49.1).abs() < 1e-9);
+    }
+
+    #[test]
+    fn image_cells_brighten_within_their_range() {
+        assert_eq!(brighten("0 4 16 12", 4.0).as_deref(), Some("4 8 16 16"));
+        assert_eq!(brighten("0 4 16 12", -6.0).as_deref(), Some("0 0 10 6"));
+        assert_eq!(brighten("Torgersen", 4.0), None);
+        assert_eq!(brighten("3", 4.0), None);
+        let path = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../data/digits.csv"
+        ));
+        let samples = load_samples(&path, "digit").unwrap();
+        assert_eq!(samples.len(), 1797);
+        assert_eq!(samples[0].label, "0");
+        let f = shifted(&samples[0], &parse_drift("image=+4").unwrap());
+        let pixels = petrel_ml::image::parse_image_text(
+            f["image"].as_str().unwrap(),
+            &petrel_ml::Schema::digits().features[0].image.unwrap(),
+        )
+        .unwrap();
+        assert_eq!(pixels[0], 4.0);
     }
 }

@@ -20,9 +20,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub model: Option<String>,
     /// A training setting that differs from the trainer's, e.g. `--set epochs=300
-    /// --set hidden_size=64`, or `--set kind=gbt --set rounds=200` for gradient-boosted trees
-    /// (settings: kind, hidden_size, depth, dropout, epochs, patience, validation_fraction,
-    /// learning_rate, weight_decay, rounds, max_depth, eta, test_fraction, seed).
+    /// --set hidden_size=64`, `--set kind=gbt --set rounds=200` for gradient-boosted trees, or
+    /// `--set kind=cnn --set epochs=12` for the image CNN (settings: kind, hidden_size, depth,
+    /// dropout, epochs, batch_size, channels, patience, validation_fraction, learning_rate,
+    /// weight_decay, rounds, max_depth, eta, text_buckets, text_ngrams, test_fraction, seed).
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
     pub settings: Vec<(String, Value)>,
     /// Cross-validate with this many folds (0: off).

@@ -9,7 +9,7 @@ use petrel_drift::{
     CategoricalSample, Column, ColumnData, ColumnVerdict, DatasetVerdict, DriftConfig, Method,
     NumericSample, detect,
 };
-use petrel_ml::{ColumnKind, Value, row_from_json, text};
+use petrel_ml::{ColumnKind, Value, image, row_from_json, text};
 
 use crate::reference::Reference;
 
@@ -86,7 +86,7 @@ pub fn analyse(
             .map(|r| match r.get(i).cloned().flatten() {
                 Some(Value::Cat(s)) => Some(s),
                 Some(Value::Num(x)) => Some(x.to_string()),
-                None => None,
+                Some(Value::Pixels(_)) | None => None,
             })
             .collect()
     };
@@ -100,7 +100,7 @@ pub fn analyse(
                 let current = NumericSample::from_options(rows.iter().map(|r| match cell(r) {
                     Some(Value::Num(x)) => Some(x),
                     Some(Value::Cat(s)) => s.trim().parse().ok(),
-                    None => None,
+                    Some(Value::Pixels(_)) | None => None,
                 }));
                 let outside = current
                     .values()
@@ -172,6 +172,43 @@ pub fn analyse(
                     &mut columns,
                     &mut quality,
                 );
+            }
+            ColumnKind::Image => {
+                let Some(base) = reference.image.get(&col.name) else {
+                    continue;
+                };
+                // An image column enters the drift tests and the quality report as two
+                // derived columns: each image's mean intensity and its contrast.
+                let (means, contrasts): (Vec<Option<f64>>, Vec<Option<f64>>) = rows
+                    .iter()
+                    .map(|r| match cell(r) {
+                        Some(Value::Pixels(p)) => {
+                            let (m, c) = image::intensity(&p, base.max_value);
+                            (Some(m), Some(c))
+                        }
+                        _ => (None, None),
+                    })
+                    .unzip();
+                for (suffix, reference, values) in [
+                    ("mean_intensity", &base.mean_intensity, means),
+                    ("contrast", &base.contrast, contrasts),
+                ] {
+                    let name = text::derived_name(&col.name, suffix);
+                    let current = NumericSample::from_options(values);
+                    quality.push(column_quality(
+                        &name,
+                        current.missing(),
+                        current.rows(),
+                        reference,
+                    ));
+                    columns.push(Column {
+                        name,
+                        data: ColumnData::Numeric {
+                            reference: reference.clone(),
+                            current,
+                        },
+                    });
+                }
             }
         }
     }
@@ -430,6 +467,79 @@ mod tests {
             .into_iter()
             .map(Result::unwrap)
             .collect()
+    }
+
+    #[test]
+    fn image_columns_are_watched_through_intensity_and_contrast() {
+        let reference = Reference::from_bundle(petrel_testkit::digits_bundle().clone());
+        let csv = petrel_testkit::digits_csv();
+        let rows: Vec<serde_json::Map<String, serde_json::Value>> =
+            petrel_ml::csv_to_json_rows(&csv)
+                .unwrap()
+                .rows
+                .into_iter()
+                .map(|r| {
+                    let mut r = r.unwrap();
+                    r.remove("digit");
+                    r
+                })
+                .collect();
+        let drift = DriftConfig::default();
+        let image_drifted = |a: &Analysis| {
+            a.drift
+                .as_ref()
+                .expect("tested")
+                .columns
+                .iter()
+                .filter(|c| c.column.starts_with("image.") && distribution_drifted(c))
+                .map(|c| c.column.clone())
+                .collect::<Vec<_>>()
+        };
+        // Random windows of the digits themselves: the derived columns rarely raise an alarm.
+        let mut flagged = 0;
+        for seed in 0..40 {
+            let a = analyse(&reference, &sample(&rows, 100, seed), &drift, limits(), 30);
+            let names: Vec<&str> = a
+                .drift
+                .as_ref()
+                .unwrap()
+                .columns
+                .iter()
+                .map(|c| c.column.as_str())
+                .collect();
+            assert_eq!(names, ["image.mean_intensity", "image.contrast"]);
+            if !image_drifted(&a).is_empty() {
+                flagged += 1;
+            }
+        }
+        assert!(flagged <= 4, "{flagged} of 40 normal windows flagged");
+        // Brighter images (every pixel +4, capped at 16) drift in mean intensity.
+        let spec = petrel_ml::Schema::digits().features[0].image.unwrap();
+        let brighter: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                let pixels =
+                    petrel_ml::image::parse_image_text(r["image"].as_str().unwrap(), &spec)
+                        .unwrap();
+                let bright: Vec<f32> = pixels.iter().map(|p| (p + 4.0).min(16.0)).collect();
+                serde_json::Map::from_iter([("image".to_owned(), serde_json::json!(bright))])
+            })
+            .collect();
+        let a = analyse(&reference, &sample(&brighter, 100, 7), &drift, limits(), 30);
+        let drifted = image_drifted(&a);
+        assert!(
+            drifted.contains(&"image.mean_intensity".to_owned()),
+            "{drifted:?}"
+        );
+        // A window whose images are missing shows in the quality report.
+        let missing: Vec<_> = rows.iter().map(|_| serde_json::Map::new()).collect();
+        let a = analyse(&reference, &sample(&missing, 100, 8), &drift, limits(), 30);
+        let q = a
+            .data_quality
+            .iter()
+            .find(|q| q.column == "image.mean_intensity")
+            .unwrap();
+        assert_eq!(q.missing_share, 1.0, "{q:?}");
     }
 
     #[test]

@@ -41,6 +41,17 @@ pub struct TextReference {
     pub top_tokens: std::collections::BTreeMap<String, u64>,
 }
 
+/// An image column's intensity statistics in training.
+#[derive(Debug)]
+pub struct ImageReference {
+    /// Mean intensity (share of the column's range) of each training image, with the missing.
+    pub mean_intensity: NumericSample,
+    /// Contrast (standard deviation, share of the range) of each training image.
+    pub contrast: NumericSample,
+    /// The column's pixel range, to read live images in the same units.
+    pub max_value: f64,
+}
+
 /// The model's outputs on its held-out split.
 #[derive(Debug)]
 pub struct PredictionReference {
@@ -57,6 +68,7 @@ pub struct Reference {
     pub numeric: std::collections::BTreeMap<String, NumericReference>,
     pub categorical: std::collections::BTreeMap<String, CategoricalSample>,
     pub text: std::collections::BTreeMap<String, TextReference>,
+    pub image: std::collections::BTreeMap<String, ImageReference>,
     /// Absent for bundles written before held-out outputs were kept.
     pub predictions: Option<PredictionReference>,
     /// Accuracy on the held-out split at training time.
@@ -71,6 +83,7 @@ impl Reference {
         let mut numeric = std::collections::BTreeMap::new();
         let mut categorical = std::collections::BTreeMap::new();
         let mut text = std::collections::BTreeMap::new();
+        let mut image = std::collections::BTreeMap::new();
         for col in &bundle.schema.features {
             let missing = profile.missing.get(&col.name).copied().unwrap_or(0);
             match col.kind {
@@ -78,14 +91,7 @@ impl Reference {
                     let Some(values) = profile.numeric.get(&col.name) else {
                         continue;
                     };
-                    let present = profile.rows.saturating_sub(missing).max(1);
-                    let kept = values.len() as u64;
-                    // Subsampled columns keep the training split's missing share.
-                    let missing = if kept < present {
-                        ((missing as f64) * (kept as f64) / (present as f64)).round() as u64
-                    } else {
-                        missing
-                    };
+                    let missing = scaled_missing(missing, values.len(), profile.rows);
                     let sample = NumericSample::new(values).with_missing(missing);
                     let (min, max) = match (sample.values().first(), sample.values().last()) {
                         (Some(a), Some(b)) => (*a, *b),
@@ -106,13 +112,7 @@ impl Reference {
                     let Some(t) = profile.text.get(&col.name) else {
                         continue;
                     };
-                    let kept = t.lengths.len() as u64;
-                    let present = profile.rows.saturating_sub(missing).max(1);
-                    let missing = if kept < present {
-                        ((missing as f64) * (kept as f64) / (present as f64)).round() as u64
-                    } else {
-                        missing
-                    };
+                    let missing = scaled_missing(missing, t.lengths.len(), profile.rows);
                     let oov = &t.oov_shares;
                     text.insert(
                         col.name.clone(),
@@ -123,6 +123,21 @@ impl Reference {
                             vocabulary: t.vocabulary.clone(),
                             tokens: CategoricalSample::from_counts(t.tokens.clone(), 0),
                             top_tokens: t.tokens.clone(),
+                        },
+                    );
+                }
+                ColumnKind::Image => {
+                    let Some(p) = profile.image.get(&col.name) else {
+                        continue;
+                    };
+                    let missing = scaled_missing(missing, p.mean_intensity.len(), profile.rows);
+                    image.insert(
+                        col.name.clone(),
+                        ImageReference {
+                            mean_intensity: NumericSample::new(&p.mean_intensity)
+                                .with_missing(missing),
+                            contrast: NumericSample::new(&p.contrast).with_missing(missing),
+                            max_value: col.image.map_or(1.0, |s| s.max_value),
                         },
                     );
                 }
@@ -154,9 +169,22 @@ impl Reference {
             numeric,
             categorical,
             text,
+            image,
             predictions,
             test_accuracy: bundle.metrics.test_accuracy,
         }
+    }
+}
+
+/// The missing count to pair with a sample of `kept` values out of the training split's
+/// present ones, so a subsampled column keeps the training split's missing share.
+fn scaled_missing(missing: u64, kept: usize, rows: u64) -> u64 {
+    let present = rows.saturating_sub(missing).max(1);
+    let kept = kept as u64;
+    if kept < present {
+        ((missing as f64) * (kept as f64) / (present as f64)).round() as u64
+    } else {
+        missing
     }
 }
 

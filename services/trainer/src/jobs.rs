@@ -789,7 +789,14 @@ fn config_params(c: &TrainConfig) -> BTreeMap<String, String> {
         ("seed".to_owned(), c.seed.to_string()),
         ("text_buckets".to_owned(), c.text_buckets.to_string()),
         ("text_ngrams".to_owned(), c.text_ngrams.to_string()),
+        ("batch_size".to_owned(), c.batch_size.to_string()),
     ]);
+    if c.kind == petrel_ml::ModelKind::Cnn {
+        params.insert("channels".to_owned(), c.channels.to_string());
+        params.remove("depth");
+        params.remove("text_buckets");
+        params.remove("text_ngrams");
+    }
     params
 }
 
@@ -905,6 +912,7 @@ async fn register(
             match bundle.kind() {
                 petrel_ml::ModelKind::Mlp => "burn-mlp",
                 petrel_ml::ModelKind::Gbt => "forust-gbt",
+                petrel_ml::ModelKind::Cnn => "burn-cnn",
             }
             .to_owned(),
         ),
@@ -1005,6 +1013,12 @@ async fn register(
                         petrel_ml::ModelKind::Gbt => format!(
                             "gradient-boosted trees ({} rounds, depth {}, eta {})",
                             bundle.config.rounds, bundle.config.max_depth, bundle.config.eta
+                        ),
+                        petrel_ml::ModelKind::Cnn => format!(
+                            "burn CNN ({} and {} channels, {} hidden)",
+                            bundle.config.channels,
+                            2 * bundle.config.channels,
+                            bundle.config.hidden_size
                         ),
                     },
                     data.name,

@@ -63,7 +63,8 @@ pub struct Config {
     /// the registry runs with `--auth on`. Never logged.
     #[arg(long, env = "PETREL_REGISTRY_TOKEN", hide_env_values = true)]
     pub registry_token: Option<petrel_runtime::config::Secret>,
-    /// The kind of model: `mlp` (a burn MLP) or `gbt` (gradient-boosted trees).
+    /// The kind of model: `mlp` (a burn MLP), `gbt` (gradient-boosted trees) or `cnn` (a burn
+    /// convolutional network, for a schema of one image column).
     #[arg(long, env = "PETREL_TRAIN_KIND", default_value = "mlp", value_parser = parse_kind)]
     pub kind: petrel_ml::ModelKind,
     /// Gradient-boosted trees: boosting rounds.
@@ -106,6 +107,12 @@ pub struct Config {
     /// the best is trained on the whole training split and registered.
     #[arg(long, env = "PETREL_TRAIN_SWEEP")]
     pub sweep: Option<std::path::PathBuf>,
+    /// CNN: channels of the first convolution block (the second has twice as many).
+    #[arg(long, env = "PETREL_TRAIN_CHANNELS", default_value_t = TrainConfig::default().channels)]
+    pub channels: usize,
+    /// Rows per optimisation step (0: the whole split for the MLP, 64 for the CNN).
+    #[arg(long, env = "PETREL_TRAIN_BATCH_SIZE", default_value_t = TrainConfig::default().batch_size)]
+    pub batch_size: usize,
     /// Training epochs (full passes over the training split).
     #[arg(long, env = "PETREL_TRAIN_EPOCHS", default_value_t = TrainConfig::default().epochs)]
     pub epochs: usize,
@@ -152,6 +159,8 @@ impl Config {
             seed: self.seed,
             text_buckets: self.text_buckets,
             text_ngrams: self.text_ngrams,
+            channels: self.channels,
+            batch_size: self.batch_size,
             ..TrainConfig::default()
         }
     }
@@ -189,7 +198,10 @@ fn parse_kind(s: &str) -> Result<petrel_ml::ModelKind, String> {
     match s {
         "mlp" => Ok(petrel_ml::ModelKind::Mlp),
         "gbt" => Ok(petrel_ml::ModelKind::Gbt),
-        other => Err(format!("{other:?} is not a model kind; use mlp or gbt")),
+        "cnn" => Ok(petrel_ml::ModelKind::Cnn),
+        other => Err(format!(
+            "{other:?} is not a model kind; use mlp, gbt or cnn"
+        )),
     }
 }
 

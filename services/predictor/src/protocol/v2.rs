@@ -7,6 +7,9 @@
 //! - one tensor of shape `[n, k]`, named anything but a column, whose k columns follow the
 //!   model's schema order (see [`model_metadata`]).
 //!
+//! An image column's tensor is either `[n, height, width]` (or `[n, 1, height, width]`, or
+//! `[n, height * width]`) of pixel values in the column's range, or BYTES `[n]` of base64 PNGs.
+//!
 //! `data` is row-major, flat or nested. Elements must match the declared `datatype`: strings
 //! for `BYTES`, whole numbers for the `INT`/`UINT` types, numbers for `FP16`/`FP32`/`FP64`,
 //! `true`/`false` for `BOOL` (read as 1/0 for a numeric column, `"true"`/`"false"` for a
@@ -51,6 +54,8 @@ struct Tensor {
     name: String,
     rows: usize,
     cols: usize,
+    /// Dimensions of its shape: beyond 2 only for an image column's tensor.
+    rank: usize,
     datatype: String,
     data: Vec<Value>,
 }
@@ -169,12 +174,21 @@ fn tensor(i: usize, value: Value) -> Result<Tensor, ProtocolError> {
             ));
         }
     };
+    // Beyond two dimensions, the rest is one image per row: [rows, height, width] or
+    // [rows, 1, height, width].
     let (rows, cols) = match shape[..] {
         [n] => (n, 1),
         [n, k] => (n, k),
+        [n, ref rest @ ..] if rest.len() <= 3 => (
+            n,
+            rest.iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| at(format!(".shape {shape:?} is too large")))?,
+        ),
         _ => {
             return Err(at(format!(
-                ".shape is {shape:?}; a tabular model takes [rows] or [rows, columns]"
+                ".shape is {shape:?}; a tabular model takes [rows] or [rows, columns], an \
+                 image column [rows, height, width]"
             )));
         }
     };
@@ -215,6 +229,7 @@ fn tensor(i: usize, value: Value) -> Result<Tensor, ProtocolError> {
         name,
         rows,
         cols,
+        rank: shape.len(),
         datatype,
         data,
     })
@@ -293,7 +308,26 @@ fn by_column(tensors: &[Tensor], schema: &Schema) -> Result<Vec<Row>, ProtocolEr
                 names.len()
             )));
         }
-        if t.cols != 1 {
+        let pixels = schema
+            .feature_index(&t.name)
+            .and_then(|c| schema.features[c].image)
+            .map(|spec| spec.pixels());
+        if t.rank > 2 && pixels.is_none() {
+            return Err(ProtocolError::Malformed(format!(
+                "inputs[{i}] ({}) has {} dimensions; a tabular model takes [rows] or [rows, \
+                 columns], and only an image column [rows, height, width]",
+                t.name, t.rank
+            )));
+        }
+        if t.cols != 1 && Some(t.cols) != pixels {
+            if let Some(pixels) = pixels {
+                return Err(ProtocolError::Malformed(format!(
+                    "inputs[{i}] ({}) has {} values per row; an image column takes {pixels} \
+                     pixels per row (shape [rows, height, width]) or one base64 PNG per row \
+                     (BYTES, shape [rows])",
+                    t.name, t.cols
+                )));
+            }
             return Err(ProtocolError::Malformed(format!(
                 "inputs[{i}] ({}) has {} columns; a tensor named after a column has shape \
                  [rows] or [rows, 1]",
@@ -322,7 +356,12 @@ fn by_column(tensors: &[Tensor], schema: &Schema) -> Result<Vec<Row>, ProtocolEr
                     let kind = schema
                         .feature_index(&t.name)
                         .map(|c| schema.features[c].kind);
-                    (t.name.clone(), cell(&t.data[r], &t.datatype, kind))
+                    let value = if t.cols == 1 {
+                        cell(&t.data[r], &t.datatype, kind)
+                    } else {
+                        Value::Array(t.data[r * t.cols..(r + 1) * t.cols].to_vec())
+                    };
+                    (t.name.clone(), value)
                 })
                 .collect()
         })
@@ -332,6 +371,13 @@ fn by_column(tensors: &[Tensor], schema: &Schema) -> Result<Vec<Row>, ProtocolEr
 /// One `[n, k]` tensor whose columns follow the schema.
 fn matrix(t: &Tensor, schema: &Schema) -> Result<Vec<Row>, ProtocolError> {
     let k = schema.features.len();
+    if t.rank > 2 {
+        return Err(ProtocolError::Malformed(format!(
+            "inputs[0] ({}) has {} dimensions; a tabular model takes [rows] or [rows, columns], \
+             and only a tensor named after an image column [rows, height, width]",
+            t.name, t.rank
+        )));
+    }
     if t.cols != k {
         let names: Vec<&str> = schema.features.iter().map(|c| c.name.as_str()).collect();
         return Err(ProtocolError::Malformed(format!(
@@ -423,8 +469,17 @@ pub fn model_metadata(
             let datatype = match c.kind {
                 ColumnKind::Numeric => "FP64",
                 ColumnKind::Categorical | ColumnKind::Text => "BYTES",
+                ColumnKind::Image => "FP32",
             };
-            json!({ "name": c.name, "datatype": datatype, "shape": [-1] })
+            match c.image {
+                Some(spec) => json!({
+                    "name": c.name, "datatype": datatype,
+                    "shape": [-1, spec.height, spec.width],
+                    "parameters": { "max_value": spec.max_value,
+                                    "also": "BYTES of shape [-1]: one base64 PNG per row" },
+                }),
+                None => json!({ "name": c.name, "datatype": datatype, "shape": [-1] }),
+            }
         })
         .collect();
     json!({
