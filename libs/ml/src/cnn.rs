@@ -17,16 +17,13 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::Int;
 use rand::seq::SliceRandom;
 
 use crate::model::{dense_from, hex_f32, linear_from, read_tensor, uniform};
-use crate::train::{Fitted, Stop, dropout, fit_preprocessor, log_loss};
-use crate::{
-    ColumnKind, DenseLayer, FeatureRow, MlError, Schema, Scorer, TrainConfig, stratified_split,
-};
+use crate::train::{EarlyStop, FitSplit, Fitted, Stop, adam, dropout, log_loss};
+use crate::{ColumnKind, DenseLayer, FeatureRow, MlError, Schema, Scorer, TrainConfig};
 
 /// Convolution blocks, each halving the image.
 pub const CNN_BLOCKS: usize = 2;
@@ -319,17 +316,12 @@ impl CnnWeights {
 
     /// Class probabilities for a row-major `[n, inputs()]` matrix, row-major `[n, classes()]`.
     pub fn probabilities(&self, matrix: &[f32]) -> Vec<f32> {
-        let inputs = self.inputs().max(1);
-        let classes = self.classes();
-        let mut out = vec![0.0; matrix.len() / inputs * classes];
-        let mut scratch = Vec::new();
-        for (x, probs) in matrix
-            .chunks_exact(inputs)
-            .zip(out.chunks_exact_mut(classes.max(1)))
-        {
-            self.probabilities_into(x, &mut scratch, probs);
-        }
-        out
+        crate::model::probabilities_by_row(
+            matrix,
+            self.inputs(),
+            self.classes(),
+            |x, scratch, probs| self.probabilities_into(x, scratch, probs),
+        )
     }
 }
 
@@ -405,24 +397,13 @@ pub(crate) fn fit_cnn(
             "kind cnn needs images of at least {MIN_CNN_SIDE}x{MIN_CNN_SIDE} pixels, not {h}x{w}"
         )));
     }
-    let (fit_idx, val_idx) = if config.patience > 0 {
-        stratified_split(labels, config.validation_fraction, config.seed ^ 0x5EED)
-    } else {
-        ((0..rows.len()).collect(), Vec::new())
-    };
-    let pick_rows = |idx: &[usize]| idx.iter().map(|&i| rows[i].clone()).collect::<Vec<_>>();
-    let pick_labels = |idx: &[usize]| idx.iter().map(|&i| labels[i]).collect::<Vec<_>>();
-    let fit_rows = pick_rows(&fit_idx);
-    let fit_labels = pick_labels(&fit_idx);
-    let (preprocessor, width) = fit_preprocessor(schema, &fit_rows, config.text_encoding())?;
-    let x = preprocessor.transform(&fit_rows);
-    let validation = (!val_idx.is_empty()).then(|| {
-        (
-            preprocessor.transform(&pick_rows(&val_idx)),
-            pick_labels(&val_idx),
-        )
-    });
-
+    let FitSplit {
+        labels: fit_labels,
+        preprocessor,
+        width,
+        matrix: x,
+        validation,
+    } = FitSplit::new(schema, rows, labels, config)?;
     let device = cnn_device().autodiff();
     let mut model = Cnn::init(
         (h, w),
@@ -433,10 +414,8 @@ pub(crate) fn fit_cnn(
         &device,
     );
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let weight_decay =
-        (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
-    let mut optimizer = AdamConfig::new().with_weight_decay(weight_decay).init();
-    let n = fit_rows.len();
+    let mut optimizer = adam(config).init();
+    let n = fit_labels.len();
     let batch = match config.batch_size {
         0 => DEFAULT_CNN_BATCH,
         b => b,
@@ -446,7 +425,7 @@ pub(crate) fn fit_cnn(
     let mut shuffle_rng = StdRng::seed_from_u64(config.seed ^ 0xBA7C_0000);
     let mut mask_rng = StdRng::seed_from_u64(config.seed ^ 0xD809_0000);
     let keep = 1.0 - config.dropout;
-    let mut best: Option<(f64, usize, CnnWeights)> = None;
+    let mut best = EarlyStop::new(config.patience);
     let mut epochs_run = 0;
     let mut xb = Vec::with_capacity(batch * width);
     for epoch in 1..=config.epochs {
@@ -489,18 +468,13 @@ pub(crate) fn fit_cnn(
         if let Some((val_x, val_y)) = &validation {
             let weights = model.to_weights((h, w))?;
             let val_loss = log_loss(&weights.probabilities(val_x), val_y, classes);
-            if best.as_ref().is_none_or(|(b, _, _)| val_loss < *b) {
-                best = Some((val_loss, epoch, weights));
-            } else if best
-                .as_ref()
-                .is_some_and(|(_, at, _)| epoch - at >= config.patience)
-            {
+            if best.stop_after(epoch, val_loss, weights) {
                 break;
             }
         }
     }
-    let (weights, best_epoch) = match best {
-        Some((_, epoch, weights)) => (weights, Some(epoch)),
+    let (weights, best_epoch) = match best.into_best() {
+        Some((epoch, weights)) => (weights, Some(epoch)),
         None => (model.to_weights((h, w))?, None),
     };
     weights.validate().map_err(|e| {
@@ -520,6 +494,7 @@ pub(crate) fn fit_cnn(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::optim::AdamConfig;
     use burn::tensor::activation::softmax;
     use rand::Rng;
 

@@ -68,6 +68,26 @@ pub(crate) fn softmax_in_place(values: &mut [f32]) {
     }
 }
 
+/// A row-major `[n, classes]` matrix of `row(x, scratch, probs)` over each `inputs`-wide row
+/// of `matrix`, with one scratch buffer for all rows.
+pub(crate) fn probabilities_by_row(
+    matrix: &[f32],
+    inputs: usize,
+    classes: usize,
+    mut row: impl FnMut(&[f32], &mut Vec<f32>, &mut [f32]),
+) -> Vec<f32> {
+    let inputs = inputs.max(1);
+    let mut out = vec![0.0; matrix.len() / inputs * classes];
+    let mut scratch = Vec::new();
+    for (x, probs) in matrix
+        .chunks_exact(inputs)
+        .zip(out.chunks_exact_mut(classes.max(1)))
+    {
+        row(x, &mut scratch, probs);
+    }
+    out
+}
+
 /// Copies a `Linear` layer's parameters out of burn.
 pub(crate) fn dense_from(linear: &Linear) -> Result<DenseLayer, MlError> {
     let weight = linear.weight.val();
@@ -293,18 +313,12 @@ impl MlpWeights {
 
     /// Class probabilities for a row-major `[n, inputs()]` matrix, row-major `[n, classes()]`.
     pub fn probabilities(&self, matrix: &[f32]) -> Vec<f32> {
-        let inputs = self.inputs().max(1);
-        let classes = self.classes();
-        let rows = matrix.len() / inputs;
-        let mut out = vec![0.0; rows * classes];
-        let mut hidden = Vec::new();
-        for (x, probs) in matrix
-            .chunks_exact(inputs)
-            .zip(out.chunks_exact_mut(classes.max(1)))
-        {
-            self.probabilities_into(x, &mut hidden, probs);
-        }
-        out
+        probabilities_by_row(
+            matrix,
+            self.inputs(),
+            self.classes(),
+            |x, scratch, probs| self.probabilities_into(x, scratch, probs),
+        )
     }
 }
 

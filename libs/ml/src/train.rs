@@ -18,8 +18,8 @@ use crate::bundle::format_version_for;
 use crate::preprocess::as_category;
 use crate::text::TextProfile;
 use crate::{
-    ColumnKind, FeatureRow, MlError, Mlp, MlpWeights, ModelBundle, Preprocessor, Schema, Scorer,
-    Table, Value, stratified_split,
+    ColumnKind, FeatureRow, MlError, Mlp, ModelBundle, Preprocessor, Schema, Scorer, Table, Value,
+    stratified_split,
 };
 
 /// Fewest rows worth training on; below this, a test split says nothing.
@@ -560,27 +560,15 @@ pub(crate) fn fit(
         }
         ModelKind::Mlp => {}
     }
-    // Early stopping measures the loss on rows set aside from this split.
-    let (fit_idx, val_idx) = if config.patience > 0 {
-        stratified_split(labels, config.validation_fraction, config.seed ^ 0x5EED)
-    } else {
-        ((0..rows.len()).collect(), Vec::new())
-    };
-    let pick_rows = |idx: &[usize]| idx.iter().map(|&i| rows[i].clone()).collect::<Vec<_>>();
-    let pick_labels = |idx: &[usize]| idx.iter().map(|&i| labels[i]).collect::<Vec<_>>();
-    let fit_rows = pick_rows(&fit_idx);
-    let fit_labels = pick_labels(&fit_idx);
-    let (preprocessor, width) = fit_preprocessor(schema, &fit_rows, config.text_encoding())?;
-    let validation = (!val_idx.is_empty()).then(|| {
-        (
-            preprocessor.transform(&pick_rows(&val_idx)),
-            pick_labels(&val_idx),
-        )
-    });
-
+    let FitSplit {
+        labels: fit_labels,
+        preprocessor,
+        width,
+        matrix,
+        validation,
+    } = FitSplit::new(schema, rows, labels, config)?;
     let device = training_device().autodiff();
-    let n = fit_rows.len();
-    let matrix = preprocessor.transform(&fit_rows);
+    let n = fit_labels.len();
     let tensors = |idx: Option<&[usize]>| -> (Tensor<2>, Tensor<1, Int>) {
         let (xs, ys): (Vec<f32>, Vec<i64>) = match idx {
             None => (
@@ -615,14 +603,12 @@ pub(crate) fn fit(
         &device,
     );
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let weight_decay =
-        (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
-    let mut optimizer = AdamConfig::new().with_weight_decay(weight_decay).init();
+    let mut optimizer = adam(config).init();
     // Dropout masks come from our own generator, so training stays a function of the seed.
     let mut mask_rng = StdRng::seed_from_u64(config.seed ^ 0xD809_0000);
     let keep = 1.0 - config.dropout;
     let report_every = (config.epochs / 20).max(1);
-    let mut best: Option<(f64, usize, MlpWeights)> = None;
+    let mut best = EarlyStop::new(config.patience);
     let mut epochs_run = 0;
     for epoch in 1..=config.epochs {
         stop.check()?;
@@ -667,13 +653,7 @@ pub(crate) fn fit(
         if let Some((val_x, val_y)) = &validation {
             let weights = model.to_weights()?;
             let val_loss = log_loss(&weights.probabilities(val_x), val_y, classes);
-            let improved = best.as_ref().is_none_or(|(b, _, _)| val_loss < *b);
-            if improved {
-                best = Some((val_loss, epoch, weights));
-            } else if best
-                .as_ref()
-                .is_some_and(|(_, at, _)| epoch - at >= config.patience)
-            {
+            if best.stop_after(epoch, val_loss, weights) {
                 if !report {
                     progress(epoch, epoch_loss);
                 }
@@ -681,8 +661,8 @@ pub(crate) fn fit(
             }
         }
     }
-    let (weights, best_epoch) = match best {
-        Some((_, epoch, weights)) => (weights, Some(epoch)),
+    let (weights, best_epoch) = match best.into_best() {
+        Some((epoch, weights)) => (weights, Some(epoch)),
         None => (model.to_weights()?, None),
     };
     weights.validate().map_err(|e| {
@@ -697,6 +677,93 @@ pub(crate) fn fit(
         epochs_run,
         best_epoch,
     })
+}
+
+/// The rows a network is fitted on: the split's rows less the early-stopping validation rows
+/// (a stratified share of them, when `patience` is set), preprocessing fitted on those, their
+/// encoded matrix, and the encoded validation rows with their labels.
+pub(crate) struct FitSplit {
+    pub labels: Vec<usize>,
+    pub preprocessor: Preprocessor,
+    pub width: usize,
+    /// Row-major `[labels.len(), width]`.
+    pub matrix: Vec<f32>,
+    pub validation: Option<(Vec<f32>, Vec<usize>)>,
+}
+
+impl FitSplit {
+    pub fn new(
+        schema: &Schema,
+        rows: &[FeatureRow],
+        labels: &[usize],
+        config: &TrainConfig,
+    ) -> Result<FitSplit, MlError> {
+        // Early stopping measures the loss on rows set aside from this split.
+        let (fit_idx, val_idx) = if config.patience > 0 {
+            stratified_split(labels, config.validation_fraction, config.seed ^ 0x5EED)
+        } else {
+            ((0..rows.len()).collect(), Vec::new())
+        };
+        let pick_rows = |idx: &[usize]| idx.iter().map(|&i| rows[i].clone()).collect::<Vec<_>>();
+        let pick_labels = |idx: &[usize]| idx.iter().map(|&i| labels[i]).collect::<Vec<_>>();
+        let fit_rows = pick_rows(&fit_idx);
+        let (preprocessor, width) = fit_preprocessor(schema, &fit_rows, config.text_encoding())?;
+        let validation = (!val_idx.is_empty()).then(|| {
+            (
+                preprocessor.transform(&pick_rows(&val_idx)),
+                pick_labels(&val_idx),
+            )
+        });
+        Ok(FitSplit {
+            labels: pick_labels(&fit_idx),
+            matrix: preprocessor.transform(&fit_rows),
+            preprocessor,
+            width,
+            validation,
+        })
+    }
+}
+
+/// Adam with `config`'s L2 weight decay, as every network here trains.
+pub(crate) fn adam(config: &TrainConfig) -> AdamConfig {
+    let weight_decay =
+        (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
+    AdamConfig::new().with_weight_decay(weight_decay)
+}
+
+/// Early stopping: keeps the weights of the epoch with the lowest validation loss and says
+/// when `patience` epochs have passed without a lower one.
+pub(crate) struct EarlyStop<W> {
+    patience: usize,
+    best: Option<(f64, usize, W)>,
+}
+
+impl<W> EarlyStop<W> {
+    pub fn new(patience: usize) -> EarlyStop<W> {
+        EarlyStop {
+            patience,
+            best: None,
+        }
+    }
+
+    /// Records `epoch`'s validation loss and weights; true when training should stop.
+    pub fn stop_after(&mut self, epoch: usize, val_loss: f64, weights: W) -> bool {
+        match &self.best {
+            // A NaN loss is no improvement.
+            Some((best, at, _)) if val_loss.partial_cmp(best) != Some(std::cmp::Ordering::Less) => {
+                epoch - at >= self.patience
+            }
+            _ => {
+                self.best = Some((val_loss, epoch, weights));
+                false
+            }
+        }
+    }
+
+    /// The best epoch and its weights, if any epoch was validated.
+    pub fn into_best(self) -> Option<(usize, W)> {
+        self.best.map(|(_, epoch, weights)| (epoch, weights))
+    }
 }
 
 /// Inverted dropout: each activation kept with probability `keep` and scaled by `1 / keep`,

@@ -65,56 +65,52 @@ pub struct TrainBench {
     digits_only: bool,
 }
 
-/// The median seconds from the digits file's bytes to a trained, evaluated CNN, and that
-/// model's test accuracy.
+/// The median seconds from a file's bytes to a trained, evaluated model of `config`, and that
+/// model's metrics, under keys `PREFIX_fit_s`, `PREFIX_test_accuracy`, `PREFIX_rows` and
+/// `PREFIX_epochs`.
+fn file_fit(
+    prefix: &str,
+    bytes: &[u8],
+    schema: &Schema,
+    config: &TrainConfig,
+    runs: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let mut secs = Vec::with_capacity(runs);
+    let mut last = None;
+    for _ in 0..runs {
+        let s = Instant::now();
+        let table = parse_csv(bytes, schema)?.table;
+        let bundle = train_classifier(&table, config, &mut |_, _| {})?;
+        secs.push(s.elapsed().as_secs_f64());
+        last = Some(bundle.metrics);
+    }
+    secs.sort_by(f64::total_cmp);
+    let metrics = last.context("at least one run")?;
+    Ok(json!({
+        format!("{prefix}_fit_s"): secs[secs.len() / 2],
+        format!("{prefix}_test_accuracy"): metrics.test_accuracy,
+        format!("{prefix}_rows"): metrics.n_train + metrics.n_test,
+        format!("{prefix}_epochs"): config.epochs,
+    }))
+}
+
+/// The review sentiment model (`text_*`): the default MLP for `epochs` full-batch epochs.
+fn text_fit(bytes: &[u8], epochs: usize, runs: usize) -> anyhow::Result<serde_json::Value> {
+    let config = TrainConfig {
+        epochs,
+        ..TrainConfig::default()
+    };
+    file_fit("text", bytes, &Schema::reviews(), &config, runs)
+}
+
+/// The digits CNN (`digits_*`) for `epochs` epochs of minibatches.
 fn digits_fit(bytes: &[u8], epochs: usize, runs: usize) -> anyhow::Result<serde_json::Value> {
     let config = TrainConfig {
         kind: ModelKind::Cnn,
         epochs,
         ..TrainConfig::default()
     };
-    let mut secs = Vec::with_capacity(runs);
-    let mut last = None;
-    for _ in 0..runs {
-        let s = Instant::now();
-        let table = parse_csv(bytes, &Schema::digits())?.table;
-        let bundle = train_classifier(&table, &config, &mut |_, _| {})?;
-        secs.push(s.elapsed().as_secs_f64());
-        last = Some(bundle.metrics);
-    }
-    secs.sort_by(f64::total_cmp);
-    let metrics = last.context("at least one run")?;
-    Ok(json!({
-        "digits_fit_s": secs[secs.len() / 2],
-        "digits_test_accuracy": metrics.test_accuracy,
-        "digits_epochs": epochs,
-    }))
-}
-
-/// The median seconds from the review file's bytes to a trained, evaluated text model, and
-/// that model's test accuracy and training rows.
-fn text_fit(bytes: &[u8], epochs: usize, runs: usize) -> anyhow::Result<serde_json::Value> {
-    let config = TrainConfig {
-        epochs,
-        ..TrainConfig::default()
-    };
-    let mut secs = Vec::with_capacity(runs);
-    let mut last = None;
-    for _ in 0..runs {
-        let s = Instant::now();
-        let table = parse_csv(bytes, &Schema::reviews())?.table;
-        let bundle = train_classifier(&table, &config, &mut |_, _| {})?;
-        secs.push(s.elapsed().as_secs_f64());
-        last = Some(bundle.metrics);
-    }
-    secs.sort_by(f64::total_cmp);
-    let metrics = last.context("at least one run")?;
-    Ok(json!({
-        "text_fit_s": secs[secs.len() / 2],
-        "text_test_accuracy": metrics.test_accuracy,
-        "text_rows": metrics.n_train + metrics.n_test,
-        "text_epochs": epochs,
-    }))
+    file_fit("digits", bytes, &Schema::digits(), &config, runs)
 }
 
 /// Seconds to train the default MLP for `epochs` on `rows` synthetic rows, and the bundle.
