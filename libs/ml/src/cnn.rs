@@ -98,12 +98,7 @@ impl Cnn {
             c_in = c_out;
         }
         let flat = c_in * pooled(height) * pooled(width);
-        let mut dense = |inputs: usize, outputs: usize| DenseLayer {
-            inputs,
-            outputs,
-            weight: uniform(&mut rng, inputs * outputs, inputs),
-            bias: uniform(&mut rng, outputs, inputs),
-        };
+        let mut dense = |inputs, outputs| DenseLayer::uniform(&mut rng, inputs, outputs);
         let (h, o) = (dense(flat, hidden), dense(hidden, classes));
         Cnn {
             blocks,
@@ -427,7 +422,6 @@ pub(crate) fn fit_cnn(
     let keep = 1.0 - config.dropout;
     let mut best = EarlyStop::new(config.patience);
     let mut epochs_run = 0;
-    let mut xb = Vec::with_capacity(batch * width);
     for epoch in 1..=config.epochs {
         stop.check()?;
         epochs_run = epoch;
@@ -440,12 +434,13 @@ pub(crate) fn fit_cnn(
                 continue;
             }
             let b = chunk.len();
-            xb.clear();
-            for &r in chunk {
-                xb.extend_from_slice(&x[r * width..(r + 1) * width]);
-            }
+            let xb: Vec<f32> = chunk
+                .iter()
+                .flat_map(|&r| &x[r * width..(r + 1) * width])
+                .copied()
+                .collect();
             let yb: Vec<i64> = chunk.iter().map(|&r| fit_labels[r] as i64).collect();
-            let input = Tensor::<4>::from_data(TensorData::new(xb.clone(), [b, 1, h, w]), &device);
+            let input = Tensor::<4>::from_data(TensorData::new(xb, [b, 1, h, w]), &device);
             let target = Tensor::<1, Int>::from_data(TensorData::new(yb, [b]), &device);
             let logits = if config.dropout > 0.0 {
                 model.forward_with(input, &mut |a| dropout(a, &mut mask_rng, keep))

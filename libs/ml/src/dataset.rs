@@ -278,37 +278,26 @@ fn parse_record(
             row.push(None);
             continue;
         }
-        match column.kind {
-            ColumnKind::Numeric => match parse_number(token) {
-                Ok(v) => row.push(Some(Value::Num(v))),
-                Err(message) => {
-                    errors.push(RowError {
-                        line,
-                        column: Some(column.name.clone()),
-                        message,
-                    });
-                    row.push(None);
-                }
-            },
-            ColumnKind::Categorical | ColumnKind::Text => {
-                row.push(Some(Value::Cat(token.to_string())))
-            }
-            ColumnKind::Image => match column
+        let parsed = match column.kind {
+            ColumnKind::Numeric => parse_number(token).map(Value::Num),
+            ColumnKind::Categorical | ColumnKind::Text => Ok(Value::Cat(token.to_string())),
+            ColumnKind::Image => column
                 .image
                 .as_ref()
                 .ok_or_else(|| "the column declares no image shape".to_string())
                 .and_then(|spec| crate::image::parse_image_text(token, spec))
-            {
-                Ok(pixels) => row.push(Some(Value::Pixels(pixels))),
-                Err(message) => {
-                    errors.push(RowError {
-                        line,
-                        column: Some(column.name.clone()),
-                        message,
-                    });
-                    row.push(None);
-                }
-            },
+                .map(Value::Pixels),
+        };
+        match parsed {
+            Ok(value) => row.push(Some(value)),
+            Err(message) => {
+                errors.push(RowError {
+                    line,
+                    column: Some(column.name.clone()),
+                    message,
+                });
+                row.push(None);
+            }
         }
     }
     target.map(|t| (row, t))

@@ -118,12 +118,7 @@ impl Mlp {
         device: &Device,
     ) -> Mlp {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut dense = |inputs: usize, outputs: usize| DenseLayer {
-            inputs,
-            outputs,
-            weight: uniform(&mut rng, inputs * outputs, inputs),
-            bias: uniform(&mut rng, outputs, inputs),
-        };
+        let mut dense = |inputs, outputs| DenseLayer::uniform(&mut rng, inputs, outputs);
         let first = dense(inputs, hidden);
         let deeper: Vec<DenseLayer> = (1..depth.max(1)).map(|_| dense(hidden, hidden)).collect();
         let output = dense(hidden, classes);
@@ -200,6 +195,17 @@ pub struct DenseLayer {
 }
 
 impl DenseLayer {
+    /// A layer of burn's default `Linear` initialisation ([`uniform`]), weights drawn before
+    /// the bias.
+    pub(crate) fn uniform(rng: &mut StdRng, inputs: usize, outputs: usize) -> DenseLayer {
+        DenseLayer {
+            inputs,
+            outputs,
+            weight: uniform(rng, inputs * outputs, inputs),
+            bias: uniform(rng, outputs, inputs),
+        }
+    }
+
     /// Checks shapes and finiteness, because a bundle may come from anywhere.
     pub(crate) fn validate(&self, what: &str) -> Result<(), String> {
         if self.inputs == 0 || self.outputs == 0 {

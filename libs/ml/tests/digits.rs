@@ -113,15 +113,15 @@ fn the_mlp_and_trees_take_image_columns_as_flat_pixels() {
     let bundle = train_classifier(&table, &config, &mut |_, _| {}).unwrap();
     assert_eq!(bundle.format_version, 5);
     assert!(bundle.metrics.test_accuracy >= 0.9, "{:?}", bundle.metrics);
-    let err =
-        train_classifier(&petrel_testkit_free_penguins(), &cnn(), &mut |_, _| {}).unwrap_err();
+    let err = train_classifier(&penguins(), &cnn(), &mut |_, _| {}).unwrap_err();
     assert!(
         err.to_string().contains("exactly one image column"),
         "{err}"
     );
 }
 
-fn petrel_testkit_free_penguins() -> Table {
+/// The bundled penguins, a schema without an image column.
+fn penguins() -> Table {
     let bytes = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../data/penguins.csv"
