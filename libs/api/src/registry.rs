@@ -80,6 +80,17 @@ pub struct LogMetrics {
     pub metrics: Vec<MetricInput>,
 }
 
+/// The body of `POST /api/v1/runs/{id}/batch`: metrics, params and tags in one transaction.
+/// Params are immutable (the same value again changes nothing; another value is a 409); tags
+/// replace earlier values.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogBatch {
+    pub metrics: Vec<MetricInput>,
+    pub params: BTreeMap<String, String>,
+    pub tags: BTreeMap<String, String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Metric {
     pub key: String,
@@ -307,7 +318,8 @@ pub struct RegisteredModel {
     pub tags: BTreeMap<String, String>,
 }
 
-/// The answer to `POST /api/v1/runs/{id}/metrics`.
+/// The answer to `POST /api/v1/runs/{id}/metrics` and `/batch`: how many metric points were
+/// appended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetricsLogged {
     pub run_id: Uuid,
@@ -362,6 +374,13 @@ impl RegistryClient {
     ) -> Result<MetricsLogged, ClientError> {
         self.api
             .post(&format!("/api/v1/runs/{run}/metrics"), req)
+            .await
+    }
+
+    /// Logs metrics, params and tags in one transaction (see [`LogBatch`]).
+    pub async fn log_batch(&self, run: Uuid, req: &LogBatch) -> Result<MetricsLogged, ClientError> {
+        self.api
+            .post(&format!("/api/v1/runs/{run}/batch"), req)
             .await
     }
 

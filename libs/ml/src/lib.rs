@@ -55,6 +55,6 @@ pub use train::{
     train_classifier_until,
 };
 pub use tune::{
-    CrossValidation, FoldScore, MAX_FOLDS, MAX_TRIALS, Spread, SweepGrid, SweepOutcome, SweepSpec,
-    Trial, cross_validate, stratified_folds, sweep,
+    CrossValidation, FoldScore, MAX_FOLDS, MAX_TRIALS, Spread, SweepGrid, SweepObserver,
+    SweepOutcome, SweepSpec, Trial, cross_validate, stratified_folds, sweep,
 };

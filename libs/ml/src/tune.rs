@@ -372,11 +372,36 @@ pub struct SweepOutcome {
     pub bundle: ModelBundle,
 }
 
+/// What a running [`sweep`] reports, from the worker thread that runs each trial (so one
+/// trial's calls come in order). Every method does nothing unless implemented; `()` observes
+/// nothing.
+pub trait SweepObserver: Sync {
+    /// Trial `index` starts training with `config`.
+    fn started(&self, index: usize, config: &TrainConfig) {
+        let _ = (index, config);
+    }
+    /// A fold model of trial `index` (fold 0-based) reached `epoch` with training loss `loss`:
+    /// the points its [`FoldScore::train_loss`] keeps, as they are made.
+    fn epoch(&self, index: usize, fold: usize, epoch: usize, loss: f64) {
+        let _ = (index, fold, epoch, loss);
+    }
+    /// Trial `index` finished; a failed or stopped trial does not report.
+    fn finished(&self, trial: &Trial) {
+        let _ = trial;
+    }
+}
+
+impl SweepObserver for () {}
+
 /// Runs every trial of `spec` (cross-validated, up to `spec.concurrency` at once), picks the
 /// highest mean cross-validated accuracy (then the lowest mean log loss, then the first in
 /// grid order), and trains it on the whole training split, with the epochs its folds found
-/// best when early stopping was on. `on_trial` is called as each trial finishes, from the
-/// thread that ran it.
+/// best when early stopping was on. `observer` hears of each trial as it starts, trains and
+/// finishes.
+///
+/// `earlier` holds trials an interrupted run of the same sweep already finished: each one
+/// whose index and configuration match this sweep's is kept as it is instead of trained
+/// again (training is deterministic, so the outcome is the same), and is not reported.
 ///
 /// # Errors
 ///
@@ -385,29 +410,41 @@ pub fn sweep(
     table: &Table,
     base: &TrainConfig,
     spec: &SweepSpec,
-    on_trial: &(dyn Fn(&Trial) + Sync),
+    earlier: &[Trial],
+    observer: &dyn SweepObserver,
     stop: &Stop,
 ) -> Result<SweepOutcome, MlError> {
     let configs = spec.trials(base)?;
-    let workers = spec.concurrency.clamp(1, 64).min(configs.len());
+    let mut kept: Vec<Option<Result<Trial, MlError>>> = (0..configs.len()).map(|_| None).collect();
+    for t in earlier {
+        if configs.get(t.index) == Some(&t.config) {
+            kept[t.index] = Some(Ok(t.clone()));
+        }
+    }
+    let todo: Vec<usize> = (0..configs.len()).filter(|&i| kept[i].is_none()).collect();
+    let workers = spec.concurrency.clamp(1, 64).min(todo.len());
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<Trial, MlError>>>> =
-        Mutex::new((0..configs.len()).map(|_| None).collect());
+    let results = Mutex::new(kept);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(config) = configs.get(i) else { break };
-                    let r = cross_validate(table, config, spec.folds, &mut |_, _, _| {}, stop).map(
-                        |cv| Trial {
-                            index: i,
-                            config: config.clone(),
-                            cv,
-                        },
-                    );
+                while let Some(&i) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let config = &configs[i];
+                    observer.started(i, config);
+                    let r = cross_validate(
+                        table,
+                        config,
+                        spec.folds,
+                        &mut |fold, epoch, loss| observer.epoch(i, fold, epoch, loss),
+                        stop,
+                    )
+                    .map(|cv| Trial {
+                        index: i,
+                        config: config.clone(),
+                        cv,
+                    });
                     if let Ok(t) = &r {
-                        on_trial(t);
+                        observer.finished(t);
                     }
                     results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
                 }

@@ -107,7 +107,7 @@ fn trees_cross_validate_and_sweep_over_depth_and_rounds() {
     let trials = spec.trials(&gbt()).unwrap();
     let points: Vec<(usize, usize)> = trials.iter().map(|c| (c.rounds, c.max_depth)).collect();
     assert_eq!(points, vec![(10, 2), (10, 4), (40, 2), (40, 4)]);
-    let outcome = sweep(&table, &gbt(), &spec, &|_| {}, &Stop::new()).unwrap();
+    let outcome = sweep(&table, &gbt(), &spec, &[], &(), &Stop::new()).unwrap();
     assert_eq!(outcome.trials.len(), 4);
     assert_eq!(outcome.bundle.kind(), ModelKind::Gbt);
     let best = &outcome.trials[outcome.best];

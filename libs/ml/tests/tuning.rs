@@ -4,8 +4,8 @@
 use std::sync::Mutex;
 
 use petrel_ml::{
-    LoadedModel, MlError, Schema, Stop, SweepGrid, SweepSpec, Table, TrainConfig, cross_validate,
-    parse_csv, sweep, train_classifier, train_classifier_until,
+    LoadedModel, MlError, Schema, Stop, SweepGrid, SweepObserver, SweepSpec, Table, TrainConfig,
+    Trial, cross_validate, parse_csv, sweep, train_classifier, train_classifier_until,
 };
 
 const PENGUINS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/penguins.csv");
@@ -141,21 +141,31 @@ fn a_sweep_cross_validates_each_trial_and_trains_the_best_once() {
         concurrency: 2,
         samples: None,
     };
-    let finished = Mutex::new(Vec::new());
+    let heard = Heard::default();
     let outcome = sweep(
         &table,
         &TrainConfig::default(),
         &spec,
-        &|t| {
-            finished.lock().unwrap().push(t.index);
-        },
+        &[],
+        &heard,
         &Stop::new(),
     )
     .unwrap();
     assert_eq!(outcome.trials.len(), 4);
-    let mut done = finished.into_inner().unwrap();
-    done.sort_unstable();
-    assert_eq!(done, vec![0, 1, 2, 3]);
+    assert_eq!(heard.started(), vec![0, 1, 2, 3]);
+    assert_eq!(heard.finished(), vec![0, 1, 2, 3]);
+    // Each trial's epochs were heard as they trained: exactly the learning curves it keeps.
+    for t in &outcome.trials {
+        let mut streamed = heard.epochs_of(t.index);
+        let mut kept: Vec<(usize, usize, u64)> =
+            t.cv.folds
+                .iter()
+                .flat_map(|f| f.train_loss.iter().map(|&(e, l)| (f.fold, e, l.to_bits())))
+                .collect();
+        streamed.sort_unstable();
+        kept.sort_unstable();
+        assert_eq!(streamed, kept, "trial {}", t.index);
+    }
     let best = &outcome.trials[outcome.best];
     assert_eq!(best.config.learning_rate, 0.05, "{:?}", best.config);
     for t in &outcome.trials {
@@ -204,7 +214,92 @@ fn a_stop_ends_training_a_cross_validation_and_a_sweep_within_an_epoch() {
         concurrency: 2,
         samples: None,
     };
-    let err = sweep(&table, &long, &spec, &|_| panic!("a trial finished"), &stop).unwrap_err();
+    let err = sweep(&table, &long, &spec, &[], &NoTrialFinishes, &stop).unwrap_err();
     assert!(matches!(err, MlError::Cancelled), "{err}");
     assert_eq!(err.to_string(), "training was cancelled");
+}
+
+/// Records what a sweep reported.
+#[derive(Default)]
+struct Heard {
+    started: Mutex<Vec<usize>>,
+    epochs: Mutex<Vec<(usize, usize, usize, u64)>>,
+    finished: Mutex<Vec<usize>>,
+}
+
+impl Heard {
+    fn started(&self) -> Vec<usize> {
+        let mut v = self.started.lock().unwrap().clone();
+        v.sort_unstable();
+        v
+    }
+    fn finished(&self) -> Vec<usize> {
+        let mut v = self.finished.lock().unwrap().clone();
+        v.sort_unstable();
+        v
+    }
+    fn epochs_of(&self, trial: usize) -> Vec<(usize, usize, u64)> {
+        self.epochs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.0 == trial)
+            .map(|&(_, f, e, l)| (f, e, l))
+            .collect()
+    }
+}
+
+impl SweepObserver for Heard {
+    fn started(&self, index: usize, _: &TrainConfig) {
+        self.started.lock().unwrap().push(index);
+    }
+    fn epoch(&self, index: usize, fold: usize, epoch: usize, loss: f64) {
+        self.epochs
+            .lock()
+            .unwrap()
+            .push((index, fold, epoch, loss.to_bits()));
+    }
+    fn finished(&self, trial: &Trial) {
+        // A trial finishes once, after it started.
+        assert!(self.started.lock().unwrap().contains(&trial.index));
+        self.finished.lock().unwrap().push(trial.index);
+    }
+}
+
+struct NoTrialFinishes;
+
+impl SweepObserver for NoTrialFinishes {
+    fn finished(&self, _: &Trial) {
+        panic!("a trial finished");
+    }
+}
+
+#[test]
+fn a_resumed_sweep_keeps_the_trials_it_finished_and_ends_as_an_uninterrupted_one() {
+    let table = penguins();
+    let spec = SweepSpec {
+        grid: SweepGrid {
+            learning_rate: vec![0.01, 0.05],
+            hidden_size: vec![8, 16],
+            epochs: vec![30],
+            ..SweepGrid::default()
+        },
+        folds: 3,
+        concurrency: 2,
+        samples: None,
+    };
+    let base = TrainConfig::default();
+    let whole = sweep(&table, &base, &spec, &[], &(), &Stop::new()).unwrap();
+    // An interrupted run finished trials 0 and 2; trial 3's record is for another configuration
+    // (the sweep changed), so it must be trained again rather than trusted.
+    let mut stale = whole.trials[3].clone();
+    stale.config.hidden_size = 99;
+    let earlier = vec![whole.trials[0].clone(), whole.trials[2].clone(), stale];
+    let heard = Heard::default();
+    let resumed = sweep(&table, &base, &spec, &earlier, &heard, &Stop::new()).unwrap();
+    assert_eq!(heard.started(), vec![1, 3]);
+    assert_eq!(heard.finished(), vec![1, 3]);
+    assert_eq!(resumed.trials, whole.trials);
+    assert_eq!(resumed.best, whole.best);
+    assert_eq!(resumed.bundle.metrics, whole.bundle.metrics);
 }

@@ -226,7 +226,8 @@ pub fn run(b: TrainBench) -> anyhow::Result<()> {
         &penguins,
         &TrainConfig::default(),
         &spec,
-        &|_| {},
+        &[],
+        &(),
         &Stop::new(),
     )?;
     let sweep_s = s.elapsed().as_secs_f64();

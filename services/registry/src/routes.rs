@@ -1,13 +1,15 @@
 //! The registry's HTTP API (`docs/api.md` documents it).
 
+use std::collections::BTreeMap;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use petrel_api::registry::{
-    CreateExperiment, CreateModelVersion, CreateRun, LogMetrics, ModelVersion, PromotionPolicy,
-    SetAlias, UpdateRun,
+    CreateExperiment, CreateModelVersion, CreateRun, LogBatch, LogMetrics, MetricsLogged,
+    ModelVersion, PromotionPolicy, SetAlias, UpdateRun,
 };
 use petrel_events::outbox;
 use petrel_events::payloads::{ModelAliasDeleted, ModelPromoted, ModelRegistered};
@@ -29,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs", post(create_run))
         .route("/api/v1/runs/{id}", get(get_run).patch(update_run))
         .route("/api/v1/runs/{id}/metrics", post(log_metrics))
+        .route("/api/v1/runs/{id}/batch", post(log_batch))
         .route("/api/v1/runs/{id}/inputs", post(log_inputs))
         .route("/api/v1/models", get(list_models))
         .route("/api/v1/models/{name}", get(get_model))
@@ -161,6 +164,20 @@ fn check_key(what: &str, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// A run's params and tags: keys that are not empty, without control characters.
+fn check_entries(params: &BTreeMap<String, String>, tags: &BTreeMap<String, String>) -> Result<()> {
+    for (field, map) in [("params", params), ("tags", tags)] {
+        for (k, v) in map {
+            if k.trim().is_empty() {
+                return Err(Error::Invalid(format!("{field} need non-empty keys")));
+            }
+            check_key(&format!("{field} key {k:?}"), k)?;
+            check_text(&format!("{field}[{k:?}]"), v)?;
+        }
+    }
+    Ok(())
+}
+
 /// A name in a lookup's path. No stored name has a control character, and Postgres would
 /// refuse a NUL, so such a name is refused before any query.
 fn check_lookup(what: &str, name: &str) -> Result<()> {
@@ -224,12 +241,7 @@ async fn create_run(
     if let Some(token) = &req.client_token {
         check_key("client_token", token)?;
     }
-    for (field, map) in [("params", &req.params), ("tags", &req.tags)] {
-        for (k, v) in map {
-            check_key(&format!("{field} key {k:?}"), k)?;
-            check_text(&format!("{field}[{k:?}]"), v)?;
-        }
-    }
+    check_entries(&req.params, &req.tags)?;
     let mut tx = s.infra.pool.begin().await?;
     if let Some(parent) = req.parent_run_id
         && !store::run_exists(&mut tx, parent).await?
@@ -288,6 +300,23 @@ async fn log_metrics(
     Path(id): Path<Uuid>,
     Json(req): Json<LogMetrics>,
 ) -> Result<impl IntoResponse> {
+    let batch = LogBatch {
+        metrics: req.metrics,
+        ..LogBatch::default()
+    };
+    write_batch(&s, id, &batch).await.map(Json)
+}
+
+async fn log_batch(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    Json(req): Json<LogBatch>,
+) -> Result<impl IntoResponse> {
+    write_batch(&s, id, &req).await.map(Json)
+}
+
+/// Writes a batch in one transaction: all of it, or nothing.
+async fn write_batch(s: &AppState, id: Uuid, req: &LogBatch) -> Result<MetricsLogged> {
     if let Some(bad) = req
         .metrics
         .iter()
@@ -301,22 +330,32 @@ async fn log_metrics(
     for m in &req.metrics {
         check_key(&format!("metric key {:?}", m.key), &m.key)?;
     }
+    check_entries(&req.params, &req.tags)?;
     let mut tx = s.infra.pool.begin().await?;
     if !store::run_exists(&mut tx, id).await? {
         return Err(Error::NotFound(format!("run {id} does not exist")));
     }
+    if let Some(c) = store::insert_params(&mut tx, id, &req.params).await? {
+        return Err(Error::Conflict(format!(
+            "param {:?} of run {id} is {:?}; params cannot change (asked for {:?})",
+            c.key, c.old, c.new
+        )));
+    }
+    store::upsert_run_tags(&mut tx, id, &req.tags).await?;
     let rows: Vec<_> = req
         .metrics
         .iter()
         .map(|m| (m.key.clone(), m.value, m.step))
         .collect();
-    store::log_metrics(&mut tx, id, &rows).await?;
+    if !rows.is_empty() {
+        store::log_metrics(&mut tx, id, &rows).await?;
+    }
     tx.commit().await?;
     // The answer is constant in size, however long the run's history is.
-    Ok(Json(petrel_api::registry::MetricsLogged {
+    Ok(MetricsLogged {
         run_id: id,
         logged: rows.len(),
-    }))
+    })
 }
 
 /// Most dataset inputs one request may log, and the longest name, digest and source.

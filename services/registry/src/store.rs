@@ -259,6 +259,112 @@ pub async fn log_metrics(
     Ok(())
 }
 
+/// A param logged again with another value: params are immutable.
+#[derive(Debug, PartialEq)]
+pub struct ParamConflict {
+    pub key: String,
+    pub old: String,
+    pub new: String,
+}
+
+/// Inserts the params that are new and checks that the others already have these values;
+/// answers the first that does not (nothing is changed for it).
+pub async fn insert_params(
+    conn: &mut PgConnection,
+    run: Uuid,
+    params: &BTreeMap<String, String>,
+) -> Result<Option<ParamConflict>> {
+    if params.is_empty() {
+        return Ok(None);
+    }
+    let keys: Vec<&String> = params.keys().collect();
+    let values: Vec<&String> = params.values().collect();
+    sqlx::query(
+        "INSERT INTO run_params (run_id, key, value) \
+         SELECT $1, k, v FROM UNNEST($2::text[], $3::text[]) AS t(k, v) \
+         ON CONFLICT (run_id, key) DO NOTHING",
+    )
+    .bind(run)
+    .bind(&keys)
+    .bind(&values)
+    .execute(&mut *conn)
+    .await?;
+    let stored =
+        sqlx::query("SELECT key, value FROM run_params WHERE run_id = $1 AND key = ANY($2)")
+            .bind(run)
+            .bind(&keys)
+            .fetch_all(conn)
+            .await?;
+    for r in stored {
+        let key: String = r.get("key");
+        let old: String = r.get("value");
+        if let Some(new) = params.get(&key).filter(|new| **new != old) {
+            return Ok(Some(ParamConflict {
+                new: new.clone(),
+                key,
+                old,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Sets `tags` of the row `owner` in a tag table (`experiment_tags` or `run_tags`), replacing
+/// values, in one statement.
+pub async fn upsert_tag_rows(
+    conn: &mut PgConnection,
+    table: &'static str,
+    owner_column: &'static str,
+    owner: Uuid,
+    tags: &BTreeMap<String, String>,
+) -> Result<()> {
+    let keys: Vec<&String> = tags.keys().collect();
+    let values: Vec<&String> = tags.values().collect();
+    sqlx::query(&format!(
+        "INSERT INTO {table} ({owner_column}, key, value) \
+         SELECT $1, k, v FROM UNNEST($2::text[], $3::text[]) AS t(k, v) \
+         ON CONFLICT ({owner_column}, key) DO UPDATE SET value = EXCLUDED.value"
+    ))
+    .bind(owner)
+    .bind(&keys)
+    .bind(&values)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Sets a run's tags (replacing values), keeping its name and parent in step with MLflow's
+/// `mlflow.runName` and `mlflow.parentRunId` tags.
+pub async fn upsert_run_tags(
+    conn: &mut PgConnection,
+    run: Uuid,
+    tags: &BTreeMap<String, String>,
+) -> Result<()> {
+    if tags.is_empty() {
+        return Ok(());
+    }
+    upsert_tag_rows(conn, "run_tags", "run_id", run, tags).await?;
+    if let Some(name) = tags.get(crate::mlflow::RUN_NAME_TAG) {
+        sqlx::query("UPDATE runs SET name = $2 WHERE id = $1")
+            .bind(run)
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if let Some(parent) = tags.get(crate::mlflow::PARENT_RUN_TAG) {
+        let parent = Uuid::try_parse(parent.trim()).ok();
+        sqlx::query(
+            "UPDATE runs SET parent_run_id = (SELECT id FROM runs WHERE id = $2 AND id <> $1) \
+             WHERE id = $1",
+        )
+        .bind(run)
+        .bind(parent)
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
 pub async fn set_run_status(conn: &mut PgConnection, run: Uuid, status: RunStatus) -> Result<()> {
     let end = if status == RunStatus::Running {
         None

@@ -9,7 +9,7 @@ use common::{
     Service, TestEnv, ThrowawayNats, TypedClient, assert_error, eventually, start_registry,
 };
 use petrel_api::registry::{
-    CreateModelVersion, CreateRun, Evaluation, LogMetrics, MetricInput, ModelVersion,
+    CreateModelVersion, CreateRun, Evaluation, LogBatch, LogMetrics, MetricInput, ModelVersion,
     PromotionPolicy, Run, RunStatus,
 };
 use petrel_events::Envelope;
@@ -209,6 +209,94 @@ async fn runs_keep_params_metrics_and_are_idempotent_per_client_token() {
         .unwrap();
     assert_eq!(done.status, RunStatus::Finished);
     assert!(done.end_time.is_some());
+
+    reg.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_batch_writes_metrics_params_and_tags_at_once_and_params_never_change() {
+    let env = TestEnv::new().await;
+    let reg = start_registry(&env).await;
+    let run = new_run(&reg, "batches").await;
+    let batch = LogBatch {
+        metrics: vec![MetricInput {
+            key: "loss".into(),
+            value: 0.5,
+            step: 3,
+        }],
+        params: BTreeMap::from([("hidden_size".to_owned(), "32".to_owned())]),
+        tags: BTreeMap::from([
+            ("petrel.chosen".to_owned(), "false".to_owned()),
+            ("mlflow.runName".to_owned(), "trial-0".to_owned()),
+        ]),
+    };
+    let logged = reg.client().log_batch(run.id, &batch).await.unwrap();
+    assert_eq!((logged.run_id, logged.logged), (run.id, 1));
+    // The same params again change nothing; a tag moves; MLflow's run name tag names the run.
+    let again = LogBatch {
+        metrics: Vec::new(),
+        tags: BTreeMap::from([("petrel.chosen".to_owned(), "true".to_owned())]),
+        ..batch.clone()
+    };
+    reg.client().log_batch(run.id, &again).await.unwrap();
+    let got = reg.client().get_run(run.id).await.unwrap();
+    assert_eq!(got.params["hidden_size"], "32");
+    assert_eq!(got.tags["petrel.chosen"], "true");
+    assert_eq!(got.name.as_deref(), Some("trial-0"));
+    assert_eq!(got.metrics.len(), 1);
+    assert_eq!((got.metrics[0].step, got.metrics[0].value), (3, 0.5));
+
+    // Another value for a param is a 409 naming it, and nothing of that batch is written.
+    let r = reg
+        .send(
+            Method::POST,
+            &format!("/api/v1/runs/{}/batch", run.id),
+            Some(json!({
+                "metrics": [{"key": "loss", "value": 0.1, "step": 4}],
+                "params": {"hidden_size": "64"},
+                "tags": {"petrel.chosen": "false"},
+            })),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict");
+    assert!(
+        r.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("hidden_size"),
+        "{}",
+        r.1
+    );
+    let after = reg.client().get_run(run.id).await.unwrap();
+    assert_eq!(after.metrics.len(), 1);
+    assert_eq!(after.tags["petrel.chosen"], "true");
+    // Unknown fields, an unknown run and a bad value are refused in the API's words.
+    let r = reg
+        .send(
+            Method::POST,
+            &format!("/api/v1/runs/{}/batch", run.id),
+            Some(json!({"metric": []})),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_json");
+    let missing = Uuid::now_v7();
+    let r = reg
+        .send(
+            Method::POST,
+            &format!("/api/v1/runs/{missing}/batch"),
+            Some(json!({"tags": {"a": "b"}})),
+        )
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = reg
+        .send(
+            Method::POST,
+            &format!("/api/v1/runs/{}/batch", run.id),
+            Some(json!({"params": {"": "x"}})),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
 
     reg.stop().await;
     env.cleanup().await;

@@ -1,6 +1,6 @@
 //! Training jobs: from a `data.ready` event to a registered model version.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -8,16 +8,17 @@ use bytes::Bytes;
 use petrel_api::ClientError;
 use petrel_api::registry::{
     ChampionScore, CreateModelVersion, CreateRun, DATASET_CONTEXT_TAG, DatasetInput, Evaluation,
-    LogInputs, LogMetrics, MetricInput, PRODUCTION, RunStatus,
+    LogBatch, LogInputs, LogMetrics, MetricInput, PRODUCTION, Run, RunStatus,
 };
 use petrel_events::consumer::Outcome;
 use petrel_events::payloads::{DataReady, DatasetPurpose};
 use petrel_ml::{
-    CrossValidation, Holdout, HoldoutScore, MlError, ModelBundle, Stop, SweepSpec, Table,
-    TrainConfig, Trial, cross_validate, parse_csv, sweep, train_classifier_until,
+    CrossValidation, Holdout, HoldoutScore, MlError, ModelBundle, Stop, SweepObserver, SweepSpec,
+    Table, TrainConfig, Trial, cross_validate, parse_csv, sweep, train_classifier_until,
 };
 use petrel_store::StoreError;
 use serde::Serialize;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::{AppState, Tuning};
@@ -60,6 +61,22 @@ pub struct Job {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// A sweep's trials so far, each with its child run (`GET /v1/jobs/{id}` only).
+    #[sqlx(skip)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trials: Vec<TrialSummary>,
+}
+
+/// One trial of a job's sweep as the API shows it: running or finished, with its child run
+/// and, once finished, its mean cross-validated accuracy.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct TrialSummary {
+    pub trial: i32,
+    pub run_id: Option<Uuid>,
+    pub status: String,
+    pub cv_accuracy: Option<f64>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 pub const JOB_COLUMNS: &str = "id, event_id, dataset_id, dataset_name, model_name, status, epoch, epochs, \
@@ -99,6 +116,9 @@ enum JobError {
     /// Someone cancelled the job.
     #[error("cancelled")]
     Cancelled,
+    /// The service is shutting down: the job is left for redelivery.
+    #[error("interrupted by shutdown")]
+    Interrupted,
 }
 
 impl From<sqlx::Error> for JobError {
@@ -200,15 +220,26 @@ async fn execute(state: &AppState, job: &Job, data: &DataReady, plan: &Plan) -> 
         Ok(()) => return Outcome::Done,
         Err(JobError::Cancelled) => {
             tracing::info!(job.id = %job.id, "training job cancelled");
+            close_runs(state, job.id, RunStatus::Killed).await;
             finish(state, job.id, "cancelled", None).await
         }
         Err(JobError::Permanent(msg)) => {
             tracing::error!(job.id = %job.id, dataset.name = %data.name, error = %msg, "training job failed");
+            close_runs(state, job.id, RunStatus::Failed).await;
             finish(state, job.id, "failed", Some(&msg)).await
         }
         Err(JobError::Transient(msg)) => {
             tracing::warn!(job.id = %job.id, error = %msg, "training job will be retried");
             return Outcome::Retry(Duration::from_secs(5));
+        }
+        Err(JobError::Interrupted) => {
+            tracing::info!(job.id = %job.id, "training job interrupted by shutdown; it resumes on redelivery");
+            if let Err(e) =
+                set_phase(state, job.id, "interrupted; resumes when a trainer is back").await
+            {
+                tracing::warn!(job.id = %job.id, error = %e, "cannot record the interruption");
+            }
+            return Outcome::Retry(Duration::from_secs(1));
         }
     };
     match ended {
@@ -461,21 +492,41 @@ async fn run_job(
     let tuning = plan.tuning.clone();
     // The plan's sweep was checked when the job was made (`trials` refuses a bad one).
     let trials_total = tuning.sweep.as_ref().map_or(0, SweepSpec::count);
+    // A sweep streams each trial to its child run as it trains, under a parent run made now,
+    // and resumes with the trials an interrupted attempt finished.
+    let (events, mut heard) = mpsc::unbounded_channel();
+    let (mut log, earlier) = if tuning.sweep.is_some() {
+        let (log, earlier) = TrialLog::open(state, job, model_name, data).await?;
+        (Some(log), earlier)
+    } else {
+        (None, Vec::new())
+    };
+    let events = log.is_some().then_some(events);
+    if let Ok(mut p) = progress.lock() {
+        p.trials_done = earlier.len();
+    }
     let p = progress.clone();
     let started = std::time::Instant::now();
     let t = table.clone();
     let stop = Stop::new();
     let halt = stop.clone();
-    let training = tokio::task::spawn_blocking(move || train(&t, &config, &tuning, &p, &halt));
+    let training = tokio::task::spawn_blocking(move || {
+        train(&t, &config, &tuning, &p, &halt, &earlier, events)
+    });
     tokio::pin!(training);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // Each report also reads whether the job was cancelled, and stops training if so.
+    // Training stops for a cancel (`cancelled` says so) or for the service's shutdown.
+    let cancelled = Stop::new();
     let report = |progress: &Mutex<Progress>| {
         let now = progress.lock().map(|g| *g).unwrap_or_default();
-        let stop = stop.clone();
+        let (stop, cancelled) = (stop.clone(), cancelled.clone());
         async move {
             match record_progress(state, job, now, trials_total).await {
-                Ok(true) => stop.stop(),
+                Ok(true) => {
+                    cancelled.stop();
+                    stop.stop();
+                }
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(job.id = %job, error = %e, "cannot record training progress; training goes on");
@@ -486,14 +537,32 @@ async fn run_job(
     let trained = loop {
         tokio::select! {
             done = &mut training => break done,
-            _ = tick.tick() => report(&progress).await,
+            () = state.shutdown.cancelled(), if !stop.is_stopped() => stop.stop(),
+            Some(event) = heard.recv() => {
+                if let Some(log) = &mut log {
+                    log.on(event).await;
+                }
+            }
+            _ = tick.tick() => {
+                report(&progress).await;
+                if let Some(log) = &mut log {
+                    log.flush().await;
+                }
+            }
+        }
+    };
+    if let Some(log) = &mut log {
+        while let Ok(event) = heard.try_recv() {
+            log.on(event).await;
         }
     }
-    .map_err(|e| JobError::Transient(format!("training task: {e}")))?
-    .map_err(|e| match e {
-        MlError::Cancelled => JobError::Cancelled,
-        e => JobError::Permanent(e.to_string()),
-    })?;
+    let trained = trained
+        .map_err(|e| JobError::Transient(format!("training task: {e}")))?
+        .map_err(|e| match e {
+            MlError::Cancelled if cancelled.is_stopped() => JobError::Cancelled,
+            MlError::Cancelled => JobError::Interrupted,
+            e => JobError::Permanent(e.to_string()),
+        })?;
     report(&progress).await;
     let m = &trained.bundle.metrics;
     tracing::info!(
@@ -504,7 +573,8 @@ async fn run_job(
         duration_ms = started.elapsed().as_millis() as u64,
         "training finished"
     );
-    if stop.is_stopped() {
+    // A model that finished training as the service shuts down is still registered.
+    if cancelled.is_stopped() {
         return Err(JobError::Cancelled);
     }
     set_phase(state, job, "scoring the champion").await?;
@@ -659,6 +729,8 @@ fn train(
     tuning: &Tuning,
     progress: &Mutex<Progress>,
     stop: &Stop,
+    earlier: &[Trial],
+    events: Option<mpsc::UnboundedSender<TrialEvent>>,
 ) -> Result<Trained, MlError> {
     let set = |f: &dyn Fn(&mut Progress)| {
         if let Ok(mut g) = progress.lock() {
@@ -667,7 +739,8 @@ fn train(
     };
     if let Some(spec) = &tuning.sweep {
         set(&|p| p.phase = Phase::Sweep);
-        let outcome = sweep(table, config, spec, &|_| set(&|p| p.trials_done += 1), stop)?;
+        let observer = SweepEvents { progress, events };
+        let outcome = sweep(table, config, spec, earlier, &observer, stop)?;
         let best = outcome.best;
         let last = outcome.bundle.metrics.epochs_run;
         set(&|p| {
@@ -811,23 +884,347 @@ fn points(metrics: &BTreeMap<String, f64>) -> Vec<MetricInput> {
         .collect()
 }
 
-/// A fold's training loss as metric points `fold_K_train_loss` (K from 1), step = epoch. A
-/// loss that is not finite (a diverged trial) is left out: the registry refuses it.
-fn learning_curve(f: &petrel_ml::FoldScore) -> impl Iterator<Item = MetricInput> + '_ {
-    f.train_loss
-        .iter()
-        .filter(|(_, loss)| loss.is_finite())
-        .map(move |&(epoch, loss)| MetricInput {
-            key: format!("fold_{}_train_loss", f.fold + 1),
-            value: loss,
-            step: epoch as i64,
-        })
+/// A point of a fold's learning curve: `fold_K_train_loss` (K from 1), step = epoch. A loss
+/// that is not finite (a diverged trial) has none: the registry refuses it.
+fn curve_point(fold: usize, epoch: usize, loss: f64) -> Option<MetricInput> {
+    loss.is_finite().then(|| MetricInput {
+        key: format!("fold_{}_train_loss", fold + 1),
+        value: loss,
+        step: epoch as i64,
+    })
 }
 
-/// Records each trial of a sweep as a child run of `parent`: its configuration, its
-/// cross-validated metrics, each fold's accuracy (step = fold), each fold's learning curve
-/// (`fold_K_train_loss`, step = epoch), and whether it was chosen.
-/// Keyed by job and trial, so a resumed job finds the runs it already wrote.
+/// Everything a trial's child run holds: its cross-validated metrics, each fold's accuracy
+/// (step = fold) and each fold's learning curve.
+fn trial_points(t: &Trial) -> Vec<MetricInput> {
+    let mut metrics = points(&t.cv.metric_map());
+    for f in &t.cv.folds {
+        metrics.push(MetricInput {
+            key: "cv_fold_accuracy".to_owned(),
+            value: f.scores.accuracy,
+            step: f.fold as i64,
+        });
+        metrics.extend(
+            f.train_loss
+                .iter()
+                .filter_map(|&(epoch, loss)| curve_point(f.fold, epoch, loss)),
+        );
+    }
+    metrics
+}
+
+/// What a sweep says as it trains, sent from its worker threads to the job's task.
+enum TrialEvent {
+    Started { index: usize, config: TrainConfig },
+    Epoch { index: usize, point: MetricInput },
+    Finished(Box<Trial>),
+}
+
+/// The sweep's observer: counts finished trials into the job's progress and forwards every
+/// event to the job's task, which writes them to the registry (a closed channel just drops
+/// them: the job's task has gone, and registration writes every trial anyway).
+struct SweepEvents<'a> {
+    progress: &'a Mutex<Progress>,
+    events: Option<mpsc::UnboundedSender<TrialEvent>>,
+}
+
+impl SweepEvents<'_> {
+    fn send(&self, event: TrialEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(event);
+        }
+    }
+}
+
+impl SweepObserver for SweepEvents<'_> {
+    fn started(&self, index: usize, config: &TrainConfig) {
+        self.send(TrialEvent::Started {
+            index,
+            config: config.clone(),
+        });
+    }
+
+    fn epoch(&self, index: usize, fold: usize, epoch: usize, loss: f64) {
+        if let Some(point) = curve_point(fold, epoch, loss) {
+            self.send(TrialEvent::Epoch { index, point });
+        }
+    }
+
+    fn finished(&self, trial: &Trial) {
+        if let Ok(mut p) = self.progress.lock() {
+            p.trials_done += 1;
+        }
+        self.send(TrialEvent::Finished(Box::new(trial.clone())));
+    }
+}
+
+/// A sweep's record as it trains: the parent run (the job's run, made when the sweep starts),
+/// a child run per trial made as the trial starts, its learning curve written about once a
+/// second, and each finished trial kept in `training_trials` so an interrupted job resumes
+/// with it. Writing while training is best effort: a failed write is logged and training
+/// goes on, because registration writes every trial again and fills in what is missing.
+struct TrialLog<'a> {
+    state: &'a AppState,
+    job: Uuid,
+    model_name: &'a str,
+    parent: Uuid,
+    runs: BTreeMap<usize, Uuid>,
+    /// The points each trial's run already held when this attempt made or found it (an
+    /// interrupted attempt streamed them): not written twice.
+    written: BTreeMap<usize, HashSet<(String, i64)>>,
+    pending: BTreeMap<usize, Vec<MetricInput>>,
+}
+
+impl<'a> TrialLog<'a> {
+    /// Makes (or finds again) the job's run and answers the trials an earlier attempt of this
+    /// job finished. A stored trial that no longer reads is trained again.
+    async fn open(
+        state: &'a AppState,
+        job: Uuid,
+        model_name: &'a str,
+        data: &DataReady,
+    ) -> Result<(TrialLog<'a>, Vec<Trial>), JobError> {
+        let run = state
+            .registry
+            .create_run(&job_run(job, model_name, data))
+            .await?;
+        sqlx::query("UPDATE training_jobs SET run_id = $2, updated_at = now() WHERE id = $1")
+            .bind(job)
+            .bind(run.id)
+            .execute(&state.infra.pool)
+            .await?;
+        let rows: Vec<(i32, Option<Uuid>, Option<serde_json::Value>)> = sqlx::query_as(
+            "SELECT trial, run_id, result FROM training_trials WHERE job_id = $1 ORDER BY trial",
+        )
+        .bind(job)
+        .fetch_all(&state.infra.pool)
+        .await?;
+        let mut runs = BTreeMap::new();
+        let mut earlier = Vec::new();
+        for (trial, run_id, result) in rows {
+            if let Some(id) = run_id {
+                runs.insert(trial as usize, id);
+            }
+            match result.map(serde_json::from_value::<Trial>) {
+                Some(Ok(t)) => earlier.push(t),
+                Some(Err(e)) => {
+                    tracing::warn!(job.id = %job, trial, error = %e, "a stored trial does not read; training it again");
+                }
+                None => {}
+            }
+        }
+        if !earlier.is_empty() {
+            tracing::info!(job.id = %job, trials = earlier.len(), "resuming the sweep with the trials it finished");
+        }
+        let log = TrialLog {
+            state,
+            job,
+            model_name,
+            parent: run.id,
+            runs,
+            written: BTreeMap::new(),
+            pending: BTreeMap::new(),
+        };
+        Ok((log, earlier))
+    }
+
+    async fn on(&mut self, event: TrialEvent) {
+        match event {
+            TrialEvent::Started { index, config } => {
+                match trial_run(
+                    self.state,
+                    self.job,
+                    self.model_name,
+                    self.parent,
+                    index,
+                    &config,
+                )
+                .await
+                {
+                    Ok(run) => {
+                        self.runs.insert(index, run.id);
+                        let written = run.metrics.into_iter().map(|m| (m.key, m.step)).collect();
+                        self.written.insert(index, written);
+                        let saved = sqlx::query(
+                            "INSERT INTO training_trials (job_id, trial, run_id) VALUES ($1, $2, $3) \
+                             ON CONFLICT (job_id, trial) DO UPDATE SET run_id = EXCLUDED.run_id",
+                        )
+                        .bind(self.job)
+                        .bind(index as i32)
+                        .bind(run.id)
+                        .execute(&self.state.infra.pool)
+                        .await;
+                        if let Err(e) = saved {
+                            tracing::warn!(job.id = %self.job, trial = index, error = %e, "cannot record the trial's run");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(job.id = %self.job, trial = index, error = %e, "cannot make the trial's run yet; registration will");
+                    }
+                }
+            }
+            TrialEvent::Epoch { index, point } => {
+                self.pending.entry(index).or_default().push(point)
+            }
+            TrialEvent::Finished(trial) => {
+                let index = trial.index;
+                // The trial's record below writes every point it kept, the pending ones too.
+                self.pending.remove(&index);
+                self.written.remove(&index);
+                let saved = sqlx::query(
+                    "INSERT INTO training_trials (job_id, trial, run_id, result, cv_accuracy, finished_at) \
+                     VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (job_id, trial) DO UPDATE SET \
+                     result = EXCLUDED.result, cv_accuracy = EXCLUDED.cv_accuracy, finished_at = now()",
+                )
+                .bind(self.job)
+                .bind(index as i32)
+                .bind(self.runs.get(&index))
+                .bind(serde_json::to_value(&*trial).ok())
+                .bind(trial.cv.accuracy.mean)
+                .execute(&self.state.infra.pool)
+                .await;
+                if let Err(e) = saved {
+                    tracing::warn!(job.id = %self.job, trial = index, error = %e, "cannot keep the finished trial; a restart trains it again");
+                }
+                let recorded = record_trial(
+                    self.state,
+                    self.job,
+                    self.model_name,
+                    self.parent,
+                    &trial,
+                    None,
+                )
+                .await;
+                if let Err(e) = recorded {
+                    tracing::warn!(job.id = %self.job, trial = index, error = %e, "cannot record the finished trial yet; registration will");
+                }
+            }
+        }
+    }
+
+    /// Writes the learning-curve points heard since the last flush, one batch per trial.
+    async fn flush(&mut self) {
+        for (index, metrics) in std::mem::take(&mut self.pending) {
+            let Some(&run) = self.runs.get(&index) else {
+                continue;
+            };
+            let written = self.written.get(&index);
+            let metrics: Vec<MetricInput> = metrics
+                .into_iter()
+                .filter(|m| written.is_none_or(|w| !w.contains(&(m.key.clone(), m.step))))
+                .collect();
+            if metrics.is_empty() {
+                continue;
+            }
+            let batch = LogBatch {
+                metrics,
+                ..LogBatch::default()
+            };
+            if let Err(e) = self.state.registry.log_batch(run, &batch).await {
+                tracing::warn!(job.id = %self.job, trial = index, error = %e, "cannot stream the trial's learning curve; registration will write it");
+            }
+        }
+    }
+}
+
+/// The job's own run, keyed by the job id: the parent of a sweep's trials, and the run the
+/// version is registered from. Params and tags that are known only at the end are added then.
+fn job_run(job: Uuid, model_name: &str, data: &DataReady) -> CreateRun {
+    CreateRun {
+        experiment: model_name.to_owned(),
+        name: Some(format!("{}-v{}", data.name, data.version)),
+        params: dataset_params(data),
+        tags: BTreeMap::from([("petrel.job_id".to_owned(), job.to_string())]),
+        client_token: Some(job.to_string()),
+        parent_run_id: None,
+    }
+}
+
+fn dataset_params(data: &DataReady) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("dataset_id".to_owned(), data.dataset_id.to_string()),
+        ("dataset_version".to_owned(), data.version.to_string()),
+        ("dataset_hash".to_owned(), data.content_hash.clone()),
+    ])
+}
+
+/// Makes (or finds again: it is keyed by job and trial) a trial's child run.
+async fn trial_run(
+    state: &AppState,
+    job: Uuid,
+    model_name: &str,
+    parent: Uuid,
+    index: usize,
+    config: &TrainConfig,
+) -> Result<Run, ClientError> {
+    state
+        .registry
+        .create_run(&CreateRun {
+            experiment: model_name.to_owned(),
+            name: Some(format!("trial-{index}")),
+            params: config_params(config),
+            tags: BTreeMap::from([
+                ("petrel.job_id".to_owned(), job.to_string()),
+                ("petrel.trial".to_owned(), index.to_string()),
+            ]),
+            client_token: Some(format!("{job}/trial/{index}")),
+            parent_run_id: Some(parent),
+        })
+        .await
+}
+
+/// Records a finished trial in its child run: what is not there yet of its configuration,
+/// cross-validated metrics, each fold's accuracy (step = fold) and learning curve
+/// (`fold_K_train_loss`, step = epoch), the split, whether it was chosen once that is known,
+/// and the finished status. Idempotent: a point already written (streamed while training,
+/// or by an earlier attempt) is not written again.
+async fn record_trial(
+    state: &AppState,
+    job: Uuid,
+    model_name: &str,
+    parent: Uuid,
+    t: &Trial,
+    chosen: Option<bool>,
+) -> Result<(), ClientError> {
+    let run = trial_run(state, job, model_name, parent, t.index, &t.config).await?;
+    let have: HashSet<(&str, i64)> = run
+        .metrics
+        .iter()
+        .map(|m| (m.key.as_str(), m.step))
+        .collect();
+    let metrics: Vec<MetricInput> = trial_points(t)
+        .into_iter()
+        .filter(|m| !have.contains(&(m.key.as_str(), m.step)))
+        .collect();
+    let mut tags = BTreeMap::from([("petrel.cv_split".to_owned(), t.cv.split.clone())]);
+    if let Some(chosen) = chosen {
+        tags.insert("petrel.chosen".to_owned(), chosen.to_string());
+    }
+    let tags_differ = tags.iter().any(|(k, v)| run.tags.get(k) != Some(v));
+    if !metrics.is_empty() || tags_differ {
+        state
+            .registry
+            .log_batch(
+                run.id,
+                &LogBatch {
+                    metrics,
+                    tags,
+                    ..LogBatch::default()
+                },
+            )
+            .await?;
+    }
+    if run.status != RunStatus::Finished {
+        state
+            .registry
+            .update_run(run.id, RunStatus::Finished)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Records each trial of a sweep in its child run of `parent`, now that the chosen one is
+/// known (see [`record_trial`]).
 async fn log_trials(
     state: &AppState,
     job: Uuid,
@@ -837,46 +1234,41 @@ async fn log_trials(
 ) -> Result<(), JobError> {
     for t in &trained.trials {
         let chosen = trained.best == Some(t.index);
-        let tags = BTreeMap::from([
-            ("petrel.job_id".to_owned(), job.to_string()),
-            ("petrel.trial".to_owned(), t.index.to_string()),
-            ("petrel.chosen".to_owned(), chosen.to_string()),
-            ("petrel.cv_split".to_owned(), t.cv.split.clone()),
-        ]);
-        let run = state
-            .registry
-            .create_run(&CreateRun {
-                experiment: model_name.to_owned(),
-                name: Some(format!("trial-{}", t.index)),
-                params: config_params(&t.config),
-                tags,
-                client_token: Some(format!("{job}/trial/{}", t.index)),
-                parent_run_id: Some(parent),
-            })
-            .await?;
-        if run.metrics.is_empty() {
-            let mut metrics = points(&t.cv.metric_map());
-            for f in &t.cv.folds {
-                metrics.push(MetricInput {
-                    key: "cv_fold_accuracy".to_owned(),
-                    value: f.scores.accuracy,
-                    step: f.fold as i64,
-                });
-                metrics.extend(learning_curve(f));
-            }
-            state
-                .registry
-                .log_metrics(run.id, &LogMetrics { metrics })
-                .await?;
-        }
-        if run.status != RunStatus::Finished {
-            state
-                .registry
-                .update_run(run.id, RunStatus::Finished)
-                .await?;
-        }
+        record_trial(state, job, model_name, parent, t, Some(chosen)).await?;
     }
     Ok(())
+}
+
+/// Ends, as `status`, the runs a failed or cancelled job left running: its own run and the
+/// child runs of trials that had not finished. Best effort: a run this cannot reach stays
+/// `running` and the job's error says what happened.
+async fn close_runs(state: &AppState, job: Uuid, status: RunStatus) {
+    let runs: Result<Vec<(Uuid,)>, sqlx::Error> = sqlx::query_as(
+        "SELECT run_id FROM training_trials WHERE job_id = $1 AND result IS NULL AND run_id IS NOT NULL \
+         UNION ALL SELECT run_id FROM training_jobs WHERE id = $1 AND run_id IS NOT NULL",
+    )
+    .bind(job)
+    .fetch_all(&state.infra.pool)
+    .await;
+    let runs = match runs {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(job.id = %job, error = %e, "cannot read the job's runs to close them");
+            return;
+        }
+    };
+    for (run,) in runs {
+        let closed = match state.registry.get_run(run).await {
+            Ok(r) if r.status == RunStatus::Running => {
+                state.registry.update_run(run, status).await.map(|_| ())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = closed {
+            tracing::warn!(job.id = %job, run.id = %run, error = %e, "cannot close the job's run");
+        }
+    }
 }
 
 /// Stores the bundle and records run and version with the registry, all keyed by the job id.
@@ -900,11 +1292,7 @@ async fn register(
         .map_err(|e| JobError::Transient(format!("artifact store: {e}")))?;
 
     let mut params = config_params(&bundle.config);
-    params.extend([
-        ("dataset_id".to_owned(), data.dataset_id.to_string()),
-        ("dataset_version".to_owned(), data.version.to_string()),
-        ("dataset_hash".to_owned(), data.content_hash.clone()),
-    ]);
+    params.extend(dataset_params(data));
     let mut tags = BTreeMap::from([
         ("petrel.job_id".to_owned(), job.to_string()),
         (
@@ -939,17 +1327,31 @@ async fn register(
         );
         tags.insert("petrel.chosen_trial".to_owned(), best.to_string());
     }
+    // A sweep made the run when it started, with the dataset params only: the rest are added.
     let run = state
         .registry
         .create_run(&CreateRun {
-            experiment: model_name.to_owned(),
-            name: Some(format!("{}-v{}", data.name, data.version)),
-            params,
-            tags,
-            client_token: Some(job.to_string()),
-            parent_run_id: None,
+            params: params.clone(),
+            tags: tags.clone(),
+            ..job_run(job, model_name, data)
         })
         .await?;
+    let missing = |want: &BTreeMap<String, String>, have: &BTreeMap<String, String>| {
+        want.iter().any(|(k, v)| have.get(k) != Some(v))
+    };
+    if missing(&params, &run.params) || missing(&tags, &run.tags) {
+        state
+            .registry
+            .log_batch(
+                run.id,
+                &LogBatch {
+                    params,
+                    tags,
+                    ..LogBatch::default()
+                },
+            )
+            .await?;
+    }
     if run.inputs.is_empty() {
         state
             .registry
@@ -1083,13 +1485,25 @@ pub(crate) fn sanitize(name: &str) -> String {
         .collect()
 }
 
+/// A job with its sweep's trials so far.
 pub async fn get_job(state: &AppState, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
-    sqlx::query_as::<_, Job>(&format!(
+    let Some(mut job) = sqlx::query_as::<_, Job>(&format!(
         "SELECT {JOB_COLUMNS} FROM training_jobs WHERE id = $1"
     ))
     .bind(id)
     .fetch_optional(&state.infra.pool)
-    .await
+    .await?
+    else {
+        return Ok(None);
+    };
+    job.trials = sqlx::query_as::<_, TrialSummary>(
+        "SELECT trial, run_id, CASE WHEN result IS NULL THEN 'running' ELSE 'finished' END AS status, \
+         cv_accuracy, started_at, finished_at FROM training_trials WHERE job_id = $1 ORDER BY trial",
+    )
+    .bind(id)
+    .fetch_all(&state.infra.pool)
+    .await?;
+    Ok(Some(job))
 }
 
 pub async fn list_jobs(state: &AppState, limit: i64) -> Result<Vec<Job>, sqlx::Error> {

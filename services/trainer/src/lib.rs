@@ -224,6 +224,9 @@ pub struct AppState {
     pub ingest: petrel_api::ApiClient,
     pub train: TrainConfig,
     pub tuning: Tuning,
+    /// Fires when the service shuts down: a job training then stops within an epoch and is
+    /// left for redelivery, to resume on the next start (or another instance).
+    pub shutdown: CancellationToken,
 }
 
 /// A built trainer: connected, listening, not yet consuming.
@@ -264,6 +267,7 @@ impl App {
                 ingest: petrel_api::ApiClient::new(&config.ingest_url),
                 train,
                 tuning,
+                shutdown: cancel.clone(),
             },
             cancel,
         })

@@ -732,3 +732,158 @@ async fn jobs_are_started_followed_and_cancelled_over_http() {
 
     stack.stop().await;
 }
+
+/// The `fold_1_train_loss` history of a run, as `(step, value)`.
+async fn fold_curve(stack: &Stack, run: Uuid) -> Vec<(i64, f64)> {
+    let run = stack.registry().get_run(run).await.unwrap();
+    run.metrics
+        .iter()
+        .filter(|m| m.key == "fold_1_train_loss")
+        .map(|m| (m.step, m.value))
+        .collect()
+}
+
+/// Polls one job until `done` holds for it.
+async fn wait_for(stack: &Stack, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + common::TRAINING_PATIENCE;
+    loop {
+        let (status, job) = stack.trainer_get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{job}");
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_sweep_streams_its_trials_while_training_and_a_restart_resumes_it() {
+    let mut stack = Stack::start().await;
+    let mut data = stack.penguins_dataset().await;
+    data.name = "penguins-ref".into();
+    data.purpose = petrel_events::payloads::DatasetPurpose::Reference;
+    stack.bus.publish(&stack.bus.envelope(data)).await.unwrap();
+    stack.wait_consumed(1).await;
+
+    // Trial 0 is quick; trial 1 trains far longer than this test waits.
+    let (status, job) = stack
+        .trainer_post(
+            "/v1/jobs",
+            json!({"dataset": "penguins-ref", "model_name": "streamed",
+                   "sweep": {"grid": {"epochs": [40, 100000]}, "folds": 2, "concurrency": 1}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let running = |j: &Value| {
+        j["trials"][0]["status"] == "finished"
+            && j["trials_done"] == 1
+            && j["trials"][1]["status"] == "running"
+            && j["trials"][1]["run_id"].is_string()
+    };
+    let job = wait_for(&stack, &id, "trial 0 to finish and trial 1 to run", running).await;
+    assert_eq!(job["status"], "running", "{job}");
+    assert_eq!(job["trials_done"], 1, "{job}");
+    assert!(
+        job["trials"][0]["cv_accuracy"].as_f64().unwrap() > 0.5,
+        "{job}"
+    );
+    let parent: Uuid = serde_json::from_value(job["run_id"].clone()).expect("the job's run");
+    let trial_run =
+        |i: usize| -> Uuid { serde_json::from_value(job["trials"][i]["run_id"].clone()).unwrap() };
+    let (first, second) = (trial_run(0), trial_run(1));
+    let first_finished = job["trials"][0]["finished_at"].clone();
+
+    // While the sweep trains: the parent and trial 1 are running, trial 0 is finished with its
+    // scores, and trial 1's learning curve arrives as it trains.
+    let reg = stack.registry();
+    assert_eq!(
+        reg.get_run(parent).await.unwrap().status,
+        RunStatus::Running
+    );
+    let done = reg.get_run(first).await.unwrap();
+    assert_eq!(done.status, RunStatus::Finished);
+    assert_eq!(done.parent_run_id, Some(parent));
+    assert!(done.metrics.iter().any(|m| m.key == "cv_accuracy_mean"));
+    let live = reg.get_run(second).await.unwrap();
+    assert_eq!(live.status, RunStatus::Running);
+    assert_eq!(live.parent_run_id, Some(parent));
+    assert_eq!(live.params["epochs"], "100000");
+    let deadline = tokio::time::Instant::now() + common::TRAINING_PATIENCE;
+    while fold_curve(&stack, second).await.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "trial 1's curve did not stream"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A redeploy: the old trainer stops within an epoch and leaves the job for the new one,
+    // which keeps trial 0 as it finished and trains trial 1 again from its start.
+    stack.restart_trainer().await;
+    let before = fold_curve(&stack, second).await;
+    let job = wait_for(
+        &stack,
+        &id,
+        "the resumed job to stream trial 1 past the restart",
+        |j| j["status"] == "running" && j["phase"] == "sweep" && j["trials_done"] == 1,
+    )
+    .await;
+    assert_eq!(
+        job["trials"][0]["finished_at"], first_finished,
+        "trial 0 was trained again: {job}"
+    );
+    assert_eq!(job["run_id"], json!(parent));
+    assert_eq!(job["trials"][1]["run_id"], json!(second));
+    let deadline = tokio::time::Instant::now() + common::TRAINING_PATIENCE;
+    loop {
+        let curve = fold_curve(&stack, second).await;
+        let newest = |c: &[(i64, f64)]| c.last().map_or(0, |p| p.0);
+        if newest(&curve) > newest(&before) {
+            // Every point once: the resumed attempt did not write again what was streamed.
+            let steps: Vec<i64> = curve.iter().map(|p| p.0).collect();
+            assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the resumed trial did not stream"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let done = reg.get_run(first).await.unwrap();
+    let keys: Vec<(&str, i64)> = done
+        .metrics
+        .iter()
+        .map(|m| (m.key.as_str(), m.step))
+        .collect();
+    let unique: std::collections::HashSet<_> = keys.iter().collect();
+    assert_eq!(
+        keys.len(),
+        unique.len(),
+        "trial 0's points were written twice"
+    );
+
+    // Cancelled: the runs left running are closed as killed; the finished trial stays finished.
+    let (status, body) = stack
+        .trainer_post(&format!("/v1/jobs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    stack.wait_job(&id, "cancelled").await;
+    assert_eq!(reg.get_run(second).await.unwrap().status, RunStatus::Killed);
+    assert_eq!(reg.get_run(parent).await.unwrap().status, RunStatus::Killed);
+    assert_eq!(
+        reg.get_run(first).await.unwrap().status,
+        RunStatus::Finished
+    );
+    assert!(
+        reg.get_model("streamed").await.is_err(),
+        "nothing registered"
+    );
+
+    stack.stop().await;
+}

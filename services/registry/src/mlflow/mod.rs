@@ -36,6 +36,8 @@ const BODY_LIMIT: usize = 16 * 1024 * 1024;
 /// The tag by which MLflow names a run's parent; `/api/v1` runs with a `parent_run_id` carry
 /// it too, so MLflow clients and UIs nest them.
 pub const PARENT_RUN_TAG: &str = "mlflow.parentRunId";
+/// The tag by which MLflow names a run.
+pub const RUN_NAME_TAG: &str = "mlflow.runName";
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()

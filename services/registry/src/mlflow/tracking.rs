@@ -20,7 +20,7 @@ use super::{
     Fields, MlflowError, Msg, Result, check_plain, check_text, double, from_millis, max_results,
     millis, page_offset, parse_experiment_id, run_hex,
 };
-use crate::AppState;
+use crate::{AppState, store};
 
 /// MLflow's limits on keys and values (`mlflow/utils/validation.py`).
 const MAX_KEY: usize = 250;
@@ -38,8 +38,7 @@ pub const MAX_BATCH_TAGS: usize = 1_000;
 const HISTORY_PAGE: i64 = 25_000;
 const HISTORY_PAGE_MAX: i64 = 100_000;
 
-const RUN_NAME_TAG: &str = "mlflow.runName";
-use super::PARENT_RUN_TAG as PARENT_TAG;
+use super::{PARENT_RUN_TAG as PARENT_TAG, RUN_NAME_TAG};
 
 fn ok() -> Response {
     axum::Json(json!({})).into_response()
@@ -418,30 +417,6 @@ pub async fn create_experiment(State(s): State<AppState>, Msg(f): Msg) -> Result
     Ok(axum::Json(json!({ "experiment_id": mlflow_id.to_string() })).into_response())
 }
 
-/// Sets `tags` of the row `owner` in a tag table (`experiment_tags` or `run_tags`), replacing
-/// values, in one statement.
-async fn upsert_tag_rows(
-    conn: &mut PgConnection,
-    table: &'static str,
-    owner_column: &'static str,
-    owner: Uuid,
-    tags: &BTreeMap<String, String>,
-) -> Result<()> {
-    let keys: Vec<&String> = tags.keys().collect();
-    let values: Vec<&String> = tags.values().collect();
-    sqlx::query(&format!(
-        "INSERT INTO {table} ({owner_column}, key, value) \
-         SELECT $1, k, v FROM UNNEST($2::text[], $3::text[]) AS t(k, v) \
-         ON CONFLICT ({owner_column}, key) DO UPDATE SET value = EXCLUDED.value"
-    ))
-    .bind(owner)
-    .bind(&keys)
-    .bind(&values)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 async fn upsert_experiment_tags(
     conn: &mut PgConnection,
     experiment: Uuid,
@@ -450,7 +425,7 @@ async fn upsert_experiment_tags(
     if tags.is_empty() {
         return Ok(());
     }
-    upsert_tag_rows(conn, "experiment_tags", "experiment_id", experiment, tags).await?;
+    store::upsert_tag_rows(conn, "experiment_tags", "experiment_id", experiment, tags).await?;
     sqlx::query("UPDATE experiments SET last_update_time = now() WHERE id = $1")
         .bind(experiment)
         .execute(conn)
@@ -757,45 +732,21 @@ async fn active_run(conn: &mut PgConnection, id: Uuid) -> Result<()> {
     }
 }
 
-/// Inserts params that are new and checks that the others already have these values.
+/// Inserts params that are new; a param already logged with another value is refused with
+/// MLflow's message.
 async fn insert_params(
     conn: &mut PgConnection,
     run: Uuid,
     params: &BTreeMap<String, String>,
 ) -> Result<()> {
-    if params.is_empty() {
-        return Ok(());
+    match store::insert_params(conn, run, params).await? {
+        None => Ok(()),
+        Some(store::ParamConflict { key, old, new }) => Err(MlflowError::invalid(format!(
+            "Changing param values is not allowed. Param with key='{key}' was already \
+             logged with value='{old}' for run ID='{}'. Attempted logging new value '{new}'.",
+            run_hex(run)
+        ))),
     }
-    let keys: Vec<&String> = params.keys().collect();
-    let values: Vec<&String> = params.values().collect();
-    sqlx::query(
-        "INSERT INTO run_params (run_id, key, value) \
-         SELECT $1, k, v FROM UNNEST($2::text[], $3::text[]) AS t(k, v) \
-         ON CONFLICT (run_id, key) DO NOTHING",
-    )
-    .bind(run)
-    .bind(&keys)
-    .bind(&values)
-    .execute(&mut *conn)
-    .await?;
-    let stored =
-        sqlx::query("SELECT key, value FROM run_params WHERE run_id = $1 AND key = ANY($2)")
-            .bind(run)
-            .bind(&keys)
-            .fetch_all(conn)
-            .await?;
-    for r in stored {
-        let key: String = r.get("key");
-        let old: String = r.get("value");
-        if let Some(new) = params.get(&key).filter(|new| **new != old) {
-            return Err(MlflowError::invalid(format!(
-                "Changing param values is not allowed. Param with key='{key}' was already \
-                 logged with value='{old}' for run ID='{}'. Attempted logging new value '{new}'.",
-                run_hex(run)
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Sets tags (replacing values), keeping the run's name and parent in step with
@@ -805,29 +756,7 @@ async fn upsert_tags(
     run: Uuid,
     tags: &BTreeMap<String, String>,
 ) -> Result<()> {
-    if tags.is_empty() {
-        return Ok(());
-    }
-    upsert_tag_rows(conn, "run_tags", "run_id", run, tags).await?;
-    if let Some(name) = tags.get(RUN_NAME_TAG) {
-        sqlx::query("UPDATE runs SET name = $2 WHERE id = $1")
-            .bind(run)
-            .bind(name)
-            .execute(&mut *conn)
-            .await?;
-    }
-    if let Some(parent) = tags.get(PARENT_TAG) {
-        let parent = Uuid::try_parse(parent.trim()).ok();
-        sqlx::query(
-            "UPDATE runs SET parent_run_id = (SELECT id FROM runs WHERE id = $2 AND id <> $1) \
-             WHERE id = $1",
-        )
-        .bind(run)
-        .bind(parent)
-        .execute(conn)
-        .await?;
-    }
-    Ok(())
+    Ok(store::upsert_run_tags(conn, run, tags).await?)
 }
 
 async fn insert_metrics(conn: &mut PgConnection, run: Uuid, metrics: &[MetricIn]) -> Result<()> {

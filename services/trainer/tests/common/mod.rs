@@ -29,6 +29,7 @@ pub struct Stack {
     http: reqwest::Client,
     registry: Service,
     trainer: Service,
+    trainer_args: Vec<String>,
 }
 
 impl Stack {
@@ -51,14 +52,8 @@ impl Stack {
 
         let mut extra = vec!["--registry-url", registry.base.as_str()];
         extra.extend_from_slice(trainer_args);
-        let args = env.args("petrel-trainer", &extra);
-        let cancel = CancellationToken::new();
-        let app =
-            petrel_trainer::App::build(petrel_trainer::Config::parse_from(args), cancel.clone())
-                .await
-                .expect("the trainer starts");
-        let trainer =
-            Service::spawn("the trainer", app.port(), cancel, app.run()).stop_limit(STOP_LIMIT);
+        let trainer_args: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+        let trainer = start_trainer(&env, &trainer_args).await;
 
         let bus = env.bus_as("petrel/ingest").await;
         Self {
@@ -67,7 +62,16 @@ impl Stack {
             http: reqwest::Client::new(),
             registry,
             trainer,
+            trainer_args,
         }
+    }
+
+    /// Shuts the trainer down (checking it stops cleanly, whatever it was training) and starts
+    /// a new one with the same options, as a redeploy does.
+    pub async fn restart_trainer(&mut self) {
+        let fresh = start_trainer(&self.env, &self.trainer_args).await;
+        let old = std::mem::replace(&mut self.trainer, fresh);
+        old.stop().await;
     }
 
     /// POST on the registry's MLflow REST API: status and JSON body.
@@ -225,4 +229,14 @@ impl Stack {
         self.registry.stop().await;
         self.env.cleanup().await;
     }
+}
+
+async fn start_trainer(env: &TestEnv, extra: &[String]) -> Service {
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let args = env.args("petrel-trainer", &extra);
+    let cancel = CancellationToken::new();
+    let app = petrel_trainer::App::build(petrel_trainer::Config::parse_from(args), cancel.clone())
+        .await
+        .expect("the trainer starts");
+    Service::spawn("the trainer", app.port(), cancel, app.run()).stop_limit(STOP_LIMIT)
 }
