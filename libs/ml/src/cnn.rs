@@ -6,6 +6,7 @@
 //! logits. On scikit-learn's 8x8 digits that is 8x8 -> 4x4 -> 2x2; on 28x28 Fashion-MNIST,
 //! 28 -> 14 -> 7.
 
+use crate::rng::SeededRng;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -13,7 +14,6 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
-use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -69,7 +69,7 @@ impl Cnn {
         seed: u64,
         device: &Device,
     ) -> Cnn {
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = SeededRng::seed_from_u64(seed);
         let mut blocks = Vec::with_capacity(CNN_BLOCKS);
         let mut c_in = 1;
         for b in 0..CNN_BLOCKS {
@@ -417,8 +417,8 @@ pub(crate) fn fit_cnn(
     }
     .clamp(1, n.max(1));
     let mut order: Vec<usize> = (0..n).collect();
-    let mut shuffle_rng = StdRng::seed_from_u64(config.seed ^ 0xBA7C_0000);
-    let mut mask_rng = StdRng::seed_from_u64(config.seed ^ 0xD809_0000);
+    let mut shuffle_rng = SeededRng::seed_from_u64(config.seed ^ 0xBA7C_0000);
+    let mut mask_rng = SeededRng::seed_from_u64(config.seed ^ 0xD809_0000);
     let keep = 1.0 - config.dropout;
     let mut best = EarlyStop::new(config.patience);
     let mut epochs_run = 0;
@@ -498,7 +498,7 @@ mod tests {
         let device = cnn_device().autodiff();
         let (h, w) = (8, 6);
         let mut model = Cnn::init((h, w), 4, 12, 3, 7, &device);
-        let mut rng = StdRng::seed_from_u64(1);
+        let mut rng = SeededRng::seed_from_u64(1);
         let n = 16;
         let input: Vec<f32> = (0..n * h * w)
             .map(|_| rng.random_range(-2.0..2.0))

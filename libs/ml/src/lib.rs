@@ -23,6 +23,7 @@ mod model;
 mod package;
 mod preprocess;
 mod reviews;
+mod rng;
 mod schema;
 mod scorer;
 mod split;

@@ -1,11 +1,11 @@
 //! The classifier network: a burn module for training and a plain-Rust copy of its weights for
 //! serving and storage.
 
+use crate::rng::SeededRng;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
-use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +31,7 @@ pub struct Mlp {
 /// Uniform `(-k, k)` values with `k = 1/sqrt(fan_in)`, burn's default `Linear` initialisation,
 /// drawn from our own seeded generator so initialisation never touches burn's process-global RNG
 /// (which concurrent trainings in one process would otherwise race on).
-pub(crate) fn uniform(rng: &mut StdRng, len: usize, fan_in: usize) -> Vec<f32> {
+pub(crate) fn uniform(rng: &mut SeededRng, len: usize, fan_in: usize) -> Vec<f32> {
     let k = 1.0 / (fan_in.max(1) as f32).sqrt();
     (0..len).map(|_| rng.random_range(-k..k)).collect()
 }
@@ -117,7 +117,7 @@ impl Mlp {
         seed: u64,
         device: &Device,
     ) -> Mlp {
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = SeededRng::seed_from_u64(seed);
         let mut dense = |inputs, outputs| DenseLayer::uniform(&mut rng, inputs, outputs);
         let first = dense(inputs, hidden);
         let deeper: Vec<DenseLayer> = (1..depth.max(1)).map(|_| dense(hidden, hidden)).collect();
@@ -197,7 +197,7 @@ pub struct DenseLayer {
 impl DenseLayer {
     /// A layer of burn's default `Linear` initialisation ([`uniform`]), weights drawn before
     /// the bias.
-    pub(crate) fn uniform(rng: &mut StdRng, inputs: usize, outputs: usize) -> DenseLayer {
+    pub(crate) fn uniform(rng: &mut SeededRng, inputs: usize, outputs: usize) -> DenseLayer {
         DenseLayer {
             inputs,
             outputs,
@@ -395,7 +395,7 @@ mod tests {
         let model = Mlp::init(7, 16, 1, 4, 3, &device);
         let weights = model.to_weights().unwrap();
         weights.validate().unwrap();
-        let mut rng = StdRng::seed_from_u64(9);
+        let mut rng = SeededRng::seed_from_u64(9);
         let input: Vec<f32> = (0..7 * 25).map(|_| rng.random_range(-3.0..3.0)).collect();
         let burn_probs = softmax(
             model.forward(Tensor::<2>::from_data(
@@ -426,7 +426,7 @@ mod tests {
         let weights = model.to_weights().unwrap();
         weights.validate().unwrap();
         assert_eq!(weights.deeper.len(), 2);
-        let mut rng = StdRng::seed_from_u64(2);
+        let mut rng = SeededRng::seed_from_u64(2);
         let input: Vec<f32> = (0..6 * 9).map(|_| rng.random_range(-2.0..2.0)).collect();
         let burn_probs = softmax(
             model.forward(Tensor::<2>::from_data(

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::rng::SeededRng;
 use rand::SeedableRng;
-use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 /// Stratified split, reproducible for a seed; every class with >= 2 rows has at least one row on
@@ -30,7 +30,7 @@ pub fn stratified_split(
     }
     // One generator walked through the classes in label order keeps the result a pure function
     // of (labels, fraction, seed).
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = SeededRng::seed_from_u64(seed);
     let mut train = Vec::with_capacity(labels.len());
     let mut test = Vec::new();
     for members in by_class.values_mut() {

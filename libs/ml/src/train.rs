@@ -4,11 +4,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::rng::SeededRng;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
@@ -420,7 +420,7 @@ impl ReferenceProfile {
 fn cap_sample(values: &mut Vec<f64>, seed: u64, column: usize) {
     if values.len() > REFERENCE_SAMPLE_CAP {
         let mut rng =
-            StdRng::seed_from_u64(seed ^ (column as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            SeededRng::seed_from_u64(seed ^ (column as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut keep = sample(&mut rng, values.len(), REFERENCE_SAMPLE_CAP).into_vec();
         keep.sort_unstable();
         *values = keep.into_iter().map(|k| values[k]).collect();
@@ -593,7 +593,7 @@ pub(crate) fn fit(
     let minibatch = (config.batch_size > 0 && config.batch_size < n).then_some(config.batch_size);
     let full = minibatch.is_none().then(|| tensors(None));
     let mut order: Vec<usize> = (0..n).collect();
-    let mut shuffle_rng = StdRng::seed_from_u64(config.seed ^ 0xBA7C_0000);
+    let mut shuffle_rng = SeededRng::seed_from_u64(config.seed ^ 0xBA7C_0000);
     let mut model = Mlp::init(
         width,
         config.hidden_size,
@@ -605,7 +605,7 @@ pub(crate) fn fit(
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut optimizer = adam(config).init();
     // Dropout masks come from our own generator, so training stays a function of the seed.
-    let mut mask_rng = StdRng::seed_from_u64(config.seed ^ 0xD809_0000);
+    let mut mask_rng = SeededRng::seed_from_u64(config.seed ^ 0xD809_0000);
     let keep = 1.0 - config.dropout;
     let report_every = (config.epochs / 20).max(1);
     let mut best = EarlyStop::new(config.patience);
@@ -768,7 +768,7 @@ impl<W> EarlyStop<W> {
 
 /// Inverted dropout: each activation kept with probability `keep` and scaled by `1 / keep`,
 /// with the mask drawn from `rng` (training stays a function of the seed).
-pub(crate) fn dropout(h: Tensor<2>, rng: &mut StdRng, keep: f64) -> Tensor<2> {
+pub(crate) fn dropout(h: Tensor<2>, rng: &mut SeededRng, keep: f64) -> Tensor<2> {
     let [rows, cols] = h.dims();
     let mask: Vec<f32> = (0..rows * cols)
         .map(|_| {

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::rng::SeededRng;
 use rand::SeedableRng;
-use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +32,7 @@ pub fn stratified_folds(labels: &[usize], k: usize, seed: u64) -> Vec<usize> {
     for (i, &l) in labels.iter().enumerate() {
         by_class.entry(l).or_default().push(i);
     }
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = SeededRng::seed_from_u64(seed);
     let mut fold = vec![0; labels.len()];
     // Continue the deal across classes, so small classes do not all start in fold 0.
     let mut next = 0;
@@ -340,7 +340,7 @@ impl SweepSpec {
         out = expand(out, &g.batch_size, |c, v| c.batch_size = v);
         out = expand(out, &g.channels, |c, v| c.channels = v);
         if wanted < total {
-            let mut rng = StdRng::seed_from_u64(base.seed ^ 0x5A3B);
+            let mut rng = SeededRng::seed_from_u64(base.seed ^ 0x5A3B);
             out.shuffle(&mut rng);
             out.truncate(wanted);
         }
