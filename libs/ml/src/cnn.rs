@@ -22,7 +22,7 @@ use burn::tensor::Int;
 use rand::seq::SliceRandom;
 
 use crate::model::{dense_from, hex_f32, linear_from, read_tensor, uniform};
-use crate::train::{EarlyStop, FitSplit, Fitted, Stop, adam, dropout, log_loss};
+use crate::train::{EarlyStop, FitSplit, Fitted, Stop, adam, dropout, log_loss, training_device};
 use crate::{ColumnKind, DenseLayer, FeatureRow, MlError, Schema, Scorer, TrainConfig};
 
 /// Convolution blocks, each halving the image.
@@ -353,13 +353,6 @@ fn conv3x3(input: &[f32], (h, w): (usize, usize), layer: &ConvLayer, out: &mut [
     }
 }
 
-/// The CPU device the CNN trains on: burn's Flex backend, whose convolutions are im2col and
-/// gemm (NdArray's direct loops spent 70% of a digits epoch in `conv2d` and its transpose).
-/// Single-threaded (burn's `rayon` feature is off), so training stays a function of the seed.
-pub(crate) fn cnn_device() -> Device {
-    Device::flex()
-}
-
 /// Rows per step when `batch_size` is 0.
 pub const DEFAULT_CNN_BATCH: usize = 64;
 
@@ -399,7 +392,7 @@ pub(crate) fn fit_cnn(
         matrix: x,
         validation,
     } = FitSplit::new(schema, rows, labels, config)?;
-    let device = cnn_device().autodiff();
+    let device = training_device().autodiff();
     let mut model = Cnn::init(
         (h, w),
         config.channels,
@@ -495,7 +488,7 @@ mod tests {
 
     #[test]
     fn plain_forward_matches_burn_inference_after_training_steps() {
-        let device = cnn_device().autodiff();
+        let device = training_device().autodiff();
         let (h, w) = (8, 6);
         let mut model = Cnn::init((h, w), 4, 12, 3, 7, &device);
         let mut rng = SeededRng::seed_from_u64(1);
@@ -521,7 +514,7 @@ mod tests {
         assert!(running.iter().any(|m| m.abs() > 1e-4), "{running:?}");
 
         let valid = model.valid();
-        let plain_device = cnn_device();
+        let plain_device = training_device();
         let x = Tensor::<4>::from_data(TensorData::new(input.clone(), [n, 1, h, w]), &plain_device);
         let burn_probs = softmax(valid.forward(x), 1)
             .into_data()
@@ -539,7 +532,7 @@ mod tests {
 
     #[test]
     fn validate_refuses_shapes_that_do_not_chain() {
-        let device = cnn_device();
+        let device = training_device();
         let weights = Cnn::init((8, 8), 2, 5, 2, 1, &device)
             .to_weights((8, 8))
             .unwrap();

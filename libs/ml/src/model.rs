@@ -384,9 +384,8 @@ mod tests {
     use super::*;
     use burn::tensor::activation::softmax;
 
-    #[allow(deprecated)] // NdArray is the backend this crate is built with; see train.rs.
     fn device() -> Device {
-        Device::ndarray()
+        crate::train::training_device()
     }
 
     #[test]
