@@ -1200,8 +1200,7 @@ async fn record_trial(
     if let Some(chosen) = chosen {
         tags.insert("petrel.chosen".to_owned(), chosen.to_string());
     }
-    let tags_differ = tags.iter().any(|(k, v)| run.tags.get(k) != Some(v));
-    if !metrics.is_empty() || tags_differ {
+    if !metrics.is_empty() || !holds_all(&run.tags, &tags) {
         state
             .registry
             .log_batch(
@@ -1221,6 +1220,11 @@ async fn record_trial(
             .await?;
     }
     Ok(())
+}
+
+/// Whether `have` already holds every entry of `want` with the same value.
+fn holds_all(have: &BTreeMap<String, String>, want: &BTreeMap<String, String>) -> bool {
+    want.iter().all(|(k, v)| have.get(k) == Some(v))
 }
 
 /// Records each trial of a sweep in its child run of `parent`, now that the chosen one is
@@ -1336,10 +1340,7 @@ async fn register(
             ..job_run(job, model_name, data)
         })
         .await?;
-    let missing = |want: &BTreeMap<String, String>, have: &BTreeMap<String, String>| {
-        want.iter().any(|(k, v)| have.get(k) != Some(v))
-    };
-    if missing(&params, &run.params) || missing(&tags, &run.tags) {
+    if !holds_all(&run.params, &params) || !holds_all(&run.tags, &tags) {
         state
             .registry
             .log_batch(

@@ -743,23 +743,6 @@ async fn fold_curve(stack: &Stack, run: Uuid) -> Vec<(i64, f64)> {
         .collect()
 }
 
-/// Polls one job until `done` holds for it.
-async fn wait_for(stack: &Stack, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + common::TRAINING_PATIENCE;
-    loop {
-        let (status, job) = stack.trainer_get(&format!("/v1/jobs/{id}")).await;
-        assert_eq!(status, StatusCode::OK, "{job}");
-        if done(&job) {
-            return job;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_sweep_streams_its_trials_while_training_and_a_restart_resumes_it() {
     let mut stack = Stack::start().await;
@@ -785,7 +768,9 @@ async fn a_sweep_streams_its_trials_while_training_and_a_restart_resumes_it() {
             && j["trials"][1]["status"] == "running"
             && j["trials"][1]["run_id"].is_string()
     };
-    let job = wait_for(&stack, &id, "trial 0 to finish and trial 1 to run", running).await;
+    let job = stack
+        .wait_job_until(&id, "trial 0 to finish and trial 1 to run", running)
+        .await;
     assert_eq!(job["status"], "running", "{job}");
     assert_eq!(job["trials_done"], 1, "{job}");
     assert!(
@@ -826,13 +811,13 @@ async fn a_sweep_streams_its_trials_while_training_and_a_restart_resumes_it() {
     // which keeps trial 0 as it finished and trains trial 1 again from its start.
     stack.restart_trainer().await;
     let before = fold_curve(&stack, second).await;
-    let job = wait_for(
-        &stack,
-        &id,
-        "the resumed job to stream trial 1 past the restart",
-        |j| j["status"] == "running" && j["phase"] == "sweep" && j["trials_done"] == 1,
-    )
-    .await;
+    let job = stack
+        .wait_job_until(
+            &id,
+            "the resumed job to stream trial 1 past the restart",
+            |j| j["status"] == "running" && j["phase"] == "sweep" && j["trials_done"] == 1,
+        )
+        .await;
     assert_eq!(
         job["trials"][0]["finished_at"], first_finished,
         "trial 0 was trained again: {job}"

@@ -749,16 +749,6 @@ async fn insert_params(
     }
 }
 
-/// Sets tags (replacing values), keeping the run's name and parent in step with
-/// `mlflow.runName` and `mlflow.parentRunId`.
-async fn upsert_tags(
-    conn: &mut PgConnection,
-    run: Uuid,
-    tags: &BTreeMap<String, String>,
-) -> Result<()> {
-    Ok(store::upsert_run_tags(conn, run, tags).await?)
-}
-
 async fn insert_metrics(conn: &mut PgConnection, run: Uuid, metrics: &[MetricIn]) -> Result<()> {
     if metrics.is_empty() {
         return Ok(());
@@ -834,7 +824,7 @@ pub async fn create_run(State(s): State<AppState>, Msg(f): Msg) -> Result<Respon
     .bind(&artifact_uri)
     .execute(&mut *tx)
     .await?;
-    upsert_tags(&mut tx, id, &tags).await?;
+    store::upsert_run_tags(&mut tx, id, &tags).await?;
     let run = load_run(&mut tx, id).await?;
     tx.commit().await?;
     tracing::debug!(run.id = %id, experiment.id = e.mlflow_id, "run created over the MLflow API");
@@ -867,7 +857,8 @@ pub async fn update_run(State(s): State<AppState>, Msg(f): Msg) -> Result<Respon
     .execute(&mut *tx)
     .await?;
     if let Some(n) = name {
-        upsert_tags(&mut tx, id, &BTreeMap::from([(RUN_NAME_TAG.to_owned(), n)])).await?;
+        store::upsert_run_tags(&mut tx, id, &BTreeMap::from([(RUN_NAME_TAG.to_owned(), n)]))
+            .await?;
     }
     let run = load_run(&mut tx, id).await?;
     tx.commit().await?;
@@ -930,7 +921,7 @@ pub async fn set_tag(State(s): State<AppState>, Msg(f): Msg) -> Result<Response>
     let (key, value) = tag_in(&f)?;
     let mut tx = s.infra.pool.begin().await?;
     active_run(&mut tx, id).await?;
-    upsert_tags(&mut tx, id, &BTreeMap::from([(key, value)])).await?;
+    store::upsert_run_tags(&mut tx, id, &BTreeMap::from([(key, value)])).await?;
     tx.commit().await?;
     Ok(ok())
 }
@@ -1055,7 +1046,7 @@ pub async fn log_batch(State(s): State<AppState>, Msg(f): Msg) -> Result<Respons
     active_run(&mut tx, id).await?;
     insert_params(&mut tx, id, &params).await?;
     insert_metrics(&mut tx, id, &metrics).await?;
-    upsert_tags(&mut tx, id, &tags).await?;
+    store::upsert_run_tags(&mut tx, id, &tags).await?;
     tx.commit().await?;
     tracing::debug!(
         run.id = %id,

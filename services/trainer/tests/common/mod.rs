@@ -118,12 +118,9 @@ impl Stack {
 
     /// Polls one job until it has `status`, failing fast if it ends otherwise.
     pub async fn wait_job(&self, id: &str, status: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + TRAINING_PATIENCE;
-        loop {
-            let (code, job) = self.trainer_get(&format!("/v1/jobs/{id}")).await;
-            assert_eq!(code, StatusCode::OK, "{job}");
+        self.wait_job_until(id, &format!("job {id} to be {status}"), |job| {
             if job["status"] == status {
-                return job;
+                return true;
             }
             let ended = ["succeeded", "failed", "cancelled"]
                 .contains(&job["status"].as_str().unwrap_or(""));
@@ -132,9 +129,28 @@ impl Stack {
                 "job ended {} instead of {status}: {job}",
                 job["status"]
             );
+            false
+        })
+        .await
+    }
+
+    /// Polls one job (`GET /v1/jobs/{id}`, with its trials) until `done` holds for it.
+    pub async fn wait_job_until(
+        &self,
+        id: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + TRAINING_PATIENCE;
+        loop {
+            let (code, job) = self.trainer_get(&format!("/v1/jobs/{id}")).await;
+            assert_eq!(code, StatusCode::OK, "{job}");
+            if done(&job) {
+                return job;
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "timed out waiting for job {id} to be {status}: {job}"
+                "timed out waiting for {what}: {job}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
