@@ -213,6 +213,7 @@ async fn ingest_penguins(stack: &Stack) -> IngestResponse {
             path: None,
             generate: None,
             purpose: Default::default(),
+            checks: Default::default(),
         },
     )
     .await
@@ -640,6 +641,7 @@ async fn a_text_model_is_trained_served_and_watched_for_vocabulary_drift() {
                 petrel_ml::ReviewSpec::new(1500, 1),
             )),
             purpose: Default::default(),
+            checks: Default::default(),
         },
     )
     .await;
@@ -747,6 +749,7 @@ async fn an_image_model_is_trained_served_as_pixels_and_pngs_and_watched_for_bri
             path: None,
             generate: None,
             purpose: Default::default(),
+            checks: Default::default(),
         },
     )
     .await;

@@ -347,13 +347,16 @@ pub struct Alert {
     pub episode_id: Option<Uuid>,
     #[serde(default)]
     pub severity: Severity,
+    /// The model the alert is about; empty for an alert about a dataset (see `dataset`).
     pub model_name: String,
+    /// 0 for an alert about a dataset.
     pub model_version: i32,
     /// The column the episode is about, for kinds that are kept per column (`data_quality`,
     /// `trend` keeps the metric's name here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// The monitor's report for the window; `GET /v1/reports/{id}` on the monitor shows it.
+    /// The monitor's report for the window (`GET /v1/reports/{id}` on the monitor), or for an
+    /// alert about a dataset, the dataset (`GET /v1/datasets/{id}/report` on ingest).
     pub report_id: Uuid,
     /// The span of prediction time of the window.
     #[serde(default)]
@@ -370,6 +373,20 @@ pub struct Alert {
     pub evidence: Vec<Evidence>,
     /// Kind-specific detail.
     pub details: serde_json::Value,
+    /// For a `data_quality` alert from ingest: the file that failed validation (stored as a
+    /// rejected dataset and never announced on `data.ready`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<AlertDataset>,
+}
+
+/// The dataset an ingest alert is about.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertDataset {
+    pub id: Uuid,
+    pub name: String,
+    pub version: i32,
+    /// `sha256:<hex>` of the file.
+    pub content_hash: String,
 }
 
 impl Event for Alert {

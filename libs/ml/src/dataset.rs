@@ -71,6 +71,9 @@ pub struct ParseReport {
     pub table: Table,
     /// One entry per problem found; a row may contribute several.
     pub errors: Vec<RowError>,
+    /// The file line each row of `table` starts on (1-based, the header is line 1), so later
+    /// checks can name the line of an accepted row.
+    pub lines: Vec<u64>,
 }
 
 impl ParseReport {
@@ -179,6 +182,7 @@ pub fn parse_csv(bytes: &[u8], schema: &Schema) -> Result<ParseReport, MlError> 
         targets: Vec::new(),
     };
     let mut errors = Vec::new();
+    let mut lines = Vec::new();
     let mut record = csv::ByteRecord::new();
     loop {
         let line_before = reader.position().line();
@@ -212,11 +216,16 @@ pub fn parse_csv(bytes: &[u8], schema: &Schema) -> Result<ParseReport, MlError> 
             Some((row, target)) if row_errors.is_empty() => {
                 table.rows.push(row);
                 table.targets.push(target);
+                lines.push(line);
             }
             _ => errors.extend(row_errors),
         }
     }
-    Ok(ParseReport { table, errors })
+    Ok(ParseReport {
+        table,
+        errors,
+        lines,
+    })
 }
 
 /// Validates one CSV record; pushes every problem found and returns the row only if it is whole.

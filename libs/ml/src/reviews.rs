@@ -12,11 +12,11 @@
 //! draw is made here from raw `u64`s, so a seed gives the same CSV on every platform and with
 //! every version of `rand`.
 
-use rand::RngCore;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use crate::rng::Draw;
 use crate::{Column, MlError, Schema};
 
 /// The most rows one call generates.
@@ -184,25 +184,6 @@ const FILLER: &[&str] = &[
     "my first one from this brand",
 ];
 const INTENSIFIERS: &[&str] = &["", "", "very ", "really ", "quite ", "so "];
-
-/// Draws from ChaCha8 without going through `rand`'s distributions, whose algorithms may change.
-struct Draw(ChaCha8Rng);
-
-impl Draw {
-    /// A uniform share in [0, 1) from the top 53 bits.
-    fn share(&mut self) -> f64 {
-        (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// A uniform index below `n` (multiply-shift: no modulo bias worth the name for small `n`).
-    fn index(&mut self, n: usize) -> usize {
-        ((u128::from(self.0.next_u64()) * n as u128) >> 64) as usize
-    }
-
-    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-        from[self.index(from.len())]
-    }
-}
 
 /// One labelled review: (product, text, label).
 fn review(draw: &mut Draw, spec: &ReviewSpec) -> (&'static str, String, &'static str) {

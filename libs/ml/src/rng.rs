@@ -9,6 +9,40 @@
 /// The generator of every seeded training draw.
 pub(crate) type SeededRng = rand_chacha::ChaCha12Rng;
 
+use rand::RngCore;
+use rand_chacha::ChaCha8Rng;
+
+/// Draws for the simulated feeds (reviews, penguins), from ChaCha8 without going through
+/// `rand`'s distributions, whose algorithms may change: a seed gives the same feed on every
+/// platform and with every version of `rand`.
+pub(crate) struct Draw(pub(crate) ChaCha8Rng);
+
+impl Draw {
+    /// A uniform share in [0, 1) from the top 53 bits.
+    pub(crate) fn share(&mut self) -> f64 {
+        (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A uniform index below `n` (multiply-shift: no modulo bias worth the name for small `n`).
+    pub(crate) fn index(&mut self, n: usize) -> usize {
+        ((u128::from(self.0.next_u64()) * n as u128) >> 64) as usize
+    }
+
+    pub(crate) fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.index(from.len())]
+    }
+}
+
+impl Draw {
+    /// A standard normal draw (Box-Muller on two uniform shares).
+    pub(crate) fn normal(&mut self) -> f64 {
+        // 1 - share is in (0, 1], so the logarithm is finite.
+        let u = 1.0 - self.share();
+        let v = self.share();
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::{Rng, RngCore, SeedableRng};

@@ -380,6 +380,7 @@ async fn drive(a: &DemoArgs, services: &mut [Service], deadline: Instant) -> any
                 path: None,
                 generate: None,
                 purpose: Default::default(),
+                checks: Default::default(),
             },
         )
         .await?;

@@ -8,6 +8,7 @@ mod bench_train;
 mod demo;
 mod drift;
 mod package;
+mod schedules;
 mod traffic;
 mod train;
 
@@ -60,6 +61,12 @@ enum Command {
     /// Work with registered models.
     #[command(subcommand)]
     Models(Models),
+    /// Manage ingest's schedules: a source ingested once per interval.
+    #[command(subcommand)]
+    Schedules(schedules::Schedules),
+    /// Re-create a schedule's intervals in a range (`--reprocess failed` runs failed ones
+    /// again; `--dry-run` only says what would happen).
+    Backfill(schedules::BackfillArgs),
     /// Generate seeded, labelled product reviews as CSV (product, review, sentiment): the text
     /// model's simulated feed; --shift draws sentiment words from an unseen vocabulary.
     Reviews(ReviewsArgs),
@@ -112,6 +119,11 @@ struct IngestArgs {
     /// serving a model of the same name scores it in bulk) or reference.
     #[arg(long, default_value = "training", value_parser = parse_purpose)]
     purpose: DatasetPurpose,
+    /// JSON file of validation rules beyond the schema: {"columns": {"bill_length_mm":
+    /// {"min": 25, "max": 70}, "island": {"categories": [...]}}, "max_rejected_share": 0.1,
+    /// "max_duplicate_share": 0.0}.
+    #[arg(long)]
+    checks: Option<PathBuf>,
     #[arg(
         long,
         env = "PETREL_INGEST_URL",
@@ -184,6 +196,8 @@ async fn main() {
         Command::Models(Models::Package(a)) => package::run(a).await,
         Command::Drift(a) => drift::run(a),
         Command::Reviews(a) => reviews(a),
+        Command::Schedules(c) => schedules::run(c).await,
+        Command::Backfill(a) => schedules::backfill(a).await,
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -264,6 +278,11 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         None => schema,
     };
     let name = a.name.clone().unwrap_or_else(|| name.to_owned());
+    let checks = match &a.checks {
+        Some(p) => serde_json::from_slice(&read(p)?)
+            .with_context(|| format!("{} is not a set of checks", p.display()))?,
+        None => Default::default(),
+    };
     let resp: IngestResponse = ApiClient::new(&a.ingest_url)
         .post(
             "/v1/datasets",
@@ -274,6 +293,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
                 path: None,
                 generate,
                 purpose: a.purpose,
+                checks,
             },
         )
         .await?;

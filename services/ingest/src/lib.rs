@@ -1,10 +1,16 @@
-//! Petrel ingest: validates CSV batches against a declared schema, stores them in the artifact
-//! store, records each dataset in Postgres and announces `data.ready` through the outbox.
+//! Petrel ingest: validates CSV batches against a declared schema and checks, stores them in
+//! the artifact store, records each dataset in Postgres and announces `data.ready` (or, for a
+//! rejected file, `alerts.data_quality`) through the outbox; runs schedules that ingest a
+//! source once per interval.
 
+mod cadence;
 mod datasets;
+mod schedules;
+mod validate;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use petrel_runtime::config::{LogArgs, NatsArgs, PostgresArgs, StoreArgs};
@@ -12,6 +18,7 @@ use petrel_runtime::infra::Infra;
 use petrel_runtime::service::{ServiceConfig, Tasks};
 use petrel_store::ArtifactStore;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -41,6 +48,22 @@ pub struct Config {
     /// Largest request body (the CSV travels inside it), in MiB.
     #[arg(long, env = "PETREL_INGEST_MAX_BODY_MB", default_value_t = 64)]
     pub max_body_mb: usize,
+    /// Run schedules from this instance (any number of instances may: each interval runs
+    /// once).
+    #[arg(
+        long,
+        env = "PETREL_INGEST_SCHEDULER",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub scheduler: bool,
+    /// How often the scheduler looks for due intervals, in milliseconds.
+    #[arg(long, env = "PETREL_INGEST_SCHEDULE_TICK_MS", default_value_t = 1000)]
+    pub schedule_tick_ms: u64,
+    /// How long a claimed run is held without renewal before another instance may take it,
+    /// in seconds (renewed every third of it while the run works).
+    #[arg(long, env = "PETREL_INGEST_RUN_LEASE_S", default_value_t = 60)]
+    pub run_lease_s: u64,
     #[command(flatten)]
     pub postgres: PostgresArgs,
     #[command(flatten)]
@@ -63,6 +86,8 @@ pub struct AppState {
     pub store: Arc<dyn ArtifactStore>,
     pub max_rejected_fraction: f64,
     pub data_dir: PathBuf,
+    /// Wakes the scheduler early (a backfill queued runs).
+    pub scheduler_wake: Arc<Notify>,
 }
 
 #[derive(Debug)]
@@ -71,6 +96,8 @@ pub struct App {
     listener: TcpListener,
     state: AppState,
     body_limit: usize,
+    /// None when this instance runs no schedules.
+    pace: Option<schedules::Pace>,
     cancel: CancellationToken,
 }
 
@@ -79,6 +106,14 @@ impl App {
         anyhow::ensure!(
             (0.0..=1.0).contains(&config.max_rejected_fraction),
             "--max-rejected-fraction must be between 0 and 1"
+        );
+        anyhow::ensure!(
+            (10..=600_000).contains(&config.schedule_tick_ms),
+            "--schedule-tick-ms must be between 10 and 600000"
+        );
+        anyhow::ensure!(
+            (3..=86_400).contains(&config.run_lease_s),
+            "--run-lease-s must be between 3 and 86400"
         );
         let infra = Infra::connect(
             "ingest",
@@ -96,12 +131,18 @@ impl App {
             store,
             max_rejected_fraction: config.max_rejected_fraction,
             data_dir: config.data_dir.clone(),
+            scheduler_wake: Arc::new(Notify::new()),
         };
+        let pace = config.scheduler.then(|| schedules::Pace {
+            tick: Duration::from_millis(config.schedule_tick_ms),
+            lease: Duration::from_secs(config.run_lease_s),
+        });
         Ok(Self {
             port,
             listener,
             state,
             body_limit: config.max_body_mb << 20,
+            pace,
             cancel,
         })
     }
@@ -117,6 +158,10 @@ impl App {
             datasets::router(self.state.clone(), self.body_limit),
         );
         tasks.spawn_outbox(self.state.infra.relay.clone());
+        if let Some(pace) = self.pace {
+            let (state, cancel) = (self.state.clone(), self.cancel.clone());
+            tasks.spawn("scheduler", schedules::run(state, pace, cancel));
+        }
         tasks.join().await
     }
 }

@@ -5,9 +5,9 @@ mod common;
 use std::time::Duration;
 
 use common::{Service, TestEnv, assert_error, data_dir, penguins_csv, start_ingest};
-use petrel_api::ingest::{Dataset, IngestRequest, IngestResponse};
+use petrel_api::ingest::{Dataset, DatasetStatus, IngestRequest, IngestResponse, ValidationReport};
 use petrel_events::Envelope;
-use petrel_events::payloads::{DataReady, DatasetPurpose};
+use petrel_events::payloads::{Alert, AlertKind, DataReady, DatasetPurpose};
 use petrel_ml::Schema;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -25,6 +25,7 @@ fn by_csv(name: &str, csv: &str) -> Value {
         path: None,
         generate: None,
         purpose: Default::default(),
+        checks: Default::default(),
     })
     .unwrap()
 }
@@ -37,6 +38,7 @@ fn by_path(name: &str, path: &str) -> Value {
         path: Some(path.to_owned()),
         generate: None,
         purpose: Default::default(),
+        checks: Default::default(),
     })
     .unwrap()
 }
@@ -305,82 +307,12 @@ async fn a_few_bad_rows_are_left_out_and_reported_by_line() {
 }
 
 #[tokio::test]
-async fn unusable_files_and_requests_are_refused_with_json_errors() {
+async fn unusable_requests_are_refused_with_json_errors_and_store_nothing() {
     let world = TestEnv::new().await;
     let svc = start_ingest(&world).await;
     let mut events = world.events("data.>").await;
     let invalid =
         |r: &(StatusCode, Value)| assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
-
-    // Mostly bad: 10 good rows, 10 bad ones, far over the 10% allowed.
-    let bad: Vec<String> = (0..10)
-        .map(|i| format!("Adelie,Dream,abc{i},18,180,3500,male,2008"))
-        .collect();
-    let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
-    let mostly_bad = penguins_with(10, &bad);
-    let r = svc
-        .send(
-            Method::POST,
-            "/v1/datasets",
-            Some(by_csv("bad", &mostly_bad)),
-        )
-        .await;
-    invalid(&r);
-    let message = r.1["error"]["message"].as_str().unwrap();
-    assert!(message.contains("10 of 20"), "{message}");
-    assert!(
-        message.contains("line 12"),
-        "names the first bad line: {message}"
-    );
-
-    // Just over the threshold: 2 bad of 12 is 16%.
-    let r = svc
-        .send(
-            Method::POST,
-            "/v1/datasets",
-            Some(by_csv("bad", &penguins_with(10, &bad[..2]))),
-        )
-        .await;
-    invalid(&r);
-
-    // Nothing valid at all.
-    let r = svc
-        .send(
-            Method::POST,
-            "/v1/datasets",
-            Some(by_csv("bad", &penguins_with(0, &bad))),
-        )
-        .await;
-    invalid(&r);
-
-    // A header without a schema column.
-    let no_sex = penguins_csv()
-        .lines()
-        .map(|line| {
-            let mut fields: Vec<&str> = line.split(',').collect();
-            fields.remove(6);
-            fields.join(",")
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert!(no_sex.starts_with(
-        "species,island,bill_length_mm,bill_depth_mm,flipper_length_mm,body_mass_g,year\n"
-    ));
-    let r = svc
-        .send(Method::POST, "/v1/datasets", Some(by_csv("bad", &no_sex)))
-        .await;
-    invalid(&r);
-    assert!(
-        r.1["error"]["message"].as_str().unwrap().contains("sex"),
-        "{}",
-        r.1
-    );
-
-    // An empty file.
-    let r = svc
-        .send(Method::POST, "/v1/datasets", Some(by_csv("bad", "")))
-        .await;
-    invalid(&r);
 
     // Neither csv nor path, and both.
     let r = svc
@@ -449,10 +381,342 @@ async fn unusable_files_and_requests_are_refused_with_json_errors() {
     let r = svc.send(Method::GET, "/v1/nope", None).await;
     assert_error(&r, StatusCode::NOT_FOUND, "not_found");
 
+    // Bad checks are refused by name.
+    let mut bad_checks = by_csv("bad", &penguins_csv());
+    bad_checks["checks"] = json!({"columns": {"beak": {"min": 1}}});
+    let r = svc
+        .send(Method::POST, "/v1/datasets", Some(bad_checks))
+        .await;
+    invalid(&r);
+    assert!(
+        r.1["error"]["message"].as_str().unwrap().contains("beak"),
+        "{}",
+        r.1
+    );
+    let mut bad_checks = by_csv("bad", &penguins_csv());
+    bad_checks["checks"] = json!({"max_rejected_share": 2});
+    let r = svc
+        .send(Method::POST, "/v1/datasets", Some(bad_checks))
+        .await;
+    invalid(&r);
+
     // Nothing was stored or announced.
     let (_, list) = svc.send(Method::GET, "/v1/datasets", None).await;
     assert_eq!(list["datasets"], json!([]));
     events.assert_quiet(QUIET).await;
+    svc.stop().await;
+    world.cleanup().await;
+}
+
+/// A rejection as the uploader sees it: 422 `rejected`, with the stored dataset and its report.
+fn rejected(r: &(StatusCode, Value), needle: &str) -> (Dataset, ValidationReport) {
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "rejected");
+    let message = r.1["error"]["message"].as_str().unwrap();
+    assert!(message.contains(needle), "{message} lacks {needle}");
+    let dataset: Dataset = serde_json::from_value(r.1["dataset"].clone()).unwrap();
+    assert_eq!(dataset.status, DatasetStatus::Rejected);
+    let report: ValidationReport = serde_json::from_value(r.1["report"].clone()).unwrap();
+    assert!(!report.problems.is_empty());
+    (dataset, report)
+}
+
+#[tokio::test]
+async fn files_that_fail_validation_are_stored_as_rejected_and_raise_a_data_quality_alert() {
+    let world = TestEnv::new().await;
+    let svc = start_ingest(&world).await;
+    let mut ready = world.events("data.>").await;
+    let mut alerts = world.events("alerts.>").await;
+    let send = |body: Value| svc.send(Method::POST, "/v1/datasets", Some(body));
+
+    // Mostly bad: 10 good rows, 10 bad ones, far over the 10% allowed.
+    let bad: Vec<String> = (0..10)
+        .map(|i| format!("Adelie,Dream,abc{i},18,180,3500,male,2008"))
+        .collect();
+    let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
+    let mostly_bad = penguins_with(10, &bad);
+    let r = send(by_csv("feed", &mostly_bad)).await;
+    let (dataset, report) = rejected(&r, "10 of 20");
+    assert!(
+        report.problems[0].contains("line 12"),
+        "names the first bad line: {report:?}"
+    );
+    assert!(
+        report.problems[0].contains("max_rejected_share"),
+        "says how to fix it: {report:?}"
+    );
+    assert_eq!(
+        (report.rows, report.accepted, report.rejected),
+        (20, 10, 10)
+    );
+    assert_eq!(report.rejected_by_column["bill_length_mm"], 10);
+    assert_eq!(
+        read_uri(&dataset.source_uri),
+        mostly_bad.as_bytes(),
+        "kept for inspection"
+    );
+
+    // Announced on alerts.data_quality, never on data.ready.
+    let (subject, bytes) = alerts.next().await;
+    assert_eq!(subject, "alerts.data_quality");
+    let alert: Envelope<Alert> = Envelope::from_bytes(&bytes).unwrap();
+    assert_eq!(alert.data.kind, AlertKind::DataQuality);
+    assert_eq!(alert.data.dataset.as_ref().unwrap().id, dataset.id);
+    assert_eq!(alert.data.report_id, dataset.id);
+    assert!(alert.data.model_name.is_empty());
+    assert!(
+        alert.data.message.contains("10 of 20"),
+        "{}",
+        alert.data.message
+    );
+    assert_eq!(alert.data.observed, 0.5);
+
+    // The same file again is the same rejected dataset, and raises nothing new.
+    let again = send(by_csv("feed", &mostly_bad)).await;
+    assert_eq!(rejected(&again, "10 of 20").0.id, dataset.id);
+    assert_eq!(again.1["created"], false);
+
+    // Its report, and the listing by status.
+    let (status, got) = svc
+        .send(
+            Method::GET,
+            &format!("/v1/datasets/{}/report", dataset.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(
+        serde_json::from_value::<ValidationReport>(got).unwrap(),
+        report
+    );
+    let (_, list) = svc
+        .send(Method::GET, "/v1/datasets?status=rejected", None)
+        .await;
+    assert_eq!(list["datasets"].as_array().unwrap().len(), 1);
+    let (_, list) = svc
+        .send(Method::GET, "/v1/datasets?status=accepted", None)
+        .await;
+    assert_eq!(list["datasets"], json!([]));
+    let r = svc
+        .send(Method::GET, "/v1/datasets?status=maybe", None)
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+
+    // Just over the threshold (2 bad of 12 is 16%), nothing valid, a header without a
+    // schema column, an empty file: each rejected, each with its own alert.
+    rejected(
+        &send(by_csv("feed", &penguins_with(10, &bad[..2]))).await,
+        "2 of 12",
+    );
+    rejected(
+        &send(by_csv("feed", &penguins_with(0, &bad))).await,
+        "no valid rows",
+    );
+    let no_sex = penguins_csv()
+        .lines()
+        .map(|line| {
+            let mut fields: Vec<&str> = line.split(',').collect();
+            fields.remove(6);
+            fields.join(",")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    rejected(&send(by_csv("feed", &no_sex)).await, "sex");
+    rejected(&send(by_csv("feed", "")).await, "empty");
+    for _ in 0..4 {
+        let (subject, _) = alerts.next().await;
+        assert_eq!(subject, "alerts.data_quality");
+    }
+    // A rejection threshold of the request's own lets the 16% file through.
+    let mut lenient = by_csv("feed", &penguins_with(10, &bad[..2]));
+    lenient["checks"] = json!({"max_rejected_share": 0.2});
+    let accepted = ingest(&svc, lenient, StatusCode::CREATED).await;
+    assert_eq!(accepted.dataset.status, DatasetStatus::Accepted);
+    assert_eq!(
+        data_ready(&ready.next().await.1).data.dataset_id,
+        accepted.dataset.id
+    );
+
+    ready.assert_quiet(QUIET).await;
+    alerts.assert_quiet(QUIET).await;
+    svc.stop().await;
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn column_checks_reject_rows_and_training_reads_only_the_accepted_ones() {
+    let world = TestEnv::new().await;
+    let svc = start_ingest(&world).await;
+    let mut ready = world.events("data.>").await;
+    // Lines 2..=21 are good; line 22 has a bill of 900 mm, line 23 an island nobody knows.
+    let csv = penguins_with(
+        20,
+        &[
+            "Adelie,Torgersen,900,18.7,181,3750,male,2007",
+            "Adelie,Atlantis,39.1,18.7,181,3750,male,2007",
+        ],
+    );
+    let mut body = by_csv("checked", &csv);
+    body["checks"] = json!({
+        "columns": {
+            "bill_length_mm": {"min": 25, "max": 70},
+            "island": {"categories": ["Biscoe", "Dream", "Torgersen"]},
+            "species": {"categories": ["Adelie", "Chinstrap", "Gentoo"]},
+        },
+        "max_rejected_share": 0.1,
+    });
+    let resp = ingest(&svc, body.clone(), StatusCode::CREATED).await;
+    assert_eq!(
+        (resp.dataset.row_count, resp.dataset.rejected_rows),
+        (20, 2)
+    );
+    let lines: Vec<u64> = resp.errors.iter().map(|e| e.line).collect();
+    assert_eq!(lines, vec![22, 23]);
+    assert!(
+        resp.errors[0].message.contains("above the maximum 70"),
+        "{:?}",
+        resp.errors
+    );
+    assert!(
+        resp.errors[1].message.contains("'Atlantis'"),
+        "{:?}",
+        resp.errors
+    );
+    assert_eq!(
+        resp.report.columns.len(),
+        8,
+        "seven features and the target"
+    );
+    let bill = &resp.report.columns[1];
+    assert_eq!(bill.name, "bill_length_mm");
+    assert!(
+        bill.max.unwrap() < 70.0,
+        "the summary covers accepted rows only: {bill:?}"
+    );
+
+    // The file as sent is kept; training reads the accepted rows only.
+    assert_eq!(read_uri(&resp.dataset.source_uri), csv.as_bytes());
+    assert_ne!(resp.dataset.uri, resp.dataset.source_uri);
+    let accepted = read_uri(&resp.dataset.uri);
+    assert_eq!(accepted, penguins_with(20, &[]).as_bytes());
+    let env = data_ready(&ready.next().await.1);
+    assert_eq!(env.data.uri, resp.dataset.uri);
+    assert_eq!(
+        env.data.content_hash,
+        sha256(csv.as_bytes()),
+        "the digest is the file's"
+    );
+    let reparsed = petrel_ml::parse_csv(&accepted, &Schema::penguins()).unwrap();
+    assert_eq!(reparsed.table.len(), 20);
+    assert!(reparsed.errors.is_empty());
+
+    // Replaying the request is the same dataset; the same bytes under other checks are not.
+    let again = ingest(&svc, body.clone(), StatusCode::OK).await;
+    assert_eq!(again.dataset.id, resp.dataset.id);
+    body["checks"]["columns"]["bill_length_mm"]["max"] = json!(1000);
+    let looser = ingest(&svc, body, StatusCode::CREATED).await;
+    assert_eq!(looser.dataset.version, 2);
+    assert_eq!(looser.dataset.rejected_rows, 1);
+    ready.next().await;
+    ready.assert_quiet(QUIET).await;
+    svc.stop().await;
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_same_bytes_under_a_corrected_schema_are_a_new_dataset() {
+    let world = TestEnv::new().await;
+    let svc = start_ingest(&world).await;
+    let mut ready = world.events("data.>").await;
+    let csv = penguins_with(30, &[]);
+    let first = ingest(&svc, by_csv("penguins", &csv), StatusCode::CREATED).await;
+    // The year was meant as a category.
+    let mut corrected = by_csv("penguins", &csv);
+    corrected["schema"]["features"][6]["kind"] = json!("categorical");
+    let second = ingest(&svc, corrected.clone(), StatusCode::CREATED).await;
+    assert!(second.created);
+    assert_eq!(second.dataset.version, 2);
+    assert_ne!(second.dataset.id, first.dataset.id);
+    assert_eq!(second.dataset.content_hash, first.dataset.content_hash);
+    assert_eq!(
+        second.dataset.schema.features[6].kind,
+        petrel_ml::ColumnKind::Categorical
+    );
+    let a = data_ready(&ready.next().await.1);
+    let b = data_ready(&ready.next().await.1);
+    assert_eq!(
+        (a.data.dataset_id, b.data.dataset_id),
+        (first.dataset.id, second.dataset.id)
+    );
+    assert_eq!(
+        b.data.schema, second.dataset.schema,
+        "announced with the corrected schema"
+    );
+    // Each pairing of bytes and schema is still one dataset.
+    assert_eq!(
+        ingest(&svc, corrected, StatusCode::OK).await.dataset.id,
+        second.dataset.id
+    );
+    assert_eq!(
+        ingest(&svc, by_csv("penguins", &csv), StatusCode::OK)
+            .await
+            .dataset
+            .id,
+        first.dataset.id
+    );
+    ready.assert_quiet(QUIET).await;
+    svc.stop().await;
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_generated_penguin_feed_is_reproducible_and_drift_moves_it() {
+    let world = TestEnv::new().await;
+    let svc = start_ingest(&world).await;
+    let body =
+        |spec: Value| json!({ "name": "feed", "schema": Schema::penguins(), "generate": spec });
+    let plain = json!({ "generator": "penguins", "rows": 500, "seed": 3 });
+    let first = ingest(&svc, body(plain.clone()), StatusCode::CREATED).await;
+    assert_eq!(first.dataset.row_count, 500);
+    assert_eq!(first.dataset.source, "generate:penguins");
+    let local = petrel_ml::generate_penguins(&petrel_ml::PenguinSpec::new(500, 3)).unwrap();
+    assert_eq!(read_uri(&first.dataset.uri), local.as_bytes());
+    assert!(
+        first.report.duplicates > 0,
+        "resampling repeats rows: {:?}",
+        first.report
+    );
+    assert_eq!(
+        ingest(&svc, body(plain), StatusCode::OK).await.dataset.id,
+        first.dataset.id
+    );
+
+    let drifted = ingest(
+        &svc,
+        body(json!({ "generator": "penguins", "rows": 500, "seed": 3, "drift": 2.0 })),
+        StatusCode::CREATED,
+    )
+    .await;
+    let mean = |r: &IngestResponse| r.report.columns[1].mean.unwrap();
+    let moved = mean(&drifted) - mean(&first);
+    assert!(
+        (moved - 10.9).abs() < 0.2,
+        "two standard deviations of bill length: {moved}"
+    );
+    let r = svc
+        .send(
+            Method::POST,
+            "/v1/datasets",
+            Some(body(
+                json!({ "generator": "penguins", "rows": 5, "drift": 50 }),
+            )),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    assert!(
+        r.1["error"]["message"].as_str().unwrap().contains("drift"),
+        "{}",
+        r.1
+    );
     svc.stop().await;
     world.cleanup().await;
 }

@@ -193,6 +193,7 @@ pub async fn apply(
             threshold: c.threshold,
             evidence: c.evidence.clone(),
             details: c.details.clone(),
+            dataset: None,
         };
         let alert = match (step, &live) {
             (Step::Nothing, _) => None,

@@ -198,7 +198,8 @@ fn client_error(who: &str) -> impl FnOnce(petrel_api::ClientError) -> RetrainErr
 /// The `alerts.>` consumer's handler.
 pub async fn on_alert(state: &AppState, env: Envelope<Alert>) -> Outcome {
     let alert = &env.data;
-    if alert.status != AlertStatus::Opened {
+    // Alerts from ingest (a rejected file, a failing schedule) concern no model.
+    if alert.status != AlertStatus::Opened || alert.model_name.is_empty() {
         return Outcome::Done;
     }
     let policy = match policy(state, &alert.model_name).await {
@@ -389,6 +390,7 @@ async fn retrain(
                 path: None,
                 generate: None,
                 purpose: DatasetPurpose::Training,
+                checks: Default::default(),
             },
         )
         .await

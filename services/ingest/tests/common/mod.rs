@@ -15,10 +15,18 @@ pub fn data_dir(env: &TestEnv) -> PathBuf {
 }
 
 /// Starts ingest with its data directory at [`data_dir`] (created, empty).
+#[allow(dead_code, reason = "each test binary uses part of the harness")]
 pub async fn start_ingest(env: &TestEnv) -> Service {
+    start_ingest_with(env, &[]).await
+}
+
+/// Starts ingest as [`start_ingest`] does, with more arguments.
+pub async fn start_ingest_with(env: &TestEnv, extra: &[&str]) -> Service {
     let data_dir = data_dir(env);
     std::fs::create_dir_all(&data_dir).unwrap();
-    let args = env.args("petrel-ingest", &["--data-dir", data_dir.to_str().unwrap()]);
+    let mut args = vec!["--data-dir", data_dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let args = env.args("petrel-ingest", &args);
     let cancel = CancellationToken::new();
     let app = petrel_ingest::App::build(petrel_ingest::Config::parse_from(args), cancel.clone())
         .await
