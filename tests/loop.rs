@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use futures::StreamExt;
 use petrel_api::ApiClient;
-use petrel_api::ingest::{IngestRequest, IngestResponse};
+use petrel_api::ingest::{IngestRequest, IngestResponse, PredictionLineage};
 use petrel_api::labeler::{LabelInput, LabelsRequest, LabelsResponse};
 use petrel_api::monitor::ReportList;
 use petrel_api::predictor::{PredictRequest, PredictResponse, PredictRow, ServedModel};
@@ -65,9 +65,22 @@ impl Stack {
         let registry = stack.url("registry").to_owned();
         start!(
             stack,
+            "predictor",
+            petrel_predictor,
+            env.args(
+                "petrel-predictor",
+                &["--registry-url", &registry, "--model-name", model]
+            )
+        );
+        let predictor = stack.url("predictor").to_owned();
+        start!(
+            stack,
             "ingest",
             petrel_ingest,
-            env.args("petrel-ingest", &[])
+            env.args(
+                "petrel-ingest",
+                &["--predictor-url", &predictor, "--registry-url", &registry]
+            )
         );
         let ingest = stack.url("ingest").to_owned();
         start!(
@@ -93,15 +106,6 @@ impl Stack {
                 flags.extend_from_slice(trainer);
                 flags
             })
-        );
-        start!(
-            stack,
-            "predictor",
-            petrel_predictor,
-            env.args(
-                "petrel-predictor",
-                &["--registry-url", &registry, "--model-name", model]
-            )
         );
         start!(
             stack,
@@ -320,6 +324,36 @@ async fn csv_to_alert() {
         !first.alerts.iter().any(|a| a == "drift"),
         "normal traffic raised drift: {first:?}"
     );
+
+    // Lineage: one call traces a prediction to its model version, run, dataset and source.
+    let ingest_api = ApiClient::new(stack.url("ingest"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let lineage: PredictionLineage = loop {
+        match ingest_api.get("/v1/lineage/predictions/normal-0-0").await {
+            Ok(l) => break l,
+            Err(e) if e.status() == Some(404) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("lineage: {e}"),
+        }
+    };
+    assert_eq!(lineage.prediction["inference_id"], "normal-0-0");
+    assert_eq!(lineage.model_version.version, production.version);
+    assert_eq!(lineage.run.id, production.run_id);
+    assert_eq!(lineage.run.params["seed"], "42");
+    assert_eq!(lineage.datasets.len(), 1, "{:?}", lineage.datasets);
+    let trained_on = &lineage.datasets[0];
+    assert_eq!(trained_on.role.as_deref(), Some("training"));
+    assert_eq!(trained_on.digest, resp.dataset.content_hash);
+    let dataset = trained_on.dataset.as_ref().expect("ingest's own dataset");
+    assert_eq!(dataset.id, resp.dataset.id);
+    assert_eq!(dataset.source, "upload");
+    assert_eq!(trained_on.report.as_ref().unwrap().accepted, 344);
+    let r = ingest_api
+        .get::<Value>("/v1/lineage/predictions/no-such-prediction")
+        .await
+        .unwrap_err();
+    assert_eq!(r.status(), Some(404));
 
     // drifted traffic: shifted measurements must raise a drift alert
     let drifted = shifted(&rows, 90, 1);

@@ -431,3 +431,44 @@ pub struct BackfillInterval {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<RunStatus>,
 }
+
+/// `GET /v1/lineage/predictions/{inference_id}`: one prediction traced back to its data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PredictionLineage {
+    /// The logged prediction, as the predictor's `GET /v1/predictions/{id}` shows it.
+    pub prediction: serde_json::Value,
+    /// The model version that made it, as the registry has it.
+    pub model_version: crate::registry::ModelVersion,
+    /// The run that trained that version.
+    pub run: RunLineage,
+    /// The datasets the run read, each with where it came from and its validation report.
+    pub datasets: Vec<DatasetLineage>,
+}
+
+/// The parts of a run that say how a model was trained (its metric history stays in the
+/// registry).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunLineage {
+    pub id: Uuid,
+    pub experiment: String,
+    pub name: Option<String>,
+    pub status: crate::registry::RunStatus,
+    pub params: BTreeMap<String, String>,
+    pub start_time: DateTime<Utc>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub parent_run_id: Option<Uuid>,
+}
+
+/// One dataset a run read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DatasetLineage {
+    /// The run input's role (`training`, `evaluation`, ...).
+    pub role: Option<String>,
+    pub name: String,
+    pub digest: String,
+    /// The dataset as ingest recorded it (source, interval, schema, checks), when ingest made
+    /// it; absent for inputs logged from elsewhere (an MLflow client's local file).
+    pub dataset: Option<Dataset>,
+    /// How it was validated.
+    pub report: Option<ValidationReport>,
+}

@@ -241,6 +241,7 @@ async fn start_services(a: &DemoArgs, bin_dir: &Path) -> anyhow::Result<Vec<Serv
             .env("PETREL_REGISTRY_URL", url("registry"))
             .env("PETREL_LABELER_URL", url("labeler"))
             .env("PETREL_INGEST_URL", url("ingest"))
+            .env("PETREL_PREDICTOR_URL", url("predictor"))
             .env(
                 format!("PETREL_{}_LISTEN", s.to_uppercase()),
                 format!("127.0.0.1:{}", ports[s]),

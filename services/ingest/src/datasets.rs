@@ -30,6 +30,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/v1/datasets/{id}", get(get_one))
         .route("/v1/datasets/{id}/report", get(get_report))
         .merge(crate::schedules::routes())
+        .merge(crate::lineage::routes())
         .with_state(state.clone());
     petrel_runtime::http::finish(
         api.merge(petrel_runtime::http::health_routes(state.infra.readiness())),
@@ -518,6 +519,17 @@ async fn fetch_one(s: &AppState, id: Uuid) -> Result<sqlx::postgres::PgRow, ApiE
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(format!("dataset {id} does not exist")))
+}
+
+/// A dataset and its report, by id.
+pub async fn find(s: &AppState, id: Uuid) -> Result<Option<(Dataset, ValidationReport)>, ApiError> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM datasets WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&s.infra.pool)
+        .await
+        .map_err(ApiError::internal)?;
+    row.map(|r| Ok((dataset_from_row(&r)?, report_from_row(&r))))
+        .transpose()
 }
 
 async fn get_one(

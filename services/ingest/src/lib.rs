@@ -5,6 +5,7 @@
 
 mod cadence;
 mod datasets;
+mod lineage;
 mod schedules;
 mod validate;
 
@@ -13,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use petrel_api::ApiClient;
+use petrel_api::registry::RegistryClient;
 use petrel_runtime::config::{LogArgs, NatsArgs, PostgresArgs, StoreArgs};
 use petrel_runtime::infra::Infra;
 use petrel_runtime::service::{ServiceConfig, Tasks};
@@ -64,6 +67,24 @@ pub struct Config {
     /// in seconds (renewed every third of it while the run works).
     #[arg(long, env = "PETREL_INGEST_RUN_LEASE_S", default_value_t = 60)]
     pub run_lease_s: u64,
+    /// Base URL of the predictor: lineage reads logged predictions there.
+    #[arg(
+        long,
+        env = "PETREL_PREDICTOR_URL",
+        default_value = "http://127.0.0.1:8084"
+    )]
+    pub predictor_url: String,
+    /// Base URL of the registry: lineage reads model versions and runs there.
+    #[arg(
+        long,
+        env = "PETREL_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub registry_url: String,
+    /// A registry token with the `read` scope, needed when the registry runs with
+    /// `--auth on`. Never logged.
+    #[arg(long, env = "PETREL_REGISTRY_TOKEN", hide_env_values = true)]
+    pub registry_token: Option<petrel_runtime::config::Secret>,
     #[command(flatten)]
     pub postgres: PostgresArgs,
     #[command(flatten)]
@@ -88,6 +109,9 @@ pub struct AppState {
     pub data_dir: PathBuf,
     /// Wakes the scheduler early (a backfill queued runs).
     pub scheduler_wake: Arc<Notify>,
+    /// For lineage.
+    pub predictor: ApiClient,
+    pub registry: RegistryClient,
 }
 
 #[derive(Debug)]
@@ -132,6 +156,9 @@ impl App {
             max_rejected_fraction: config.max_rejected_fraction,
             data_dir: config.data_dir.clone(),
             scheduler_wake: Arc::new(Notify::new()),
+            predictor: ApiClient::new(&config.predictor_url),
+            registry: RegistryClient::new(&config.registry_url)
+                .with_token(config.registry_token.as_ref().map(|t| t.expose())),
         };
         let pace = config.scheduler.then(|| schedules::Pace {
             tick: Duration::from_millis(config.schedule_tick_ms),
