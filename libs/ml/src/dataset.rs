@@ -128,54 +128,7 @@ pub fn parse_csv(bytes: &[u8], schema: &Schema) -> Result<ParseReport, MlError> 
         ));
     }
 
-    // Flexible, so that a short or long row becomes a per-row error instead of aborting the
-    // whole file.
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .from_reader(bytes);
-    let header = reader
-        .byte_headers()
-        .map_err(|e| MlError::Csv(format!("cannot read the header row: {e}")))?
-        .clone();
-    let header: Vec<String> = header
-        .iter()
-        .map(|field| {
-            std::str::from_utf8(field)
-                .map(|s| s.trim().to_string())
-                .map_err(|_| MlError::Csv("the header row is not valid UTF-8 text".into()))
-        })
-        .collect::<Result<_, _>>()?;
-
-    let position = |name: &str| -> Result<Option<usize>, MlError> {
-        let mut hits = header.iter().enumerate().filter(|(_, h)| *h == name);
-        let first = hits.next().map(|(i, _)| i);
-        if hits.next().is_some() {
-            return Err(MlError::Schema(format!(
-                "column '{name}' appears more than once in the header"
-            )));
-        }
-        Ok(first)
-    };
-    let mut missing = Vec::new();
-    let mut feature_positions = Vec::with_capacity(schema.features.len());
-    for column in &schema.features {
-        match position(&column.name)? {
-            Some(i) => feature_positions.push(i),
-            None => missing.push(column.name.clone()),
-        }
-    }
-    let target_position = position(&schema.target)?;
-    if target_position.is_none() {
-        missing.push(schema.target.clone());
-    }
-    let Some(target_position) = target_position.filter(|_| missing.is_empty()) else {
-        return Err(MlError::Schema(format!(
-            "the header lacks required column(s): {}",
-            missing.join(", ")
-        )));
-    };
-
+    let mut rows = CsvRows::new(bytes, schema)?;
     let mut table = Table {
         schema: schema.clone(),
         rows: Vec::new(),
@@ -183,42 +136,14 @@ pub fn parse_csv(bytes: &[u8], schema: &Schema) -> Result<ParseReport, MlError> 
     };
     let mut errors = Vec::new();
     let mut lines = Vec::new();
-    let mut record = csv::ByteRecord::new();
-    loop {
-        let line_before = reader.position().line();
-        match reader.read_byte_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => {
-                // With a byte slice and flexible records the reader has no recoverable errors
-                // left; report the line and stop rather than guess where the next row starts.
-                let line = e.position().map(|p| p.line()).unwrap_or(line_before);
-                errors.push(RowError {
-                    line,
-                    column: None,
-                    message: format!("unreadable CSV from here on: {e}"),
-                });
-                break;
-            }
-        }
-        let line = record.position().map(|p| p.line()).unwrap_or(line_before);
-        let mut row_errors = Vec::new();
-        let row = parse_record(
-            &record,
-            schema,
-            header.len(),
-            &feature_positions,
-            target_position,
-            line,
-            &mut row_errors,
-        );
+    while let Some(row) = rows.next_row() {
         match row {
-            Some((row, target)) if row_errors.is_empty() => {
+            CsvRow::Accepted { line, row, target } => {
                 table.rows.push(row);
                 table.targets.push(target);
                 lines.push(line);
             }
-            _ => errors.extend(row_errors),
+            CsvRow::Rejected(row_errors) => errors.extend(row_errors),
         }
     }
     Ok(ParseReport {
@@ -226,6 +151,186 @@ pub fn parse_csv(bytes: &[u8], schema: &Schema) -> Result<ParseReport, MlError> 
         errors,
         lines,
     })
+}
+
+/// One data row of a CSV file, as [`CsvRows`] reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CsvRow {
+    /// A whole row: its first line, features in schema order and label.
+    Accepted {
+        line: u64,
+        row: FeatureRow,
+        target: String,
+    },
+    /// A row left out, with every problem found in it (or, last, the reason the rest of the
+    /// file cannot be read).
+    Rejected(Vec<RowError>),
+}
+
+/// Reads a CSV file row by row against a schema, holding one row at a time: what
+/// [`parse_csv`] does, for files too large to hold (ingest validates a gigabyte this way with
+/// flat memory). The rules are [`parse_csv`]'s.
+pub struct CsvRows<R: std::io::Read> {
+    reader: csv::Reader<R>,
+    schema: Schema,
+    header: csv::ByteRecord,
+    feature_positions: Vec<usize>,
+    target_position: usize,
+    record: csv::ByteRecord,
+    done: bool,
+}
+
+impl<R: std::io::Read> std::fmt::Debug for CsvRows<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CsvRows")
+            .field("schema", &self.schema)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: std::io::Read> CsvRows<R> {
+    /// Reads the header and finds the schema's columns in it: a header lacking one is an
+    /// [`MlError::Schema`], a file with no header an [`MlError::Csv`].
+    pub fn new(reader: R, schema: &Schema) -> Result<Self, MlError> {
+        schema.validate()?;
+        // Flexible, so that a short or long row becomes a per-row error instead of aborting
+        // the whole file.
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .flexible(true)
+            .from_reader(reader);
+        let raw = reader
+            .byte_headers()
+            .map_err(|e| MlError::Csv(format!("cannot read the header row: {e}")))?
+            .clone();
+        if raw.as_slice().contains(&0) {
+            return Err(MlError::Csv(
+                "the file contains NUL bytes; it looks binary, not CSV text".into(),
+            ));
+        }
+        let header: Vec<String> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, field)| {
+                let field = if i == 0 {
+                    field.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(field)
+                } else {
+                    field
+                };
+                std::str::from_utf8(field)
+                    .map(|s| s.trim().to_string())
+                    .map_err(|_| MlError::Csv("the header row is not valid UTF-8 text".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        if header.iter().all(|h| h.is_empty()) {
+            return Err(MlError::Csv(
+                "the file is empty; a header row is required".into(),
+            ));
+        }
+
+        let position = |name: &str| -> Result<Option<usize>, MlError> {
+            let mut hits = header.iter().enumerate().filter(|(_, h)| *h == name);
+            let first = hits.next().map(|(i, _)| i);
+            if hits.next().is_some() {
+                return Err(MlError::Schema(format!(
+                    "column '{name}' appears more than once in the header"
+                )));
+            }
+            Ok(first)
+        };
+        let mut missing = Vec::new();
+        let mut feature_positions = Vec::with_capacity(schema.features.len());
+        for column in &schema.features {
+            match position(&column.name)? {
+                Some(i) => feature_positions.push(i),
+                None => missing.push(column.name.clone()),
+            }
+        }
+        let target_position = position(&schema.target)?;
+        if target_position.is_none() {
+            missing.push(schema.target.clone());
+        }
+        let Some(target_position) = target_position.filter(|_| missing.is_empty()) else {
+            return Err(MlError::Schema(format!(
+                "the header lacks required column(s): {}",
+                missing.join(", ")
+            )));
+        };
+        Ok(CsvRows {
+            reader,
+            schema: schema.clone(),
+            header: raw,
+            feature_positions,
+            target_position,
+            record: csv::ByteRecord::new(),
+            done: false,
+        })
+    }
+
+    /// The header row as read.
+    pub fn header(&self) -> &csv::ByteRecord {
+        &self.header
+    }
+
+    /// The raw record of the row [`CsvRows::next_row`] returned last.
+    pub fn record(&self) -> &csv::ByteRecord {
+        &self.record
+    }
+
+    /// The next row, or None at the end of the file (or after an unreadable stretch, which
+    /// comes as a last [`CsvRow::Rejected`]).
+    pub fn next_row(&mut self) -> Option<CsvRow> {
+        if self.done {
+            return None;
+        }
+        let line_before = self.reader.position().line();
+        match self.reader.read_byte_record(&mut self.record) {
+            Ok(false) => {
+                self.done = true;
+                return None;
+            }
+            Ok(true) => {}
+            Err(e) => {
+                // With flexible records the reader has no recoverable errors left; report the
+                // line and stop rather than guess where the next row starts.
+                self.done = true;
+                let line = e.position().map(|p| p.line()).unwrap_or(line_before);
+                return Some(CsvRow::Rejected(vec![RowError {
+                    line,
+                    column: None,
+                    message: format!("unreadable CSV from here on: {e}"),
+                }]));
+            }
+        }
+        let line = self
+            .record
+            .position()
+            .map(|p| p.line())
+            .unwrap_or(line_before);
+        if self.record.as_slice().contains(&0) {
+            self.done = true;
+            return Some(CsvRow::Rejected(vec![RowError {
+                line,
+                column: None,
+                message: "binary data (NUL bytes) from here on; the file is not CSV text".into(),
+            }]));
+        }
+        let mut errors = Vec::new();
+        let row = parse_record(
+            &self.record,
+            &self.schema,
+            self.header.len(),
+            &self.feature_positions,
+            self.target_position,
+            line,
+            &mut errors,
+        );
+        Some(match row {
+            Some((row, target)) if errors.is_empty() => CsvRow::Accepted { line, row, target },
+            _ => CsvRow::Rejected(errors),
+        })
+    }
 }
 
 /// Validates one CSV record; pushes every problem found and returns the row only if it is whole.
@@ -447,6 +552,54 @@ mod tests {
     use super::*;
     use crate::Column;
     use serde_json::json;
+
+    /// A reader that hands out a few bytes at a time, as a socket or a pipe does.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.0.len()).min(7);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn rows_read_one_at_a_time_from_any_reader_match_the_whole_file_parse() {
+        let csv = "x,c,y\n1,red,a\nbad,blue,b\n\"2\",\"multi\nline\",a\n3,green\n4,red,\n";
+        let whole = parse_csv(csv.as_bytes(), &small_schema()).unwrap();
+        let mut rows = CsvRows::new(Trickle(csv.as_bytes()), &small_schema()).unwrap();
+        let (mut accepted, mut errors, mut lines) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(row) = rows.next_row() {
+            match row {
+                CsvRow::Accepted { line, row, target } => {
+                    accepted.push(row);
+                    lines.push((line, target));
+                }
+                CsvRow::Rejected(e) => errors.extend(e),
+            }
+        }
+        assert_eq!(accepted, whole.table.rows);
+        assert_eq!(errors, whole.errors);
+        assert_eq!(lines.iter().map(|l| l.0).collect::<Vec<_>>(), whole.lines);
+        assert_eq!(
+            lines[1],
+            (4, "a".to_owned()),
+            "a quoted line break stays in its row"
+        );
+        assert_eq!(whole.rejected_lines(), 3);
+
+        // Binary data after a good start ends the file with a row error, not a panic.
+        let binary = b"x,c,y\n1,red,a\n2,\0\0,b\n";
+        let mut rows = CsvRows::new(Trickle(binary), &small_schema()).unwrap();
+        assert!(matches!(rows.next_row(), Some(CsvRow::Accepted { .. })));
+        let Some(CsvRow::Rejected(e)) = rows.next_row() else {
+            panic!("the NUL row is rejected")
+        };
+        assert!(e[0].message.contains("NUL"), "{e:?}");
+        assert_eq!(rows.next_row(), None);
+    }
 
     fn small_schema() -> Schema {
         Schema {
