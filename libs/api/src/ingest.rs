@@ -144,6 +144,11 @@ pub struct ColumnSummary {
     /// linearly between order statistics (as pandas' `quantile` and `describe` do).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub quantiles: BTreeMap<String, f64>,
+    /// Set when the column has more values than ingest keeps for quantiles (500,000): the
+    /// quantiles then come from a uniform sample of this many values (min, max, mean and
+    /// counts stay exact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantile_sample: Option<u64>,
     /// For categorical columns and the target: distinct values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distinct: Option<u64>,
