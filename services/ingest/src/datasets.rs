@@ -512,15 +512,6 @@ async fn list(
     Ok(Json(json!({ "datasets": datasets })))
 }
 
-async fn fetch_one(s: &AppState, id: Uuid) -> Result<sqlx::postgres::PgRow, ApiError> {
-    sqlx::query(&format!("SELECT {COLUMNS} FROM datasets WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&s.infra.pool)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("dataset {id} does not exist")))
-}
-
 /// A dataset and its report, by id.
 pub async fn find(s: &AppState, id: Uuid) -> Result<Option<(Dataset, ValidationReport)>, ApiError> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM datasets WHERE id = $1"))
@@ -536,12 +527,19 @@ async fn get_one(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Dataset>, ApiError> {
-    Ok(Json(dataset_from_row(&fetch_one(&s, id).await?)?))
+    Ok(Json(found(&s, id).await?.0))
 }
 
 async fn get_report(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<ValidationReport>, ApiError> {
-    Ok(Json(report_from_row(&fetch_one(&s, id).await?)))
+    Ok(Json(found(&s, id).await?.1))
+}
+
+/// [`find`], with a missing dataset as a 404.
+async fn found(s: &AppState, id: Uuid) -> Result<(Dataset, ValidationReport), ApiError> {
+    find(s, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("dataset {id} does not exist")))
 }

@@ -35,6 +35,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::cadence::{Cadence, Cron, parse_period, render};
 use crate::datasets::{self, Incoming};
+use crate::validate::{GOLDEN_GAMMA, mix64};
 
 /// Intervals one planning pass or one backfill creates at most (catch-up goes on at the next
 /// pass).
@@ -635,10 +636,7 @@ async fn claim(
 /// Mixes a generator's seed with the interval's start, so every interval has its own rows and
 /// the same interval always the same ones (SplitMix64's finaliser).
 fn interval_seed(seed: u64, start: DateTime<Utc>) -> u64 {
-    let mut z = seed ^ (start.timestamp() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    mix64(seed ^ (start.timestamp() as u64).wrapping_mul(GOLDEN_GAMMA))
 }
 
 /// Ingests one interval's data.

@@ -108,6 +108,16 @@ const MAX_DISTINCT: usize = 100_000;
 /// compared with these only.
 const DUPLICATE_MEMORY: usize = 4_000_000;
 
+/// SplitMix64's increment (2^64 over the golden ratio).
+pub(crate) const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's finaliser: a fixed, well-mixed function of `z`, for reproducible draws.
+pub(crate) fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// Whether any rule rejects single rows (so that training needs a copy without them).
 fn has_row_rules(checks: &Checks) -> bool {
     checks
@@ -389,11 +399,8 @@ impl Numbers {
             self.sample.push(x);
         } else {
             // Algorithm R: the n-th value replaces a random slot with probability k/n.
-            self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
+            self.state = self.state.wrapping_add(GOLDEN_GAMMA);
+            let z = mix64(self.state);
             let slot = ((u128::from(z) * u128::from(self.count)) >> 64) as usize;
             if slot < QUANTILE_SAMPLE {
                 self.sample[slot] = x;
