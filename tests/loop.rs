@@ -215,6 +215,7 @@ async fn ingest_penguins(stack: &Stack) -> IngestResponse {
             schema: petrel_ml::Schema::penguins(),
             csv: Some(penguins_csv()),
             path: None,
+            uri: None,
             generate: None,
             purpose: Default::default(),
             checks: Default::default(),
@@ -671,6 +672,7 @@ async fn a_text_model_is_trained_served_and_watched_for_vocabulary_drift() {
             schema: petrel_ml::Schema::reviews(),
             csv: None,
             path: None,
+            uri: None,
             generate: Some(petrel_api::ingest::Generator::Reviews(
                 petrel_ml::ReviewSpec::new(1500, 1),
             )),
@@ -781,6 +783,7 @@ async fn an_image_model_is_trained_served_as_pixels_and_pngs_and_watched_for_bri
             schema: petrel_ml::Schema::digits(),
             csv: Some(csv),
             path: None,
+            uri: None,
             generate: None,
             purpose: Default::default(),
             checks: Default::default(),

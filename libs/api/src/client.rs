@@ -100,14 +100,43 @@ impl ApiClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
+        let mut req = self.request(method, path);
         if let Some(b) = body {
             req = req.json(b);
         }
+        self.send(path, req).await
+    }
+
+    /// Sends a multipart form (a file streamed from disk, for instance) and decodes a JSON
+    /// answer. The whole-call timeout is lifted to `timeout`, since an upload takes as long as
+    /// the file needs.
+    pub async fn post_multipart<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        form: reqwest::multipart::Form,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let req = self
+            .request(Method::POST, path)
+            .multipart(form)
+            .timeout(timeout);
+        self.send(path, req).await
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        req
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
         let resp = req.send().await.map_err(|source| ClientError::Transport {
             url: url.clone(),
             source,

@@ -7,8 +7,10 @@ use petrel_ml::{DatasetPurpose, RowError, Schema};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// A CSV batch to validate and store. Give the file's text in `csv`, a `path` the ingest
-/// service can read (on its own machine), or a generator to `generate` it.
+/// A file to validate and store, CSV or Parquet. Give the file's text in `csv`, a `path` the
+/// ingest service can read (under its data directory), an object `uri` (`s3://bucket/key`), or
+/// a generator to `generate` it. Large files are better streamed to `POST /v1/datasets/upload`
+/// (multipart: this request without a source as the `spec` part, then the `file` part).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IngestRequest {
     pub name: String,
@@ -17,6 +19,10 @@ pub struct IngestRequest {
     pub csv: Option<String>,
     #[serde(default)]
     pub path: Option<String>,
+    /// An object to read, `s3://bucket/key`, reached with the artifact store's S3 settings
+    /// (endpoint, region, credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
     /// A seeded generator that simulates a feed: the same spec gives the same rows (so the same
     /// dataset, by content).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -26,6 +32,19 @@ pub struct IngestRequest {
     #[serde(default)]
     pub purpose: DatasetPurpose,
     /// Rules beyond the schema: value ranges, categories, missing-value and duplicate limits.
+    #[serde(default, skip_serializing_if = "Checks::is_empty")]
+    pub checks: Checks,
+}
+
+/// The `spec` part of a streamed upload (`POST /v1/datasets/upload`, multipart): what
+/// [`IngestRequest`] says, less the source, which is the `file` part that follows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadSpec {
+    pub name: String,
+    pub schema: Schema,
+    #[serde(default)]
+    pub purpose: DatasetPurpose,
     #[serde(default, skip_serializing_if = "Checks::is_empty")]
     pub checks: Checks,
 }
@@ -283,8 +302,8 @@ fn yes() -> bool {
     true
 }
 
-/// What a schedule's run ingests: a file by `path` (a template: `{ds}`, `{ds_nodash}`,
-/// `{start}`, `{end}` are replaced by the interval's) or a seeded `generate` spec (its seed
+/// What a schedule's run ingests: a file by `path` or object `uri` (templates: `{ds}`,
+/// `{ds_nodash}`, `{start}`, `{end}` are replaced by the interval's) or a seeded `generate` spec (its seed
 /// mixed with the interval's start, so each interval has its own reproducible rows).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -297,6 +316,9 @@ pub struct ScheduledDataset {
     pub purpose: DatasetPurpose,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// An object URI template, `s3://bucket/events/{ds}.csv`, rendered like `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generate: Option<Generator>,
 }

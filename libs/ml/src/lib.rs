@@ -47,7 +47,9 @@ pub use gbt::Trees;
 pub use infer::{LoadedModel, Prediction};
 pub use model::{DenseLayer, Mlp, MlpWeights};
 pub use package::{BUNDLE_FILE, MANIFEST_FILE, PackageManifest};
-pub use penguins::{MAX_PENGUIN_ROWS, PENGUINS_CSV, PenguinSpec, generate_penguins};
+pub use penguins::{
+    MAX_PENGUIN_ROWS, PENGUINS_CSV, PenguinSpec, generate_penguins, write_penguins,
+};
 pub use preprocess::{ColumnTransform, Preprocessor, TextEncoding};
 pub use reviews::{MAX_REVIEW_ROWS, ReviewSpec, generate_reviews};
 pub use schema::{Column, ColumnKind, DatasetPurpose, Schema};

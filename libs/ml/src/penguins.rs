@@ -66,11 +66,22 @@ impl PenguinSpec {
         }
     }
 
-    /// Refuses settings outside their ranges, naming the setting.
+    /// Refuses settings outside their ranges, naming the setting; a feed generated in a
+    /// service holds at most a million rows.
     pub fn validate(&self) -> Result<(), MlError> {
-        let bad = |m: &str| Err(MlError::Setting(m.to_owned()));
         if !(1..=MAX_PENGUIN_ROWS).contains(&self.rows) {
-            return bad("rows must be between 1 and 1000000");
+            return Err(MlError::Setting(
+                "rows must be between 1 and 1000000".to_owned(),
+            ));
+        }
+        self.validate_shape()
+    }
+
+    /// [`PenguinSpec::validate`] without the cap on rows (files written by [`write_penguins`]).
+    fn validate_shape(&self) -> Result<(), MlError> {
+        let bad = |m: &str| Err(MlError::Setting(m.to_owned()));
+        if self.rows == 0 {
+            return bad("rows must be at least 1");
         }
         if !(self.drift.is_finite() && (-5.0..=5.0).contains(&self.drift)) {
             return bad("drift must be between -5 and 5 standard deviations");
@@ -89,6 +100,15 @@ impl PenguinSpec {
 /// [`Schema::penguins`].
 pub fn generate_penguins(spec: &PenguinSpec) -> Result<String, MlError> {
     spec.validate()?;
+    let mut out = Vec::with_capacity(spec.rows * 48);
+    write_penguins(spec, &mut out)?;
+    String::from_utf8(out).map_err(|e| MlError::Csv(e.to_string()))
+}
+
+/// Writes what [`generate_penguins`] generates to `out`, a row at a time, with no cap on the
+/// rows (for files of any size).
+pub fn write_penguins(spec: &PenguinSpec, out: impl std::io::Write) -> Result<(), MlError> {
+    spec.validate_shape()?;
     let schema = Schema::penguins();
     let base = parse_csv(PENGUINS_CSV.as_bytes(), &schema)?;
     if !base.errors.is_empty() || base.table.is_empty() {
@@ -114,7 +134,7 @@ pub fn generate_penguins(spec: &PenguinSpec) -> Result<String, MlError> {
     }
 
     let mut draw = Draw(ChaCha8Rng::seed_from_u64(spec.seed));
-    let mut out = csv::Writer::from_writer(Vec::with_capacity(spec.rows * 48));
+    let mut out = csv::Writer::from_writer(out);
     let fail = |e: csv::Error| MlError::Csv(e.to_string());
     let mut header = vec![schema.target.clone()];
     header.extend(schema.features.iter().map(|c| c.name.clone()));
@@ -148,10 +168,7 @@ pub fn generate_penguins(spec: &PenguinSpec) -> Result<String, MlError> {
         }
         out.write_record(&record).map_err(fail)?;
     }
-    let bytes = out
-        .into_inner()
-        .map_err(|e| MlError::Csv(e.error().to_string()))?;
-    String::from_utf8(bytes).map_err(|e| MlError::Csv(e.to_string()))
+    out.flush().map_err(|e| MlError::Csv(e.to_string()))
 }
 
 /// The population standard deviation of the present numeric values.

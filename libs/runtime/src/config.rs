@@ -68,6 +68,22 @@ pub struct StoreArgs {
     /// The S3 region; from the AWS chain (`AWS_REGION`) when unset, else `us-east-1`.
     #[arg(long, env = "PETREL_S3_REGION")]
     pub s3_region: Option<String>,
+    /// A static access key id for the S3 server (MinIO, SeaweedFS), with
+    /// --s3-secret-access-key; the standard AWS chain when unset.
+    #[arg(
+        long,
+        env = "PETREL_S3_ACCESS_KEY_ID",
+        requires = "s3_secret_access_key"
+    )]
+    pub s3_access_key_id: Option<String>,
+    /// The secret of --s3-access-key-id. Never logged.
+    #[arg(
+        long,
+        env = "PETREL_S3_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        requires = "s3_access_key_id"
+    )]
+    pub s3_secret_access_key: Option<Secret>,
 }
 
 impl StoreArgs {
@@ -75,16 +91,21 @@ impl StoreArgs {
     pub async fn open(
         &self,
     ) -> Result<std::sync::Arc<dyn petrel_store::ArtifactStore>, petrel_store::StoreError> {
-        petrel_store::open_with(
-            &self.artifact_root,
-            &petrel_store::S3Options {
-                endpoint: self.s3_endpoint.clone(),
-                force_path_style: self.s3_force_path_style,
-                region: self.s3_region.clone(),
-                credentials: None,
-            },
-        )
-        .await
+        petrel_store::open_with(&self.artifact_root, &self.s3_options()).await
+    }
+
+    /// How to reach S3 (for the store, and for ingest's `s3://` sources).
+    pub fn s3_options(&self) -> petrel_store::S3Options {
+        petrel_store::S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            force_path_style: self.s3_force_path_style,
+            region: self.s3_region.clone(),
+            credentials: self.s3_access_key_id.clone().zip(
+                self.s3_secret_access_key
+                    .as_ref()
+                    .map(|s| s.expose().to_owned()),
+            ),
+        }
     }
 }
 

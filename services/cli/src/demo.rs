@@ -379,6 +379,7 @@ async fn drive(a: &DemoArgs, services: &mut [Service], deadline: Instant) -> any
                 schema: Schema::penguins(),
                 csv: Some(csv),
                 path: None,
+                uri: None,
                 generate: None,
                 purpose: Default::default(),
                 checks: Default::default(),

@@ -11,13 +11,14 @@ mod package;
 mod schedules;
 mod traffic;
 mod train;
+mod upload;
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use petrel_api::ApiClient;
-use petrel_api::ingest::{IngestRequest, IngestResponse};
+use petrel_api::ingest::{IngestRequest, IngestResponse, UploadSpec};
 use petrel_api::monitor::ReportList;
 use petrel_events::payloads::Alert;
 use petrel_ml::{DatasetPurpose, Schema};
@@ -70,6 +71,9 @@ enum Command {
     /// Generate seeded, labelled product reviews as CSV (product, review, sentiment): the text
     /// model's simulated feed; --shift draws sentiment words from an unseen vocabulary.
     Reviews(ReviewsArgs),
+    /// Generate seeded penguins as CSV, resampled from data/penguins.csv with optional noise,
+    /// drift and missing values: a simulated feed, or a file of any size to load-test ingest.
+    Penguins(PenguinsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -170,6 +174,28 @@ struct ReviewsArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct PenguinsArgs {
+    /// Rows to generate.
+    #[arg(long, default_value_t = 1000)]
+    rows: usize,
+    /// The seed: the same arguments give the same rows.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Shift of every measurement, in its standard deviations.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    drift: f64,
+    /// Gaussian noise on each measurement, in its standard deviations.
+    #[arg(long, default_value_t = 0.0)]
+    noise: f64,
+    /// Share of measurements left blank.
+    #[arg(long, default_value_t = 0.0)]
+    missing: f64,
+    /// Write the CSV here instead of to standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
 struct ReportsArgs {
     #[arg(
         long,
@@ -196,6 +222,7 @@ async fn main() {
         Command::Models(Models::Package(a)) => package::run(a).await,
         Command::Drift(a) => drift::run(a),
         Command::Reviews(a) => reviews(a),
+        Command::Penguins(a) => penguins(a),
         Command::Schedules(c) => schedules::run(c).await,
         Command::Backfill(a) => schedules::backfill(a).await,
     };
@@ -226,13 +253,36 @@ fn reviews(a: ReviewsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn penguins(a: PenguinsArgs) -> anyhow::Result<()> {
+    let spec = petrel_ml::PenguinSpec {
+        rows: a.rows,
+        seed: a.seed,
+        drift: a.drift,
+        noise: a.noise,
+        missing: a.missing,
+    };
+    let write = |out: &mut dyn std::io::Write| {
+        petrel_ml::write_penguins(&spec, std::io::BufWriter::with_capacity(1 << 20, out))
+    };
+    match &a.out {
+        Some(path) => {
+            let mut file = std::fs::File::create(path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            write(&mut file).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        None => write(&mut std::io::stdout().lock()).context("cannot write the penguins")?,
+    }
+    Ok(())
+}
+
 async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     let read = |path: &PathBuf| {
         std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
     };
-    let (csv, generate, schema, name) = if let Some(rows) = a.reviews {
+    // What to send: inline text, a generator, or a file streamed from disk.
+    let (csv, generate, file, schema, name) = if let Some(rows) = a.reviews {
         let generator = petrel_api::ingest::Generator::Reviews(a.feed.spec(rows));
-        (None, Some(generator), Schema::reviews(), "reviews")
+        (None, Some(generator), None, Schema::reviews(), "reviews")
     } else if let (Some(images), Some(labels)) = (&a.idx_images, &a.idx_labels) {
         let images = petrel_ml::image::read_idx_images(&read(images)?)
             .map_err(anyhow::Error::msg)
@@ -255,21 +305,19 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             target: "label".to_owned(),
         };
         let csv = String::from_utf8(csv).context("the IDX images did not convert to text")?;
-        (Some(csv), None, schema, "images")
+        (Some(csv), None, None, schema, "images")
     } else {
         let file = if a.digits {
             PathBuf::from("data/digits.csv")
         } else {
             a.file.clone()
         };
-        let csv = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
         let (schema, name) = if a.digits {
             (Schema::digits(), "digits")
         } else {
             (Schema::penguins(), "penguins")
         };
-        (Some(csv), None, schema, name)
+        (None, None, Some(file), schema, name)
     };
     let schema = match &a.schema {
         Some(p) => {
@@ -283,20 +331,35 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{} is not a set of checks", p.display()))?,
         None => Default::default(),
     };
-    let resp: IngestResponse = ApiClient::new(&a.ingest_url)
-        .post(
-            "/v1/datasets",
-            &IngestRequest {
+    let client = ApiClient::new(&a.ingest_url);
+    let resp: IngestResponse = match file {
+        Some(file) => {
+            let spec = UploadSpec {
                 name,
                 schema,
-                csv,
-                path: None,
-                generate,
                 purpose: a.purpose,
                 checks,
-            },
-        )
-        .await?;
+            };
+            upload::dataset(&client, &spec, &file).await?
+        }
+        None => {
+            client
+                .post(
+                    "/v1/datasets",
+                    &IngestRequest {
+                        name,
+                        schema,
+                        csv,
+                        path: None,
+                        uri: None,
+                        generate,
+                        purpose: a.purpose,
+                        checks,
+                    },
+                )
+                .await?
+        }
+    };
     print_ingest(&resp);
     Ok(())
 }

@@ -1,14 +1,15 @@
 //! `POST /v1/datasets` and friends.
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use petrel_api::ingest::{
-    Checks, Dataset, DatasetStatus, Generator, IngestRequest, IngestResponse, Interval,
+    Checks, Dataset, DatasetStatus, Generator, IngestRequest, IngestResponse, Interval, UploadSpec,
     ValidationReport,
 };
 use petrel_events::outbox;
@@ -20,13 +21,21 @@ use petrel_runtime::http::{ApiError, Json, Path, Query};
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::Row;
+use std::io::Write as _;
+
+use tempfile::TempPath;
 use uuid::Uuid;
 
+use crate::source::{self, Format, SourceFile, SpoolError};
 use crate::{AppState, validate};
 
 pub fn router(state: AppState, body_limit: usize) -> Router {
     let api = Router::new()
         .route("/v1/datasets", get(list).post(ingest))
+        .route(
+            "/v1/datasets/upload",
+            post(upload).layer(DefaultBodyLimit::disable()),
+        )
         .route("/v1/datasets/{id}", get(get_one))
         .route("/v1/datasets/{id}/report", get(get_report))
         .merge(crate::schedules::routes())
@@ -56,21 +65,68 @@ pub fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Reads the CSV from the request body or from a file under the data directory, or generates
-/// it.
-async fn read_source(state: &AppState, req: &IngestRequest) -> Result<Bytes, ApiError> {
-    match (&req.csv, &req.path, &req.generate) {
-        (Some(csv), None, None) => Ok(Bytes::from(csv.clone().into_bytes())),
-        (None, None, Some(generator)) => generate(generator).await,
-        (None, Some(path), None) => read_path(state, path).await,
-        _ => Err(ApiError::invalid(
-            "give exactly one of `csv` (the file's text), `path` or `generate`",
-        )),
+/// Where a file comes from: the request's own text, a file under the data directory, an
+/// object URI, or a generator.
+#[derive(Debug)]
+pub enum Origin {
+    Inline(String),
+    Path(String),
+    Uri(String),
+    Generate(Generator),
+}
+
+impl Origin {
+    /// The one source an [`IngestRequest`] names.
+    fn of(req: &IngestRequest) -> Result<Self, ApiError> {
+        match (&req.csv, &req.path, &req.uri, &req.generate) {
+            (Some(csv), None, None, None) => Ok(Self::Inline(csv.clone())),
+            (None, Some(path), None, None) => Ok(Self::Path(path.clone())),
+            (None, None, Some(uri), None) => Ok(Self::Uri(uri.clone())),
+            (None, None, None, Some(generator)) => Ok(Self::Generate(generator.clone())),
+            _ => Err(ApiError::invalid(
+                "give exactly one of `csv` (the file's text), `path`, `uri` or `generate`, or \
+                 stream the file to POST /v1/datasets/upload",
+            )),
+        }
+    }
+
+    /// How the dataset records where it came from.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Inline(_) => "upload".to_owned(),
+            Self::Path(path) => format!("path:{path}"),
+            Self::Uri(uri) => format!("uri:{uri}"),
+            Self::Generate(Generator::Reviews(_)) => "generate:reviews".to_owned(),
+            Self::Generate(Generator::Penguins(_)) => "generate:penguins".to_owned(),
+        }
     }
 }
 
-/// Reads a file under the data directory; `path` cannot reach outside it.
-pub async fn read_path(state: &AppState, path: &str) -> Result<Bytes, ApiError> {
+/// Brings the file onto local disk (or finds it there) and digests it.
+pub async fn fetch(s: &AppState, origin: Origin) -> Result<SourceFile, ApiError> {
+    let spooled = |e: std::io::Error| ApiError::internal(anyhow::Error::new(e).context("spool"));
+    match origin {
+        Origin::Inline(csv) => SourceFile::from_bytes(&s.spool_dir, Bytes::from(csv.into_bytes()))
+            .await
+            .map_err(spooled),
+        Origin::Generate(generator) => {
+            let bytes = generate(&generator).await?;
+            SourceFile::from_bytes(&s.spool_dir, bytes)
+                .await
+                .map_err(spooled)
+        }
+        Origin::Path(path) => {
+            let full = resolve_path(s, &path).await?;
+            SourceFile::in_place(full)
+                .await
+                .map_err(|_| ApiError::invalid(format!("cannot read {path:?}")))
+        }
+        Origin::Uri(uri) => read_object(s, &uri).await,
+    }
+}
+
+/// The file `path` names under the data directory; `path` cannot reach outside it.
+async fn resolve_path(state: &AppState, path: &str) -> Result<std::path::PathBuf, ApiError> {
     let root = tokio::fs::canonicalize(&state.data_dir)
         .await
         .map_err(|_| {
@@ -84,10 +140,82 @@ pub async fn read_path(state: &AppState, path: &str) -> Result<Bytes, ApiError> 
             "path must stay inside the data directory",
         ));
     }
-    let bytes = tokio::fs::read(&full)
+    if !full.is_file() {
+        return Err(ApiError::invalid(format!("{path:?} is not a file")));
+    }
+    Ok(full)
+}
+
+/// Streams an `s3://bucket/key` object to local disk with the store's S3 settings.
+async fn read_object(s: &AppState, uri: &str) -> Result<SourceFile, ApiError> {
+    use petrel_store::{ArtifactStore as _, StoreError};
+    let (bucket, key) = uri
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(bucket, key)| !bucket.is_empty() && !key.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "uri must be s3://bucket/key (use `path` for files in the data directory)",
+            )
+        })?;
+    let failed = |e: StoreError| match e {
+        StoreError::NotFound(_) => ApiError::invalid(format!("there is no object {uri}")),
+        StoreError::InvalidKey(_) => ApiError::invalid(format!(
+            "{uri:?} is not an object key Petrel reads: use letters, digits and '-', '_', '.', \
+             '/' (no empty, '.' or '..' segments)"
+        )),
+        other => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "source_unavailable",
+            format!("cannot read {uri}: {}", error_chain(&other)),
+        ),
+    };
+    let store = petrel_store::S3Store::connect(&format!("s3://{bucket}"), &s.s3)
         .await
-        .map_err(|_| ApiError::invalid(format!("cannot read {path:?}")))?;
-    Ok(Bytes::from(bytes))
+        .map_err(failed)?;
+    let opened = store.open(key).await.map_err(failed)?;
+    if opened.size > s.max_upload_bytes {
+        return Err(too_large(s.max_upload_bytes));
+    }
+    let body = tokio_util::io::ReaderStream::with_capacity(opened.reader, 1 << 20);
+    SourceFile::spool(&s.spool_dir, body, s.max_upload_bytes)
+        .await
+        .map_err(|e| match e {
+            SpoolError::TooLarge { limit } => too_large(limit),
+            SpoolError::Body(message) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "source_unavailable",
+                format!("reading {uri} failed: {message}"),
+            ),
+            SpoolError::Io(e) => ApiError::internal(anyhow::Error::new(e).context("spool")),
+        })
+}
+
+/// An error and its causes, `: `-separated (the AWS SDK puts the useful part in a source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
+/// The 413 for a file past `--max-upload-mb`.
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!(
+            "the file is larger than this service's limit of {} MiB (--max-upload-mb)",
+            limit >> 20
+        ),
+    )
 }
 
 /// Runs a seeded generator off the async workers.
@@ -161,9 +289,10 @@ pub struct Incoming {
     pub schema: Schema,
     pub checks: Checks,
     pub purpose: DatasetPurpose,
-    /// `upload`, `path:<path>`, `generate:<generator>`, `schedule:<name>`.
+    /// `upload`, `upload:<file name>`, `path:<path>`, `uri:<uri>`, `generate:<generator>`,
+    /// `schedule:<name>; ...`.
     pub source: String,
-    pub bytes: Bytes,
+    pub file: SourceFile,
     pub interval: Option<Interval>,
 }
 
@@ -182,16 +311,8 @@ pub struct Ingested {
 /// again and announces nothing.
 pub async fn ingest_file(s: &AppState, inc: Incoming) -> Result<Ingested, ApiError> {
     let declared = serde_json::to_vec(&(&inc.schema, &inc.checks)).map_err(ApiError::internal)?;
-    let bytes = inc.bytes.clone();
-    // Hashing is CPU work proportional to the file: keep it off the async workers.
-    let (hash, schema_hash) = tokio::task::spawn_blocking(move || {
-        (
-            petrel_store::content_hash(&bytes),
-            petrel_store::content_hash(&declared),
-        )
-    })
-    .await
-    .map_err(ApiError::internal)?;
+    let schema_hash = petrel_store::content_hash(&declared);
+    let hash = inc.file.content_hash.clone();
 
     let existing = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM datasets WHERE name = $1 AND content_hash = $2 AND schema_hash = $3"
@@ -210,40 +331,60 @@ pub async fn ingest_file(s: &AppState, inc: Incoming) -> Result<Ingested, ApiErr
         });
     }
 
-    let (schema, checks, input) = (inc.schema.clone(), inc.checks.clone(), inc.bytes.clone());
+    let (schema, checks) = (inc.schema.clone(), inc.checks.clone());
+    let (path, format, spool) = (
+        inc.file.path().to_owned(),
+        inc.file.format,
+        s.spool_dir.clone(),
+    );
     let default_max = s.max_rejected_fraction;
-    let validated = tokio::task::spawn_blocking(move || {
-        validate::validate(&input, &schema, &checks, default_max)
+    // Conversion and validation read the file a row at a time: CPU work proportional to the
+    // file, on the blocking pool.
+    let checked = tokio::task::spawn_blocking(move || {
+        check_file(&path, format, &spool, &schema, &checks, default_max)
     })
     .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
-    let status = if validated.passed() {
+    .map_err(ApiError::internal)??;
+    let report = checked.report;
+    let status = if report.problems.is_empty() {
         DatasetStatus::Accepted
     } else {
         DatasetStatus::Rejected
     };
 
     let hex = hash.trim_start_matches("sha256:");
-    let source_uri = s
-        .store
-        .put(&format!("datasets/{}/{hex}.csv", inc.name), inc.bytes)
-        .await
-        .map_err(ApiError::internal)?;
-    let uri = match validated.accepted_csv {
-        Some(accepted) => {
-            let rules = &schema_hash.trim_start_matches("sha256:")[..16];
-            s.store
-                .put(
-                    &format!("datasets/{}/{hex}.{rules}.accepted.csv", inc.name),
-                    Bytes::from(accepted),
-                )
+    let put = |key: String, path: std::path::PathBuf| {
+        let store = s.store.clone();
+        async move {
+            store
+                .put_file(&key, &path)
                 .await
-                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)
         }
-        None => source_uri.clone(),
     };
-    let report = validated.report;
+    let source_uri = put(
+        format!("datasets/{}/{hex}.{}", inc.name, format.extension()),
+        inc.file.path().to_owned(),
+    )
+    .await?;
+    let uri = match (&checked.accepted, &checked.converted) {
+        (Some(accepted), _) if status == DatasetStatus::Accepted => {
+            let rules = &schema_hash.trim_start_matches("sha256:")[..16];
+            put(
+                format!("datasets/{}/{hex}.{rules}.accepted.csv", inc.name),
+                accepted.to_path_buf(),
+            )
+            .await?
+        }
+        (_, Some(converted)) => {
+            put(
+                format!("datasets/{}/{hex}.csv", inc.name),
+                converted.to_path_buf(),
+            )
+            .await?
+        }
+        _ => source_uri.clone(),
+    };
 
     let mut tx = s.infra.pool.begin().await.map_err(ApiError::internal)?;
     // Serialise versioning per name; the unique constraints guard the rest.
@@ -323,6 +464,7 @@ pub async fn ingest_file(s: &AppState, inc: Incoming) -> Result<Ingested, ApiErr
             dataset.name = %dataset.name,
             dataset.version = dataset.version,
             dataset.source = %dataset.source,
+            bytes = inc.file.size,
             rows = report.accepted,
             rejected = report.rejected,
             dataset.purpose = dataset.purpose.as_str(),
@@ -341,6 +483,68 @@ pub async fn ingest_file(s: &AppState, inc: Incoming) -> Result<Ingested, ApiErr
         dataset,
         created: true,
         report,
+    })
+}
+
+/// What validating a file on disk produced.
+struct Checked {
+    report: ValidationReport,
+    /// The CSV a Parquet file became.
+    converted: Option<TempPath>,
+    /// The accepted rows, when a row rule left some out.
+    accepted: Option<TempPath>,
+}
+
+/// Converts a Parquet file to CSV, then validates the CSV, writing the accepted rows to a
+/// file beside it when a row rule may leave some out.
+fn check_file(
+    path: &std::path::Path,
+    format: Format,
+    spool: &std::path::Path,
+    schema: &Schema,
+    checks: &Checks,
+    default_max: f64,
+) -> Result<Checked, ApiError> {
+    let temp = || {
+        std::fs::create_dir_all(spool)?;
+        tempfile::Builder::new()
+            .prefix("petrel-ingest-")
+            .tempfile_in(spool)
+    };
+    let io = |e: std::io::Error| ApiError::internal(anyhow::Error::new(e).context("spool"));
+    let mut converted = None;
+    if format == Format::Parquet {
+        let (file, csv) = temp().map_err(io)?.into_parts();
+        match source::parquet_to_csv(path, std::io::BufWriter::with_capacity(1 << 20, file)) {
+            Ok(_) => converted = Some(csv),
+            Err(e @ source::ParquetError::Io(_)) => return Err(ApiError::internal(e)),
+            Err(e) => {
+                return Ok(Checked {
+                    report: validate::unreadable(&e.to_string()),
+                    converted: None,
+                    accepted: None,
+                });
+            }
+        }
+    }
+    let csv = converted.as_deref().unwrap_or(path);
+    let input = std::fs::File::open(csv).map_err(io)?;
+    let mut accepted = None;
+    let (report, dropped) = if validate::has_row_rules(checks) {
+        let (file, kept) = temp().map_err(io)?.into_parts();
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let result = validate::validate_reader(input, schema, checks, default_max, Some(&mut out));
+        out.flush().map_err(io)?;
+        accepted = Some(kept);
+        result
+    } else {
+        validate::validate_reader(input, schema, checks, default_max, None)
+    }
+    .map_err(ApiError::internal)?;
+    Ok(Checked {
+        report,
+        converted,
+        accepted: accepted.filter(|_| dropped),
     })
 }
 
@@ -392,26 +596,15 @@ fn rejection_alert(dataset: &Dataset, report: &ValidationReport, default_max: f6
     }
 }
 
-fn source_of(req: &IngestRequest) -> String {
-    match (&req.path, &req.generate) {
-        (Some(path), _) => format!("path:{path}"),
-        (_, Some(Generator::Reviews(_))) => "generate:reviews".to_owned(),
-        (_, Some(Generator::Penguins(_))) => "generate:penguins".to_owned(),
-        _ => "upload".to_owned(),
-    }
-}
-
 async fn ingest(
     State(s): State<AppState>,
     Json(req): Json<IngestRequest>,
 ) -> Result<Response, ApiError> {
     check_name(&req.name)?;
-    req.schema
-        .validate()
-        .map_err(|e| ApiError::invalid(e.to_string()))?;
-    validate::check_rules(&req.checks, &req.schema).map_err(ApiError::invalid)?;
-    let bytes = read_source(&s, &req).await?;
-    let source = source_of(&req);
+    check_declared(&req.schema, &req.checks)?;
+    let origin = Origin::of(&req)?;
+    let source = origin.label();
+    let file = fetch(&s, origin).await?;
     let done = ingest_file(
         &s,
         Incoming {
@@ -420,7 +613,115 @@ async fn ingest(
             checks: req.checks,
             purpose: req.purpose,
             source,
-            bytes,
+            file,
+            interval: None,
+        },
+    )
+    .await?;
+    Ok(respond(done))
+}
+
+/// The schema and checks are usable before any byte is read.
+fn check_declared(schema: &Schema, checks: &Checks) -> Result<(), ApiError> {
+    schema
+        .validate()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    validate::check_rules(checks, schema).map_err(ApiError::invalid)
+}
+
+const UPLOAD_HELP: &str = "send multipart/form-data with a `spec` part (the JSON of POST \
+    /v1/datasets without a source: name, schema, purpose, checks) and then a `file` part (the \
+    CSV or Parquet file), e.g. curl -F spec=@spec.json -F file=@data.csv";
+/// The most the `spec` part may hold.
+const SPEC_LIMIT: usize = 1 << 20;
+
+/// `POST /v1/datasets/upload`: a multipart body whose file part streams to local disk as it
+/// arrives (never held in memory), up to `--max-upload-mb`.
+async fn upload(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.max_upload_bytes + SPEC_LIMIT as u64) {
+        return Err(too_large(s.max_upload_bytes));
+    }
+    let mut parts = multipart.map_err(|_| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            UPLOAD_HELP,
+        )
+    })?;
+    let broken = |e: MultipartError| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_upload",
+            format!("the multipart body is broken ({e}); {UPLOAD_HELP}"),
+        )
+    };
+    let missing = |what: &str| ApiError::invalid(format!("{what}; {UPLOAD_HELP}"));
+    let mut spec_part = parts
+        .next_field()
+        .await
+        .map_err(broken)?
+        .ok_or_else(|| missing("the upload is empty"))?;
+    if spec_part.name() != Some("spec") {
+        return Err(missing("the first part must be `spec`"));
+    }
+    let mut text = Vec::new();
+    while let Some(chunk) = spec_part.chunk().await.map_err(broken)? {
+        text.extend_from_slice(&chunk);
+        if text.len() > SPEC_LIMIT {
+            return Err(ApiError::invalid("the spec part is larger than 1 MiB"));
+        }
+    }
+    drop(spec_part);
+    let spec: UploadSpec = serde_json::from_slice(&text).map_err(|e| {
+        ApiError::invalid(format!(
+            "the spec part is not a dataset spec: {}",
+            petrel_runtime::http::plain_words(&e.to_string())
+        ))
+    })?;
+    check_name(&spec.name)?;
+    check_declared(&spec.schema, &spec.checks)?;
+    let file_part = parts
+        .next_field()
+        .await
+        .map_err(broken)?
+        .ok_or_else(|| missing("the file part is missing"))?;
+    if file_part.name() != Some("file") {
+        return Err(missing("the second part must be `file`"));
+    }
+    let source = match file_part.file_name() {
+        Some(name) if !name.is_empty() => format!("upload:{name}"),
+        _ => "upload".to_owned(),
+    };
+    let file = SourceFile::spool(&s.spool_dir, file_part, s.max_upload_bytes)
+        .await
+        .map_err(|e| match e {
+            SpoolError::TooLarge { limit } => too_large(limit),
+            SpoolError::Body(message) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_upload",
+                format!("the upload broke off: {message}"),
+            ),
+            SpoolError::Io(e) => ApiError::internal(anyhow::Error::new(e).context("spool")),
+        })?;
+    if parts.next_field().await.map_err(broken)?.is_some() {
+        return Err(missing("send only the `spec` and `file` parts"));
+    }
+    let done = ingest_file(
+        &s,
+        Incoming {
+            name: spec.name,
+            schema: spec.schema,
+            checks: spec.checks,
+            purpose: spec.purpose,
+            source,
+            file,
             interval: None,
         },
     )

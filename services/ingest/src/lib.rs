@@ -1,4 +1,5 @@
-//! Petrel ingest: validates CSV batches against a declared schema and checks, stores them in
+//! Petrel ingest: validates CSV and Parquet files against a declared schema and checks (from
+//! a streamed upload, the data directory, S3 or a generator), stores them in
 //! the artifact store, records each dataset in Postgres and announces `data.ready` (or, for a
 //! rejected file, `alerts.data_quality`) through the outbox; runs schedules that ingest a
 //! source once per interval.
@@ -7,6 +8,7 @@ mod cadence;
 mod datasets;
 mod lineage;
 mod schedules;
+mod source;
 mod validate;
 
 use std::path::PathBuf;
@@ -48,9 +50,18 @@ pub struct Config {
     /// Directory whose files may be ingested by `path` (requests cannot read outside it).
     #[arg(long, env = "PETREL_INGEST_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
-    /// Largest request body (the CSV travels inside it), in MiB.
+    /// Largest JSON request body (a CSV sent inline travels inside it), in MiB.
     #[arg(long, env = "PETREL_INGEST_MAX_BODY_MB", default_value_t = 64)]
     pub max_body_mb: usize,
+    /// Largest file streamed to `POST /v1/datasets/upload` or read from S3, in MiB (a 413
+    /// beyond it).
+    #[arg(long, env = "PETREL_INGEST_MAX_UPLOAD_MB", default_value_t = 10240)]
+    pub max_upload_mb: u64,
+    /// Where uploads and S3 objects are spooled while they are validated; needs room for the
+    /// largest file twice (the file and its accepted rows). The system's temporary directory
+    /// when unset.
+    #[arg(long, env = "PETREL_INGEST_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
     /// Run schedules from this instance (any number of instances may: each interval runs
     /// once).
     #[arg(
@@ -107,6 +118,10 @@ pub struct AppState {
     pub store: Arc<dyn ArtifactStore>,
     pub max_rejected_fraction: f64,
     pub data_dir: PathBuf,
+    pub spool_dir: PathBuf,
+    pub max_upload_bytes: u64,
+    /// How `uri` sources reach S3 (the artifact store's settings).
+    pub s3: petrel_store::S3Options,
     /// Wakes the scheduler early (a backfill queued runs).
     pub scheduler_wake: Arc<Notify>,
     /// For lineage.
@@ -139,6 +154,10 @@ impl App {
             (3..=86_400).contains(&config.run_lease_s),
             "--run-lease-s must be between 3 and 86400"
         );
+        anyhow::ensure!(
+            config.max_upload_mb >= 1,
+            "--max-upload-mb must be at least 1"
+        );
         let infra = Infra::connect(
             "ingest",
             "ingest",
@@ -155,6 +174,9 @@ impl App {
             store,
             max_rejected_fraction: config.max_rejected_fraction,
             data_dir: config.data_dir.clone(),
+            spool_dir: config.spool_dir.clone().unwrap_or_else(std::env::temp_dir),
+            max_upload_bytes: config.max_upload_mb << 20,
+            s3: config.store.s3_options(),
             scheduler_wake: Arc::new(Notify::new()),
             predictor: ApiClient::new(&config.predictor_url),
             registry: RegistryClient::new(&config.registry_url)

@@ -34,7 +34,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::cadence::{Cadence, Cron, parse_period, render};
-use crate::datasets::{self, Incoming};
+use crate::datasets::{self, Incoming, Origin};
 use crate::validate::{GOLDEN_GAMMA, mix64};
 
 /// Intervals one planning pass or one backfill creates at most (catch-up goes on at the next
@@ -88,15 +88,22 @@ pub fn check_spec(spec: &ScheduleSpec) -> Result<Cadence, String> {
         .validate()
         .map_err(|e| format!("dataset.schema: {e}"))?;
     crate::validate::check_rules(&d.checks, &d.schema)?;
-    match (&d.path, &d.generate) {
-        (Some(_), None) => {}
-        (None, Some(Generator::Reviews(g))) => {
+    match (&d.path, &d.uri, &d.generate) {
+        (Some(_), None, None) => {}
+        (None, Some(uri), None) => {
+            if !uri.starts_with("s3://") {
+                return Err("dataset.uri must be an s3://bucket/key template".to_owned());
+            }
+        }
+        (None, None, Some(Generator::Reviews(g))) => {
             g.validate().map_err(|e| format!("generate: {e}"))?
         }
-        (None, Some(Generator::Penguins(g))) => {
+        (None, None, Some(Generator::Penguins(g))) => {
             g.validate().map_err(|e| format!("generate: {e}"))?
         }
-        _ => return Err("dataset needs exactly one of `path` or `generate`".to_owned()),
+        _ => {
+            return Err("dataset needs exactly one of `path`, `uri` or `generate`".to_owned());
+        }
     }
     Ok(cadence)
 }
@@ -646,31 +653,29 @@ async fn ingest_interval(
     spec: &ScheduleSpec,
 ) -> Result<datasets::Ingested, ApiError> {
     let d = &spec.dataset;
-    let (bytes, source) = match (&d.path, &d.generate) {
-        (Some(template), _) => {
-            let path = render(template, run.start, run.end, &timezone(spec));
-            let bytes = datasets::read_path(s, &path).await?;
-            (bytes, format!("schedule:{}; path:{path}", run.schedule))
+    let origin = match (&d.path, &d.uri, &d.generate) {
+        (Some(template), _, _) => {
+            Origin::Path(render(template, run.start, run.end, &timezone(spec)))
         }
-        (None, Some(generator)) => {
+        (None, Some(template), _) => {
+            Origin::Uri(render(template, run.start, run.end, &timezone(spec)))
+        }
+        (None, None, Some(generator)) => {
             let mut generator = generator.clone();
-            let name = match &mut generator {
-                Generator::Reviews(g) => {
-                    g.seed = interval_seed(g.seed, run.start);
-                    "reviews"
-                }
-                Generator::Penguins(g) => {
-                    g.seed = interval_seed(g.seed, run.start);
-                    "penguins"
-                }
-            };
-            let bytes = datasets::generate(&generator).await?;
-            (bytes, format!("schedule:{}; generate:{name}", run.schedule))
+            match &mut generator {
+                Generator::Reviews(g) => g.seed = interval_seed(g.seed, run.start),
+                Generator::Penguins(g) => g.seed = interval_seed(g.seed, run.start),
+            }
+            Origin::Generate(generator)
         }
-        (None, None) => {
-            return Err(ApiError::invalid("the schedule names no path or generator"));
+        (None, None, None) => {
+            return Err(ApiError::invalid(
+                "the schedule names no path, uri or generator",
+            ));
         }
     };
+    let source = format!("schedule:{}; {}", run.schedule, origin.label());
+    let file = datasets::fetch(s, origin).await?;
     datasets::ingest_file(
         s,
         Incoming {
@@ -679,7 +684,7 @@ async fn ingest_interval(
             checks: d.checks.clone(),
             purpose: d.purpose,
             source,
-            bytes,
+            file,
             interval: Some(Interval {
                 schedule: run.schedule.clone(),
                 start: run.start,

@@ -84,6 +84,7 @@ pub fn check_rules(checks: &Checks, schema: &Schema) -> Result<(), String> {
 }
 
 /// What validating one file gave.
+#[cfg(test)]
 #[derive(Debug)]
 pub struct Validated {
     pub report: ValidationReport,
@@ -92,6 +93,7 @@ pub struct Validated {
     pub accepted_csv: Option<Vec<u8>>,
 }
 
+#[cfg(test)]
 impl Validated {
     pub fn passed(&self) -> bool {
         self.report.problems.is_empty()
@@ -119,15 +121,27 @@ pub(crate) fn mix64(mut z: u64) -> u64 {
 }
 
 /// Whether any rule rejects single rows (so that training needs a copy without them).
-fn has_row_rules(checks: &Checks) -> bool {
+pub fn has_row_rules(checks: &Checks) -> bool {
     checks
         .columns
         .values()
         .any(|r| r.min.is_some() || r.max.is_some() || r.categories.is_some())
 }
 
+/// The report of a file that cannot be read at all.
+pub fn unreadable(why: &str) -> ValidationReport {
+    ValidationReport {
+        problems: vec![format!(
+            "{why}; send a CSV or Parquet file with a header (or columns) naming the schema's \
+             columns"
+        )],
+        ..ValidationReport::default()
+    }
+}
+
 /// Validates `bytes` against `schema` and `checks`. Only a failure of the machinery is an
 /// `Err`; a file that cannot be read as the schema says is a report with a problem.
+#[cfg(test)]
 pub fn validate(
     bytes: &[u8],
     schema: &Schema,
@@ -155,15 +169,11 @@ pub fn validate_reader(
     default_max_rejected: f64,
     accepted: Option<&mut dyn std::io::Write>,
 ) -> Result<(ValidationReport, bool), MlError> {
-    let unreadable = |e: MlError| ValidationReport {
-        problems: vec![format!(
-            "{e}; send a CSV file with a header row naming the schema's columns"
-        )],
-        ..ValidationReport::default()
-    };
     let mut rows = match CsvRows::new(reader, schema) {
         Ok(rows) => rows,
-        Err(e @ (MlError::Schema(_) | MlError::Csv(_))) => return Ok((unreadable(e), false)),
+        Err(e @ (MlError::Schema(_) | MlError::Csv(_))) => {
+            return Ok((unreadable(&e.to_string()), false));
+        }
         Err(e) => return Err(e),
     };
     let mut writer = accepted.map(|w| csv::WriterBuilder::new().flexible(true).from_writer(w));

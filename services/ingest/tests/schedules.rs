@@ -1,5 +1,6 @@
-//! Schedules against the real Postgres and NATS: intervals run once each even with two
-//! instances racing, catch-up after downtime, backfill, retries and the failure alert.
+//! Schedules against the real Postgres and NATS (and an S3-compatible server for S3
+//! partitions): intervals run once each even with two instances racing, catch-up after
+//! downtime, backfill, retries and the failure alert.
 
 mod common;
 
@@ -8,7 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use common::{
-    Service, TestEnv, assert_error, data_dir, eventually, penguins_csv, start_ingest_with,
+    SeaweedFs, Service, TestEnv, assert_error, data_dir, eventually, penguins_csv,
+    start_ingest_on_s3, start_ingest_with,
 };
 use petrel_api::ingest::{BackfillResponse, Dataset, RunStatus, Schedule, ScheduleRun};
 use petrel_events::Envelope;
@@ -375,7 +377,7 @@ async fn schedules_are_managed_over_http_and_bad_specs_refused_in_plain_words() 
     .await;
     bad(
         &|b| b["dataset"]["path"] = json!("x.csv"),
-        "exactly one of `path` or `generate`",
+        "exactly one of `path`, `uri` or `generate`",
     )
     .await;
     bad(&|b| b["dataset"]["name"] = json!("a/b"), "name").await;
@@ -398,6 +400,70 @@ async fn schedules_are_managed_over_http_and_bad_specs_refused_in_plain_words() 
     assert_eq!(status, StatusCode::OK);
     let r = svc.send(Method::DELETE, "/v1/schedules/later", None).await;
     assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    svc.stop().await;
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_schedule_reads_each_intervals_s3_partition() {
+    // The Airflow pattern: one object per day under a date-stamped key.
+    let server = SeaweedFs::start(&["landing", "artifacts"]).await;
+    let world = TestEnv::new().await;
+    let svc = start_ingest_on_s3(&world, &server, "s3://artifacts/petrel", &FAST).await;
+    let options = petrel_store::S3Options {
+        endpoint: Some(server.endpoint.clone()),
+        force_path_style: true,
+        region: Some("us-east-1".to_owned()),
+        credentials: Some((
+            common::S3_ACCESS_KEY.to_owned(),
+            common::S3_SECRET_KEY.to_owned(),
+        )),
+    };
+    let landing = petrel_store::S3Store::connect("s3://landing", &options)
+        .await
+        .unwrap();
+    let csv = penguins_csv();
+    let lines: Vec<&str> = csv.lines().collect();
+    for (day, rows) in [("2026-11-28", 1..150), ("2026-11-29", 150..lines.len())] {
+        let mut part = vec![lines[0]];
+        part.extend_from_slice(&lines[rows]);
+        use petrel_store::ArtifactStore as _;
+        landing
+            .put(
+                &format!("daily/{day}.csv"),
+                bytes::Bytes::from(part.join("\n") + "\n"),
+            )
+            .await
+            .unwrap();
+    }
+    let spec = json!({
+        "every": "1d",
+        "timezone": "UTC",
+        "start": "2026-11-28T00:00:00Z",
+        "end": "2026-11-30T00:00:00Z",
+        "catchup": true,
+        "dataset": {
+            "name": "daily",
+            "schema": Schema::penguins(),
+            "uri": "s3://landing/daily/{ds}.csv",
+        },
+    });
+    put(&svc, "daily", spec, StatusCode::CREATED).await;
+    let done = settled(&svc, "daily", 2, RunStatus::Succeeded).await;
+    for (run, day) in done.iter().zip(["2026-11-28", "2026-11-29"]) {
+        let id = run.dataset_id.unwrap();
+        let (status, v) = svc
+            .send(Method::GET, &format!("/v1/datasets/{id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        let d: Dataset = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            d.source,
+            format!("schedule:daily; uri:s3://landing/daily/{day}.csv")
+        );
+        assert!(d.uri.starts_with("s3://artifacts/petrel/"), "{}", d.uri);
+        assert_eq!(d.interval.unwrap().start, run.start);
+    }
     svc.stop().await;
     world.cleanup().await;
 }

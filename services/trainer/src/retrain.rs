@@ -388,6 +388,7 @@ async fn retrain(
                 schema,
                 csv: Some(text),
                 path: None,
+                uri: None,
                 generate: None,
                 purpose: DatasetPurpose::Training,
                 checks: Default::default(),
