@@ -45,18 +45,28 @@ cat > "$DATA/checks.json" <<'EOF'
 }
 EOF
 
-psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $DB" \
-  -c "CREATE DATABASE $DB" >/dev/null
-rm -rf "$DATA/artifacts" "$DATA/spool"/*
-"$BIN/petrel-ingest" --listen "127.0.0.1:$PORT" \
-  --database-url "postgres://postgres@127.0.0.1:5432/$DB" \
-  --nats-prefix "bench-ingest-$$" --artifact-root "$DATA/artifacts" \
-  --data-dir "$DATA/data" --spool-dir "$DATA/spool" --scheduler false \
-  > "$DATA/ingest.log" 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.2; done
-
+OUT="$DATA/results"
+rm -rf "$OUT" "$DATA/artifacts" "$DATA/spool"/*
+mkdir -p "$OUT" "$DATA/spool"
 echo "pandas $("$VENV/bin/python" -c 'import pandas; print(pandas.__version__)'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-"$VENV/bin/python" -W ignore scripts/bench_ingest.py "$FILE" "$DATA/checks.json" \
-  "http://127.0.0.1:$PORT" "$PID" "$REPEAT" "$DATA/data"
+"$VENV/bin/python" -W ignore scripts/bench_ingest.py pandas "$FILE" "$DATA/checks.json" "$REPEAT" "$OUT"
+
+# Each mode in a fresh ingest process, so that its peak resident memory is that of the runs.
+PID=
+trap '[[ -n $PID ]] && kill $PID 2>/dev/null || true' EXIT
+for mode in path upload; do
+  psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $DB" \
+    -c "CREATE DATABASE $DB" >/dev/null
+  "$BIN/petrel-ingest" --listen "127.0.0.1:$PORT" \
+    --database-url "postgres://postgres@127.0.0.1:5432/$DB" \
+    --nats-prefix "bench-ingest-$$" --artifact-root "$DATA/artifacts" \
+    --data-dir "$DATA/data" --spool-dir "$DATA/spool" --scheduler false \
+    > "$DATA/ingest-$mode.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.2; done
+  "$VENV/bin/python" -W ignore scripts/bench_ingest.py ingest "$mode" "$FILE" "$DATA/checks.json" \
+    "http://127.0.0.1:$PORT" "$PID" "$REPEAT" "$OUT"
+  kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
+  rm -rf "$DATA/artifacts"
+done
+"$VENV/bin/python" scripts/bench_ingest.py show "$FILE" "$OUT"

@@ -1,6 +1,8 @@
 """The pandas side of scripts/bench-ingest.sh, and the driver of ingest's side.
 
-    bench_ingest.py FILE CHECKS_JSON INGEST_URL INGEST_PID REPEAT DATA_DIR
+    bench_ingest.py pandas FILE CHECKS_JSON REPEAT OUT_DIR
+    bench_ingest.py ingest MODE FILE CHECKS_JSON INGEST_URL INGEST_PID REPEAT OUT_DIR
+    bench_ingest.py show FILE OUT_DIR
 
 pandas: `read_csv` (the default C engine, and the multi-threaded pyarrow engine) then the
 checks ingest runs, written as a pandas user would: ranges and categories reject rows,
@@ -145,62 +147,91 @@ def ingest_upload(url, name, checks, path, spec_file):
     return int(code), json.loads(body)
 
 
-def main():
-    path, checks_file, url, pid, repeat, data_dir = sys.argv[1:7]
-    repeat = int(repeat)
-    checks = json.load(open(checks_file))
-    size = os.path.getsize(path)
-    rows = sum(1 for _ in open(path, "rb")) - 1
-    mb = size / 1e6
-    print(f"file: {path}, {size / 2**30:.2f} GiB, {rows:,} rows")
-    results = {}
+def save(out_dir, name, record):
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(record, f)
 
+
+def run_pandas(path, checks_file, repeat, out_dir):
+    checks = json.load(open(checks_file))
     for engine in ["c", "pyarrow"]:
         times = []
         for _ in range(repeat):
             seconds, accepted, duplicates, frame, problems = pandas_checks(path, checks, engine)
             times.append(seconds)
-        results[f"pandas read_csv({engine}) + checks"] = (statistics.median(times), None)
-        pandas_accepted, pandas_duplicates = accepted, duplicates
+        save(out_dir, f"pandas-{engine}", {
+            "label": f"pandas read_csv({engine}) + checks", "median_s": statistics.median(times),
+            "accepted": accepted, "duplicates": duplicates, "problems": problems,
+        })
     start = time.perf_counter()
-    frame.to_csv(f"{data_dir}/../pandas-accepted.csv", index=False)
-    write_s = time.perf_counter() - start
-    del frame
-
-    petrel = {}
-    for mode in ["path", "upload"]:
-        times, peaks = [], []
-        for i in range(repeat):
-            name = f"bench-{mode}-{int(time.time() * 1000)}-{i}"
-            with RssSampler(int(pid)) as rss:
-                start = time.perf_counter()
-                if mode == "path":
-                    status, body = ingest_path(url, name, checks)
-                else:
-                    status, body = ingest_upload(url, name, checks, path, f"{data_dir}/../spec.json")
-                seconds = time.perf_counter() - start
-            assert status in (200, 201, 422), (status, body)
-            times.append(seconds)
-            peaks.append(rss.peak)
-            petrel[mode] = body
-        results[f"petrel ingest ({mode})"] = (statistics.median(times), max(peaks))
-
-    report = petrel["path"]["report"]
-    print(
-        f"accepted rows: pandas {pandas_accepted:,}, petrel {report['accepted']:,} "
-        f"({'agree' if pandas_accepted == report['accepted'] else 'DISAGREE'}); "
-        f"duplicates: pandas {pandas_duplicates:,}, petrel {report['duplicates']:,}; "
-        f"petrel status {petrel['path']['dataset']['status'] if 'dataset' in petrel['path'] else '?'}"
-    )
-    best_pandas = min(t for k, (t, _) in results.items() if k.startswith("pandas"))
-    print(f"{'':38} {'median_s':>9} {'rows/s':>12} {'MB/s':>8} {'peak_rss_MB':>12} {'x best pandas':>14}")
-    for k, (t, peak) in results.items():
-        rss = f"{peak / 1e6:.0f}" if peak else "-"
-        print(f"{k:38} {t:9.2f} {rows / t:12,.0f} {mb / t:8.1f} {rss:>12} {best_pandas / t:14.2f}")
+    frame.to_csv(os.path.join(out_dir, "pandas-accepted.csv"), index=False)
+    save(out_dir, "pandas-write", {"seconds": time.perf_counter() - start})
+    os.remove(os.path.join(out_dir, "pandas-accepted.csv"))
     import resource
-    pandas_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(f"(pandas writing the accepted rows with to_csv adds {write_s:.1f} s; ingest's times include "
-          f"storing them; pandas' peak resident memory {pandas_peak / 1e6:,.0f} MB)")
+    save(out_dir, "pandas-memory",
+         {"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+
+
+def run_ingest(mode, path, checks_file, url, pid, repeat, out_dir):
+    checks = json.load(open(checks_file))
+    times, peaks = [], []
+    for i in range(repeat):
+        name = f"bench-{mode}-{int(time.time() * 1000)}-{i}"
+        with RssSampler(pid) as rss:
+            start = time.perf_counter()
+            if mode == "path":
+                status, body = ingest_path(url, name, checks)
+            else:
+                status, body = ingest_upload(url, name, checks, path,
+                                             os.path.join(out_dir, "spec.json"))
+            seconds = time.perf_counter() - start
+        assert status in (200, 201, 422), (status, body)
+        times.append(seconds)
+        peaks.append(rss.peak)
+    report = body["report"]
+    save(out_dir, f"petrel-{mode}", {
+        "label": f"petrel ingest ({mode})", "median_s": statistics.median(times),
+        "peak_rss": max(peaks), "accepted": report["accepted"],
+        "duplicates": report["duplicates"], "status": body["dataset"]["status"],
+    })
+
+
+def show(path, out_dir):
+    size = os.path.getsize(path)
+    rows = sum(1 for _ in open(path, "rb")) - 1
+    load = lambda name: json.load(open(os.path.join(out_dir, f"{name}.json")))
+    results = [load(n) for n in ["pandas-c", "pandas-pyarrow", "petrel-path", "petrel-upload"]]
+    print(f"file: {path}, {size / 2**30:.2f} GiB ({size / 1e6:,.0f} MB), {rows:,} rows")
+    pandas, petrel = results[1], results[2]
+    print(
+        f"accepted rows: pandas {pandas['accepted']:,}, petrel {petrel['accepted']:,} "
+        f"({'agree' if pandas['accepted'] == petrel['accepted'] else 'DISAGREE'}); "
+        f"duplicates: pandas {pandas['duplicates']:,}, petrel {petrel['duplicates']:,}; "
+        f"petrel status {petrel['status']}"
+    )
+    best = min(r["median_s"] for r in results[:2])
+    print(f"{'':38} {'median_s':>9} {'rows/s':>12} {'MB/s':>8} {'peak_rss_MB':>12} {'x best pandas':>14}")
+    for r in results:
+        t = r["median_s"]
+        rss = f"{r['peak_rss'] / 1e6:.0f}" if "peak_rss" in r else "-"
+        print(f"{r['label']:38} {t:9.2f} {rows / t:12,.0f} {size / 1e6 / t:8.1f} {rss:>12} {best / t:14.2f}")
+    print(f"(pandas writing the accepted rows with to_csv would add {load('pandas-write')['seconds']:.1f} s; "
+          f"ingest's times include storing the file and its accepted rows; pandas' peak resident "
+          f"memory {load('pandas-memory')['peak_rss'] / 1e6:,.0f} MB)")
+
+
+def main():
+    command, args = sys.argv[1], sys.argv[2:]
+    if command == "pandas":
+        path, checks_file, repeat, out_dir = args
+        run_pandas(path, checks_file, int(repeat), out_dir)
+    elif command == "ingest":
+        mode, path, checks_file, url, pid, repeat, out_dir = args
+        run_ingest(mode, path, checks_file, url, int(pid), int(repeat), out_dir)
+    elif command == "show":
+        show(*args)
+    else:
+        sys.exit(f"unknown command {command}")
 
 
 if __name__ == "__main__":

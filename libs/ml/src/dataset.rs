@@ -88,7 +88,15 @@ impl ParseReport {
 /// Whether a raw token stands for a missing value; shared by CSV and JSON parsing and by
 /// `petrel drift`, so all of them agree on what "missing" means.
 pub fn is_missing_token(token: &str) -> bool {
-    let t = token.trim();
+    is_missing_trimmed(token.trim())
+}
+
+/// [`is_missing_token`] of a token already trimmed.
+fn is_missing_trimmed(t: &str) -> bool {
+    // Every missing spelling is at most four letters.
+    if t.len() > 4 {
+        return false;
+    }
     t.is_empty()
         || t.eq_ignore_ascii_case("na")
         || t.eq_ignore_ascii_case("nan")
@@ -355,9 +363,16 @@ fn parse_record(
         return None;
     }
     let field = |position: usize, column: &str, errors: &mut Vec<RowError>| -> Option<&str> {
-        let raw = record.get(position)?;
+        // ASCII spaces go first, cheaply; other Unicode white space only where it is there.
+        let raw = record.get(position)?.trim_ascii();
         match std::str::from_utf8(raw) {
-            Ok(s) => Some(s.trim()),
+            Ok(s)
+                if raw.first().is_some_and(|b| !b.is_ascii())
+                    || raw.last().is_some_and(|b| !b.is_ascii()) =>
+            {
+                Some(s.trim())
+            }
+            Ok(s) => Some(s),
             Err(_) => {
                 errors.push(RowError {
                     line,
@@ -370,7 +385,7 @@ fn parse_record(
     };
 
     let target = match field(target_position, &schema.target, errors) {
-        Some(t) if !is_missing_token(t) => Some(t.to_string()),
+        Some(t) if !is_missing_trimmed(t) => Some(t.to_string()),
         Some(_) => {
             errors.push(RowError {
                 line,
@@ -388,7 +403,7 @@ fn parse_record(
             row.push(None);
             continue;
         };
-        if is_missing_token(token) {
+        if is_missing_trimmed(token) {
             row.push(None);
             continue;
         }

@@ -17,6 +17,7 @@ mod penguins;
 mod postgres;
 mod seaweed;
 mod service;
+mod tools;
 
 use std::future::Future;
 use std::time::Duration;
@@ -32,6 +33,7 @@ pub use penguins::{
 pub use postgres::ThrowawayPostgres;
 pub use seaweed::{S3_ACCESS_KEY, S3_SECRET_KEY, SeaweedFs};
 pub use service::{STOP_LIMIT, Service};
+pub use tools::{docker_compose, pip_tool};
 
 /// The NATS server the tests and the services under test use: the local one, so that an event
 /// a service publishes is the one the test sees.

