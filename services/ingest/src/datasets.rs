@@ -180,14 +180,14 @@ async fn read_object(s: &AppState, uri: &str) -> Result<SourceFile, ApiError> {
     let body = tokio_util::io::ReaderStream::with_capacity(opened.reader, 1 << 20);
     SourceFile::spool(&s.spool_dir, body, s.max_upload_bytes)
         .await
-        .map_err(|e| match e {
-            SpoolError::TooLarge { limit } => too_large(limit),
-            SpoolError::Body(message) => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "source_unavailable",
-                format!("reading {uri} failed: {message}"),
-            ),
-            SpoolError::Io(e) => ApiError::internal(anyhow::Error::new(e).context("spool")),
+        .map_err(|e| {
+            spool_failed(e, |message| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "source_unavailable",
+                    format!("reading {uri} failed: {message}"),
+                )
+            })
         })
 }
 
@@ -204,6 +204,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         next = cause.source();
     }
     out
+}
+
+/// The answer to a spool that stopped: a 413 past the limit, `broken` for a sender's stream
+/// that failed, a 500 for the local disk.
+fn spool_failed(e: SpoolError, broken: impl FnOnce(String) -> ApiError) -> ApiError {
+    match e {
+        SpoolError::TooLarge { limit } => too_large(limit),
+        SpoolError::Body(message) => broken(message),
+        SpoolError::Io(e) => ApiError::internal(anyhow::Error::new(e).context("spool")),
+    }
 }
 
 /// The 413 for a file past `--max-upload-mb`.
@@ -701,14 +711,14 @@ async fn upload(
     };
     let file = SourceFile::spool(&s.spool_dir, file_part, s.max_upload_bytes)
         .await
-        .map_err(|e| match e {
-            SpoolError::TooLarge { limit } => too_large(limit),
-            SpoolError::Body(message) => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_upload",
-                format!("the upload broke off: {message}"),
-            ),
-            SpoolError::Io(e) => ApiError::internal(anyhow::Error::new(e).context("spool")),
+        .map_err(|e| {
+            spool_failed(e, |message| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_upload",
+                    format!("the upload broke off: {message}"),
+                )
+            })
         })?;
     if parts.next_field().await.map_err(broken)?.is_some() {
         return Err(missing("send only the `spec` and `file` parts"));
