@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/infra.sh
 cargo build --locked --bins
-exec target/debug/petrel demo "$@"
+exec "${CARGO_TARGET_DIR:-target}/debug/petrel" demo "$@"
