@@ -104,16 +104,15 @@ impl Origin {
 
 /// Brings the file onto local disk (or finds it there) and digests it.
 pub async fn fetch(s: &AppState, origin: Origin) -> Result<SourceFile, ApiError> {
-    let spooled = |e: std::io::Error| ApiError::internal(anyhow::Error::new(e).context("spool"));
     match origin {
         Origin::Inline(csv) => SourceFile::from_bytes(&s.spool_dir, Bytes::from(csv.into_bytes()))
             .await
-            .map_err(spooled),
+            .map_err(spool_io),
         Origin::Generate(generator) => {
             let bytes = generate(&generator).await?;
             SourceFile::from_bytes(&s.spool_dir, bytes)
                 .await
-                .map_err(spooled)
+                .map_err(spool_io)
         }
         Origin::Path(path) => {
             let full = resolve_path(s, &path).await?;
@@ -212,8 +211,13 @@ fn spool_failed(e: SpoolError, broken: impl FnOnce(String) -> ApiError) -> ApiEr
     match e {
         SpoolError::TooLarge { limit } => too_large(limit),
         SpoolError::Body(message) => broken(message),
-        SpoolError::Io(e) => ApiError::internal(anyhow::Error::new(e).context("spool")),
+        SpoolError::Io(e) => spool_io(e),
     }
+}
+
+/// A failure of the spool's local disk: the service's problem, not the sender's.
+fn spool_io(e: std::io::Error) -> ApiError {
+    ApiError::internal(anyhow::Error::new(e).context("spool"))
 }
 
 /// The 413 for a file past `--max-upload-mb`.
@@ -515,16 +519,9 @@ fn check_file(
     checks: &Checks,
     default_max: f64,
 ) -> Result<Checked, ApiError> {
-    let temp = || {
-        std::fs::create_dir_all(spool)?;
-        tempfile::Builder::new()
-            .prefix("petrel-ingest-")
-            .tempfile_in(spool)
-    };
-    let io = |e: std::io::Error| ApiError::internal(anyhow::Error::new(e).context("spool"));
     let mut converted = None;
     if format == Format::Parquet {
-        let (file, csv) = temp().map_err(io)?.into_parts();
+        let (file, csv) = source::spool_file(spool).map_err(spool_io)?;
         match source::parquet_to_csv(path, std::io::BufWriter::with_capacity(1 << 20, file)) {
             Ok(_) => converted = Some(csv),
             Err(e @ source::ParquetError::Io(_)) => return Err(ApiError::internal(e)),
@@ -538,13 +535,13 @@ fn check_file(
         }
     }
     let csv = converted.as_deref().unwrap_or(path);
-    let input = std::fs::File::open(csv).map_err(io)?;
+    let input = std::fs::File::open(csv).map_err(spool_io)?;
     let mut accepted = None;
     let (report, dropped) = if validate::has_row_rules(checks) {
-        let (file, kept) = temp().map_err(io)?.into_parts();
+        let (file, kept) = source::spool_file(spool).map_err(spool_io)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         let result = validate::validate_reader(input, schema, checks, default_max, Some(&mut out));
-        out.flush().map_err(io)?;
+        out.flush().map_err(spool_io)?;
         accepted = Some(kept);
         result
     } else {
@@ -645,6 +642,36 @@ const UPLOAD_HELP: &str = "send multipart/form-data with a `spec` part (the JSON
 /// The most the `spec` part may hold.
 const SPEC_LIMIT: usize = 1 << 20;
 
+/// A multipart body that cannot be parsed.
+fn broken_upload(e: MultipartError) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_upload",
+        format!("the multipart body is broken ({e}); {UPLOAD_HELP}"),
+    )
+}
+
+/// The next part of an upload, which must be `name`: `absent` says what is wrong when there is
+/// none, `position` which part it is when it has another name.
+async fn next_part<'a>(
+    parts: &'a mut Multipart,
+    name: &str,
+    absent: &str,
+    position: &str,
+) -> Result<axum::extract::multipart::Field<'a>, ApiError> {
+    let part = parts
+        .next_field()
+        .await
+        .map_err(broken_upload)?
+        .ok_or_else(|| ApiError::invalid(format!("{absent}; {UPLOAD_HELP}")))?;
+    if part.name() != Some(name) {
+        return Err(ApiError::invalid(format!(
+            "{position} must be `{name}`; {UPLOAD_HELP}"
+        )));
+    }
+    Ok(part)
+}
+
 /// `POST /v1/datasets/upload`: a multipart body whose file part streams to local disk as it
 /// arrives (never held in memory), up to `--max-upload-mb`.
 async fn upload(
@@ -665,24 +692,11 @@ async fn upload(
             UPLOAD_HELP,
         )
     })?;
-    let broken = |e: MultipartError| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_upload",
-            format!("the multipart body is broken ({e}); {UPLOAD_HELP}"),
-        )
-    };
     let missing = |what: &str| ApiError::invalid(format!("{what}; {UPLOAD_HELP}"));
-    let mut spec_part = parts
-        .next_field()
-        .await
-        .map_err(broken)?
-        .ok_or_else(|| missing("the upload is empty"))?;
-    if spec_part.name() != Some("spec") {
-        return Err(missing("the first part must be `spec`"));
-    }
+    let mut spec_part =
+        next_part(&mut parts, "spec", "the upload is empty", "the first part").await?;
     let mut text = Vec::new();
-    while let Some(chunk) = spec_part.chunk().await.map_err(broken)? {
+    while let Some(chunk) = spec_part.chunk().await.map_err(broken_upload)? {
         text.extend_from_slice(&chunk);
         if text.len() > SPEC_LIMIT {
             return Err(ApiError::invalid("the spec part is larger than 1 MiB"));
@@ -697,14 +711,13 @@ async fn upload(
     })?;
     check_name(&spec.name)?;
     check_declared(&spec.schema, &spec.checks)?;
-    let file_part = parts
-        .next_field()
-        .await
-        .map_err(broken)?
-        .ok_or_else(|| missing("the file part is missing"))?;
-    if file_part.name() != Some("file") {
-        return Err(missing("the second part must be `file`"));
-    }
+    let file_part = next_part(
+        &mut parts,
+        "file",
+        "the file part is missing",
+        "the second part",
+    )
+    .await?;
     let source = match file_part.file_name() {
         Some(name) if !name.is_empty() => format!("upload:{name}"),
         _ => "upload".to_owned(),
@@ -720,7 +733,7 @@ async fn upload(
                 )
             })
         })?;
-    if parts.next_field().await.map_err(broken)?.is_some() {
+    if parts.next_field().await.map_err(broken_upload)?.is_some() {
         return Err(missing("send only the `spec` and `file` parts"));
     }
     let done = ingest_file(

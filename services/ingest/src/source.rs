@@ -144,11 +144,7 @@ impl SourceFile {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(SPOOL_QUEUE);
         let dir = dir.to_owned();
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<SourceFile> {
-            std::fs::create_dir_all(&dir)?;
-            let file = tempfile::Builder::new()
-                .prefix("petrel-ingest-")
-                .tempfile_in(&dir)?;
-            let (file, path) = file.into_parts();
+            let (file, path) = spool_file(&dir)?;
             let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
             let mut digest = Digesting::new();
             while let Some(chunk) = rx.blocking_recv() {
@@ -188,6 +184,16 @@ impl SourceFile {
             None => Ok(written?),
         }
     }
+}
+
+/// A new file in the spool directory `dir` (created if need be), deleted when its path is
+/// dropped.
+pub fn spool_file(dir: &Path) -> std::io::Result<(std::fs::File, TempPath)> {
+    std::fs::create_dir_all(dir)?;
+    let file = tempfile::Builder::new()
+        .prefix("petrel-ingest-")
+        .tempfile_in(dir)?;
+    Ok(file.into_parts())
 }
 
 /// Why a Parquet file could not become CSV: the sender's problem, reported as such.
