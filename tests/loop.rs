@@ -371,7 +371,86 @@ async fn csv_to_alert() {
         .unwrap();
     assert!(report.alerts.iter().any(|a| a == "drift"));
 
+    // What operators see: every hop above shows in the services' `/metrics`. (The six run in
+    // this one process and share its recorder, as six scrape targets would share a
+    // Prometheus; other tests of this file may add to the counts, never take from them.)
+    let scraped = scrape(stack.url("predictor")).await;
+    let at_least = |series: &str, n: f64| {
+        let value = metric(&scraped, series).unwrap_or_else(|| panic!("no {series} in /metrics"));
+        assert!(value >= n, "{series} = {value}, expected at least {n}");
+    };
+    at_least(
+        r#"petrel_http_requests_total{method="POST",route="/v1/predict",status="200"}"#,
+        2.0,
+    );
+    at_least(
+        r#"petrel_http_requests_total{method="GET",route="/v1/lineage/predictions/{inference_id}",status="404"}"#,
+        1.0,
+    );
+    at_least(
+        r#"petrel_http_request_duration_seconds_count{method="POST",route="/v1/predict"}"#,
+        2.0,
+    );
+    at_least("petrel_prediction_log_message_rows_sum", 180.0);
+    at_least(
+        r#"petrel_events_published_total{subject="predictions.logged",result="ok"}"#,
+        1.0,
+    );
+    at_least(
+        r#"petrel_events_published_total{subject="data.ready",result="ok"}"#,
+        1.0,
+    );
+    at_least(
+        r#"petrel_events_handled_total{consumer="monitor-predictions",outcome="done"}"#,
+        1.0,
+    );
+    at_least(r#"petrel_training_jobs_total{outcome="succeeded"}"#, 1.0);
+    at_least(r#"petrel_ingest_datasets_total{status="accepted"}"#, 1.0);
+    at_least(r#"petrel_ingest_rows_total{result="accepted"}"#, 344.0);
+    at_least(r#"petrel_labels_total{result="joined"}"#, 1.0);
+    at_least(r#"petrel_monitor_windows_total{model="penguins"}"#, 2.0);
+    assert!(
+        metric(&scraped, r#"petrel_served_model_version{model="penguins"}"#).is_some(),
+        "the served version is in /metrics"
+    );
+    assert!(
+        scraped.contains(r#"petrel_drift_statistic{model="penguins",column="bill_length_mm""#),
+        "drift per column is in /metrics"
+    );
+    assert!(
+        !scraped.contains("normal-0-0"),
+        "request paths never become labels: {scraped}"
+    );
+    // Every service answers its own scrape.
+    for name in ["registry", "ingest", "labeler", "trainer", "monitor"] {
+        assert!(
+            scrape(stack.url(name))
+                .await
+                .contains("# TYPE petrel_http_requests_total counter")
+        );
+    }
+
     stack.stop().await;
+}
+
+/// `GET /metrics` of the service at `base`.
+async fn scrape(base: &str) -> String {
+    let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let kind = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    response.text().await.unwrap()
+}
+
+/// The value of one series (its name and labels exactly as rendered) in a scrape.
+fn metric(scraped: &str, series: &str) -> Option<f64> {
+    scraped.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
 }
 
 /// Ingests penguins and waits until the predictor serves the promoted model.

@@ -131,11 +131,6 @@ pub struct ValidationReport {
     pub rejected: u64,
     /// Accepted rows that repeat an earlier accepted row exactly.
     pub duplicates: u64,
-    /// Set when `duplicates` is an estimate: on files with more distinct rows than ingest
-    /// remembers (500,000), duplicates are counted on this share of the distinct rows (chosen
-    /// by fingerprint) and scaled up.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duplicate_sample: Option<f64>,
     /// Why the file was rejected, each with how to fix it; empty when it was accepted.
     pub problems: Vec<String>,
     /// Rejected rows per column at fault (`(row)` for a row-level problem such as a wrong

@@ -228,13 +228,18 @@ impl Bus {
             subject: subject.clone(),
             source: e,
         };
-        let ack = self
-            .js
-            .publish_with_headers(subject.clone(), headers, payload)
-            .await
-            .map_err(|e| err(Box::new(e)))?;
-        ack.await.map_err(|e| err(Box::new(e)))?;
-        Ok(())
+        let stored = async {
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), headers, payload)
+                .await
+                .map_err(|e| err(Box::new(e)))?;
+            ack.await.map_err(|e| err(Box::new(e)))?;
+            Ok(())
+        }
+        .await;
+        crate::metrics::published(relative, stored.is_ok());
+        stored
     }
 }
 

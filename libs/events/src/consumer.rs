@@ -18,6 +18,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::metrics;
 use crate::payloads::DeadLetter;
 use crate::{Bus, BusError, Envelope, Event};
 
@@ -386,6 +387,9 @@ async fn process_batch<E, H, Fut>(
     H: Fn(Vec<Envelope<E>>) -> Fut + Send + Sync,
     Fut: Future<Output = BatchOutcome> + Send,
 {
+    if let Some(last) = messages.last() {
+        lag(spec, last);
+    }
     let mut events = Vec::with_capacity(messages.len());
     let mut kept = Vec::with_capacity(messages.len());
     for msg in messages {
@@ -394,7 +398,10 @@ async fn process_batch<E, H, Fut>(
                 events.push(env);
                 kept.push(msg);
             }
-            Err(e) => set_aside_and_term(bus, spec, &msg, &e.to_string()).await,
+            Err(e) => {
+                metrics::handled(&spec.label, "rejected", 1);
+                set_aside_and_term(bus, spec, &msg, &e.to_string()).await;
+            }
         }
     }
     if events.is_empty() {
@@ -403,6 +410,7 @@ async fn process_batch<E, H, Fut>(
     let span = tracing::info_span!("event_batch", consumer = %spec.label, events = events.len(), event.type = E::TYPE);
     let work = handler(events).instrument(span);
     tokio::pin!(work);
+    let started = std::time::Instant::now();
     let mut tick = tokio::time::interval(spec.ack_wait / 3);
     tick.tick().await;
     let outcome = loop {
@@ -417,13 +425,20 @@ async fn process_batch<E, H, Fut>(
             }
         }
     };
+    metrics::handle_time(&spec.label, started.elapsed().as_secs_f64());
     match outcome {
         BatchOutcome::Done { rejected } => {
             let rejected: std::collections::HashMap<usize, String> = rejected.into_iter().collect();
             for (i, msg) in kept.into_iter().enumerate() {
                 match rejected.get(&i) {
-                    Some(reason) => set_aside_and_term(bus, spec, &msg, reason).await,
-                    None => ack_or_warn(spec, msg.ack().await),
+                    Some(reason) => {
+                        metrics::handled(&spec.label, "rejected", 1);
+                        set_aside_and_term(bus, spec, &msg, reason).await;
+                    }
+                    None => {
+                        metrics::handled(&spec.label, "done", 1);
+                        ack_or_warn(spec, msg.ack().await);
+                    }
                 }
             }
         }
@@ -431,9 +446,11 @@ async fn process_batch<E, H, Fut>(
             for msg in kept {
                 let (delivered, _) = delivery(&msg);
                 if spec.max_deliver > 0 && delivered >= spec.max_deliver {
+                    metrics::handled(&spec.label, "exhausted", 1);
                     let reason = format!("gave up after {delivered} deliveries");
                     set_aside_and_term(bus, spec, &msg, &reason).await;
                 } else {
+                    metrics::handled(&spec.label, "retry", 1);
                     let delay = backoff(base, delivered);
                     tracing::warn!(consumer = %spec.label, delivered, delay_ms = delay.as_millis() as u64, "event will be retried");
                     ack_or_warn(spec, msg.ack_with(AckKind::Nak(Some(delay))).await);
@@ -453,6 +470,13 @@ async fn set_aside_and_term(
     let (delivered, sequence) = delivery(msg);
     set_aside(bus, spec, msg, reason, delivered, sequence).await;
     ack_or_warn(spec, msg.ack_with(AckKind::Term).await);
+}
+
+/// Records the consumer's lag as JetStream reports it with each delivery.
+fn lag(spec: &ConsumerSpec, msg: &async_nats::jetstream::Message) {
+    if let Ok(info) = msg.info() {
+        metrics::pending(&spec.label, info.pending);
+    }
 }
 
 fn delivery(msg: &async_nats::jetstream::Message) -> (i64, u64) {
@@ -478,6 +502,8 @@ async fn process<E, H, Fut>(
     Fut: Future<Output = Outcome> + Send,
 {
     let (delivered, sequence) = delivery(&msg);
+    lag(spec, &msg);
+    let started = std::time::Instant::now();
     let outcome = match Envelope::<E>::from_bytes(&msg.payload) {
         Err(e) => Outcome::Reject(e.to_string()),
         Ok(env) => {
@@ -500,19 +526,26 @@ async fn process<E, H, Fut>(
             }
         }
     };
+    metrics::handle_time(&spec.label, started.elapsed().as_secs_f64());
     let result = match outcome {
-        Outcome::Done => msg.ack().await,
+        Outcome::Done => {
+            metrics::handled(&spec.label, "done", 1);
+            msg.ack().await
+        }
         Outcome::Retry(base) if spec.max_deliver <= 0 || delivered < spec.max_deliver => {
+            metrics::handled(&spec.label, "retry", 1);
             let delay = backoff(base, delivered);
             tracing::warn!(consumer = %spec.label, delivered, delay_ms = delay.as_millis() as u64, "event will be retried");
             msg.ack_with(AckKind::Nak(Some(delay))).await
         }
         Outcome::Retry(_) => {
+            metrics::handled(&spec.label, "exhausted", 1);
             let reason = format!("gave up after {delivered} deliveries");
             set_aside(bus, spec, &msg, &reason, delivered, sequence).await;
             msg.ack_with(AckKind::Term).await
         }
         Outcome::Reject(reason) => {
+            metrics::handled(&spec.label, "rejected", 1);
             set_aside(bus, spec, &msg, &reason, delivered, sequence).await;
             msg.ack_with(AckKind::Term).await
         }
@@ -529,6 +562,7 @@ async fn set_aside(
     stream_sequence: u64,
 ) {
     tracing::error!(consumer = %spec.label, subject = %msg.subject, delivered, reason, "event set aside on the dead-letter subject");
+    metrics::dead_lettered(&spec.label);
     let mut payload = String::from_utf8_lossy(&msg.payload).into_owned();
     if payload.len() > 64 * 1024 {
         let mut cut = 64 * 1024;

@@ -7,12 +7,14 @@
 //!   duplicates inside its window.
 //! * [`consumer`]: durable pull consumers with explicit acks; handlers answer done, retry later or
 //!   reject, and rejected or exhausted events are set aside on a dead-letter subject.
+//! * [`metrics`]: what the bus records for the service's `/metrics`.
 //! * [`outbox`]: events implied by a database write are stored in the same transaction and
 //!   relayed afterwards, so the write and the event never diverge.
 
 mod bus;
 pub mod consumer;
 mod envelope;
+pub mod metrics;
 pub mod outbox;
 pub mod payloads;
 

@@ -289,6 +289,19 @@ impl<R: std::io::Read> CsvRows<R> {
     /// The next row, or None at the end of the file (or after an unreadable stretch, which
     /// comes as a last [`CsvRow::Rejected`]).
     pub fn next_row(&mut self) -> Option<CsvRow> {
+        let mut row = Vec::new();
+        let mut target = String::new();
+        self.read_row(&mut row, &mut target).map(|read| match read {
+            RowRead::Accepted { line } => CsvRow::Accepted { line, row, target },
+            RowRead::Rejected(errors) => CsvRow::Rejected(errors),
+        })
+    }
+
+    /// [`CsvRows::next_row`] into buffers the caller keeps: an accepted row's features land in
+    /// `row` and its label in `target`, reusing their allocations (a categorical value is
+    /// copied into the `String` already in its slot), so that reading a file row after row
+    /// allocates nothing per row. After a rejection their contents are unspecified.
+    pub fn read_row(&mut self, row: &mut FeatureRow, target: &mut String) -> Option<RowRead> {
         if self.done {
             return None;
         }
@@ -304,7 +317,7 @@ impl<R: std::io::Read> CsvRows<R> {
                 // line and stop rather than guess where the next row starts.
                 self.done = true;
                 let line = e.position().map(|p| p.line()).unwrap_or(line_before);
-                return Some(CsvRow::Rejected(vec![RowError {
+                return Some(RowRead::Rejected(vec![RowError {
                     line,
                     column: None,
                     message: format!("unreadable CSV from here on: {e}"),
@@ -318,53 +331,55 @@ impl<R: std::io::Read> CsvRows<R> {
             .unwrap_or(line_before);
         if self.record.as_slice().contains(&0) {
             self.done = true;
-            return Some(CsvRow::Rejected(vec![RowError {
+            return Some(RowRead::Rejected(vec![RowError {
                 line,
                 column: None,
                 message: "binary data (NUL bytes) from here on; the file is not CSV text".into(),
             }]));
         }
         let mut errors = Vec::new();
-        let row = parse_record(
-            &self.record,
+        let fields = Fields {
+            record: &self.record,
+            line,
+        };
+        let whole = parse_record(
+            &fields,
             &self.schema,
             self.header.len(),
             &self.feature_positions,
             self.target_position,
-            line,
             &mut errors,
+            row,
+            target,
         );
-        Some(match row {
-            Some((row, target)) if errors.is_empty() => CsvRow::Accepted { line, row, target },
-            _ => CsvRow::Rejected(errors),
+        Some(if whole && errors.is_empty() {
+            RowRead::Accepted { line }
+        } else {
+            RowRead::Rejected(errors)
         })
     }
 }
 
-/// Validates one CSV record; pushes every problem found and returns the row only if it is whole.
-fn parse_record(
-    record: &csv::ByteRecord,
-    schema: &Schema,
-    header_len: usize,
-    feature_positions: &[usize],
-    target_position: usize,
+/// What [`CsvRows::read_row`] found in one data row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowRead {
+    /// A whole row, starting on this line; its values are in the caller's buffers.
+    Accepted { line: u64 },
+    /// A row left out, as in [`CsvRow::Rejected`].
+    Rejected(Vec<RowError>),
+}
+
+/// One record's fields as text.
+struct Fields<'a> {
+    record: &'a csv::ByteRecord,
     line: u64,
-    errors: &mut Vec<RowError>,
-) -> Option<(FeatureRow, String)> {
-    if record.len() != header_len {
-        errors.push(RowError {
-            line,
-            column: None,
-            message: format!(
-                "expected {header_len} fields as in the header, found {}",
-                record.len()
-            ),
-        });
-        return None;
-    }
-    let field = |position: usize, column: &str, errors: &mut Vec<RowError>| -> Option<&str> {
+}
+
+impl Fields<'_> {
+    /// The field at `position`, trimmed, or None after reporting it is not text.
+    fn text(&self, position: usize, column: &str, errors: &mut Vec<RowError>) -> Option<&str> {
         // ASCII spaces go first, cheaply; other Unicode white space only where it is there.
-        let raw = record.get(position)?.trim_ascii();
+        let raw = self.record.get(position)?.trim_ascii();
         match std::str::from_utf8(raw) {
             Ok(s)
                 if raw.first().is_some_and(|b| !b.is_ascii())
@@ -375,41 +390,87 @@ fn parse_record(
             Ok(s) => Some(s),
             Err(_) => {
                 errors.push(RowError {
-                    line,
+                    line: self.line,
                     column: Some(column.to_string()),
                     message: "the value is not valid UTF-8 text".to_string(),
                 });
                 None
             }
         }
-    };
+    }
+}
 
-    let target = match field(target_position, &schema.target, errors) {
-        Some(t) if !is_missing_trimmed(t) => Some(t.to_string()),
+/// Puts a categorical value in `slot`, reusing the text already there.
+fn set_text(slot: &mut Option<Value>, token: &str) {
+    match slot {
+        Some(Value::Cat(text)) => {
+            text.clear();
+            text.push_str(token);
+        }
+        _ => *slot = Some(Value::Cat(token.to_owned())),
+    }
+}
+
+/// Validates one CSV record into `row` and `target`; pushes every problem found and returns
+/// whether the row is whole.
+#[allow(clippy::too_many_arguments)]
+fn parse_record(
+    fields: &Fields<'_>,
+    schema: &Schema,
+    header_len: usize,
+    feature_positions: &[usize],
+    target_position: usize,
+    errors: &mut Vec<RowError>,
+    row: &mut FeatureRow,
+    target: &mut String,
+) -> bool {
+    let line = fields.line;
+    let record = fields.record;
+    if record.len() != header_len {
+        errors.push(RowError {
+            line,
+            column: None,
+            message: format!(
+                "expected {header_len} fields as in the header, found {}",
+                record.len()
+            ),
+        });
+        return false;
+    }
+    let mut whole = match fields.text(target_position, &schema.target, errors) {
+        Some(t) if !is_missing_trimmed(t) => {
+            target.clear();
+            target.push_str(t);
+            true
+        }
         Some(_) => {
             errors.push(RowError {
                 line,
                 column: Some(schema.target.clone()),
                 message: "the target value is missing".to_string(),
             });
-            None
+            false
         }
-        None => None,
+        None => false,
     };
 
-    let mut row = Vec::with_capacity(schema.features.len());
-    for (column, &position) in schema.features.iter().zip(feature_positions) {
-        let Some(token) = field(position, &column.name, errors) else {
-            row.push(None);
+    row.resize(schema.features.len(), None);
+    for ((column, &position), slot) in schema.features.iter().zip(feature_positions).zip(row) {
+        let Some(token) = fields.text(position, &column.name, errors) else {
+            *slot = None;
+            whole = false;
             continue;
         };
         if is_missing_trimmed(token) {
-            row.push(None);
+            *slot = None;
             continue;
         }
         let parsed = match column.kind {
             ColumnKind::Numeric => parse_number(token).map(Value::Num),
-            ColumnKind::Categorical | ColumnKind::Text => Ok(Value::Cat(token.to_string())),
+            ColumnKind::Categorical | ColumnKind::Text => {
+                set_text(slot, token);
+                continue;
+            }
             ColumnKind::Image => column
                 .image
                 .as_ref()
@@ -418,18 +479,19 @@ fn parse_record(
                 .map(Value::Pixels),
         };
         match parsed {
-            Ok(value) => row.push(Some(value)),
+            Ok(value) => *slot = Some(value),
             Err(message) => {
                 errors.push(RowError {
                     line,
                     column: Some(column.name.clone()),
                     message,
                 });
-                row.push(None);
+                *slot = None;
+                whole = false;
             }
         }
     }
-    target.map(|t| (row, t))
+    whole
 }
 
 /// Converts one JSON object (column name -> number | string | null) into a FeatureRow for

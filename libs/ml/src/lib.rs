@@ -39,8 +39,8 @@ pub use cnn::{Cnn, CnnWeights, ConvLayer};
 pub use compare::{Holdout, HoldoutScore};
 pub use csv_json::{JsonRows, csv_cell_to_json, csv_to_json_rows};
 pub use dataset::{
-    CsvRow, CsvRows, FeatureRow, ParseReport, RowError, Table, Value, is_missing_token, parse_csv,
-    row_from_json, row_from_json_str,
+    CsvRow, CsvRows, FeatureRow, ParseReport, RowError, RowRead, Table, Value, is_missing_token,
+    parse_csv, row_from_json, row_from_json_str,
 };
 pub use error::MlError;
 pub use gbt::Trees;

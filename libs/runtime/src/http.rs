@@ -272,12 +272,16 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-/// Adds what every service's router needs: JSON 404/405, request tracing, a body size limit.
+/// Adds what every service's router needs: JSON 404/405, request tracing and metrics,
+/// `GET /metrics`, a body size limit.
 pub fn finish(router: Router, body_limit: usize) -> Router {
+    crate::metrics::handle();
     router
+        .route("/metrics", get(crate::metrics::render))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 

@@ -354,6 +354,7 @@ pub async fn ingest_file(s: &AppState, inc: Incoming) -> Result<Ingested, ApiErr
     let default_max = s.max_rejected_fraction;
     // Conversion and validation read the file a row at a time: CPU work proportional to the
     // file, on the blocking pool.
+    let started = std::time::Instant::now();
     let checked = tokio::task::spawn_blocking(move || {
         check_file(&path, format, &spool, &schema, &checks, default_max)
     })
@@ -365,6 +366,7 @@ pub async fn ingest_file(s: &AppState, inc: Incoming) -> Result<Ingested, ApiErr
     } else {
         DatasetStatus::Rejected
     };
+    record_validation(&report, status, started.elapsed().as_secs_f64());
 
     let hex = hash.trim_start_matches("sha256:");
     let put = |key: String, path: std::path::PathBuf| {
@@ -540,12 +542,13 @@ fn check_file(
     let (report, dropped) = if validate::has_row_rules(checks) {
         let (file, kept) = source::spool_file(spool).map_err(spool_io)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-        let result = validate::validate_reader(input, schema, checks, default_max, Some(&mut out));
+        let result =
+            validate::validate_reader(input, schema, checks, default_max, Some(&mut out), spool);
         out.flush().map_err(spool_io)?;
         accepted = Some(kept);
         result
     } else {
-        validate::validate_reader(input, schema, checks, default_max, None)
+        validate::validate_reader(input, schema, checks, default_max, None, spool)
     }
     .map_err(ApiError::internal)?;
     Ok(Checked {
@@ -553,6 +556,37 @@ fn check_file(
         converted,
         accepted: accepted.filter(|_| dropped),
     })
+}
+
+/// What one validated file adds to `/metrics`.
+fn record_validation(report: &ValidationReport, status: DatasetStatus, seconds: f64) {
+    metrics::histogram!("petrel_ingest_validation_duration_seconds").record(seconds);
+    metrics::counter!("petrel_ingest_rows_total", "result" => "accepted")
+        .increment(report.accepted);
+    metrics::counter!("petrel_ingest_rows_total", "result" => "rejected")
+        .increment(report.rejected);
+    let status = match status {
+        DatasetStatus::Accepted => "accepted",
+        DatasetStatus::Rejected => "rejected",
+    };
+    metrics::counter!("petrel_ingest_datasets_total", "status" => status).increment(1);
+}
+
+/// Help texts of ingest's metrics.
+pub fn describe_metrics() {
+    metrics::describe_histogram!(
+        "petrel_ingest_validation_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to convert (Parquet) and validate one file"
+    );
+    metrics::describe_counter!(
+        "petrel_ingest_rows_total",
+        "Data rows validated, by result: accepted, or rejected by a rule"
+    );
+    metrics::describe_counter!(
+        "petrel_ingest_datasets_total",
+        "Datasets recorded, by status: accepted (data.ready) or rejected (alerts.data_quality)"
+    );
 }
 
 /// The `alerts.data_quality` a rejected file raises.

@@ -201,6 +201,7 @@ impl App {
     }
 
     pub async fn run(self) -> anyhow::Result<()> {
+        petrel_runtime::metrics::describe_with(crate::datasets::describe_metrics);
         let mut tasks = Tasks::new(self.cancel.clone());
         tasks.spawn_http(
             self.listener,

@@ -4,11 +4,13 @@
 //! Everything here is synchronous CPU work over the whole file; callers run it on the blocking
 //! pool.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::Hasher as _;
+use std::io::{Read as _, Seek as _, Write as _};
+use std::path::{Path, PathBuf};
 
 use petrel_api::ingest::{CategoryCount, Checks, ColumnSummary, ValidationReport};
-use petrel_ml::{ColumnKind, CsvRow, CsvRows, FeatureRow, MlError, RowError, Schema, Value};
+use petrel_ml::{ColumnKind, CsvRows, FeatureRow, MlError, RowError, RowRead, Schema, Value};
 
 /// Rejected rows kept in a report (the counts cover them all).
 pub const MAX_REPORTED_ERRORS: usize = 100;
@@ -24,6 +26,17 @@ const QUANTILES: [(&str, f64); 5] = [
 ];
 /// The `rejected_by_column` key of a problem with a whole row.
 pub const WHOLE_ROW: &str = "(row)";
+
+/// Why validation could not finish (a file that breaks the rules is a report, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    /// Parsing or writing the accepted rows failed.
+    #[error(transparent)]
+    Parse(#[from] MlError),
+    /// The scratch space duplicates are counted on past memory cannot be used.
+    #[error("cannot use the scratch space for counting duplicate rows: {0}")]
+    Scratch(std::io::Error),
+}
 
 /// Refuses checks that cannot apply to `schema`, in the request's words.
 pub fn check_rules(checks: &Checks, schema: &Schema) -> Result<(), String> {
@@ -107,10 +120,8 @@ pub const QUANTILE_SAMPLE: usize = 100_000;
 /// Distinct values counted per categorical column (an identifier column would otherwise hold
 /// every value); past it `distinct` and `top` cover the first ones seen.
 const MAX_DISTINCT: usize = 100_000;
-/// Distinct rows remembered (as 64-bit fingerprints with their repeat counts) to count
-/// duplicates. Past it, duplicates are counted on a sample of the distinct rows (those whose
-/// fingerprint ends in `level` zero bits, halved each time the memory fills) and scaled up:
-/// adaptive distinct sampling, unbiased, exact until the memory fills.
+/// Distinct rows remembered in memory (as 64-bit fingerprints) to count duplicates; past it
+/// they are counted on scratch disk (see [`Duplicates`]).
 const DUPLICATE_MEMORY: usize = 500_000;
 
 /// SplitMix64's increment (2^64 over the golden ratio).
@@ -188,14 +199,17 @@ fn parse_rows<R: std::io::Read>(
     let mut out = Parsed::default();
     let mut batch = Batch::default();
     let mut row_errors = Vec::new();
-    while let Some(next) = rows.next_row() {
+    // One row's buffers, reused for every row: parsing allocates nothing per row.
+    let mut row = FeatureRow::new();
+    let mut target = String::new();
+    while let Some(next) = rows.read_row(&mut row, &mut target) {
         row_errors.clear();
         let accepted_row = match next {
-            CsvRow::Rejected(e) => {
+            RowRead::Rejected(e) => {
                 row_errors = e;
                 None
             }
-            CsvRow::Accepted { line, row, target } => {
+            RowRead::Accepted { line } => {
                 for &(i, name, rule) in &rules {
                     let problem = match &row[i] {
                         Some(Value::Num(v)) => match (rule.min, rule.max) {
@@ -291,10 +305,12 @@ pub fn validate(
     schema: &Schema,
     checks: &Checks,
     default_max_rejected: f64,
-) -> Result<Validated, MlError> {
+) -> Result<Validated, ValidateError> {
     let mut accepted = Vec::new();
     let out = has_row_rules(checks).then_some(&mut accepted as &mut (dyn std::io::Write + Send));
-    let (report, dropped) = validate_reader(bytes, schema, checks, default_max_rejected, out)?;
+    let scratch = std::env::temp_dir();
+    let (report, dropped) =
+        validate_reader(bytes, schema, checks, default_max_rejected, out, &scratch)?;
     let keep = dropped && report.problems.is_empty();
     Ok(Validated {
         report,
@@ -399,30 +415,41 @@ pub fn validate_reader(
     checks: &Checks,
     default_max_rejected: f64,
     accepted: Option<&mut (dyn std::io::Write + Send)>,
-) -> Result<(ValidationReport, bool), MlError> {
+    scratch: &Path,
+) -> Result<(ValidationReport, bool), ValidateError> {
     let rows = match CsvRows::new(reader, schema) {
         Ok(rows) => rows,
         Err(e @ (MlError::Schema(_) | MlError::Csv(_))) => {
             return Ok((unreadable(&e.to_string()), false));
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
-    let mut profile = Profile::new(schema);
+    let mut profile = Profile::new(schema, scratch);
     let (full, batches) = std::sync::mpsc::sync_channel::<Batch>(4);
     let (empty, recycled) = std::sync::mpsc::channel::<Batch>();
-    let parsed = std::thread::scope(|scope| {
+    let (parsed, profiled) = std::thread::scope(|scope| {
         let parser =
             scope.spawn(move || parse_rows(rows, schema, checks, accepted, full, recycled));
-        for mut batch in batches {
+        let mut profiled = Ok(());
+        'batches: for mut batch in batches {
             for row in batch.rows() {
-                profile.observe(row);
+                profiled = profile.observe(row);
+                if profiled.is_err() {
+                    // Hanging up stops the parser.
+                    break 'batches;
+                }
             }
             batch.clear();
             // The parser may have finished; a batch it will not reuse is dropped.
             let _ = empty.send(batch);
         }
-        parser.join().expect("the parsing thread does not panic")
-    })?;
+        (
+            parser.join().expect("the parsing thread does not panic"),
+            profiled,
+        )
+    });
+    profiled.map_err(ValidateError::Scratch)?;
+    let parsed = parsed?;
     let Parsed {
         rejected,
         rejected_by_column,
@@ -432,8 +459,8 @@ pub fn validate_reader(
 
     let accepted = profile.rows;
     let rows = accepted + rejected;
-    let (duplicates, duplicate_sample) = profile.duplicates.estimate();
-    let columns = profile.finish(schema);
+    let (columns, duplicates) = profile.finish(schema);
+    let duplicates = duplicates.count().map_err(ValidateError::Scratch)?;
     let mut problems = Vec::new();
     let first = || first_problems(&errors);
     if accepted == 0 {
@@ -492,7 +519,6 @@ pub fn validate_reader(
             accepted,
             rejected,
             duplicates,
-            duplicate_sample,
             problems,
             rejected_by_column,
             errors,
@@ -528,64 +554,135 @@ struct Numbers {
     state: u64,
 }
 
-/// Duplicate rows, counted with bounded memory (see [`DUPLICATE_MEMORY`]).
-#[derive(Default)]
+/// Duplicate rows, counted exactly with bounded memory. Row fingerprints are remembered in a
+/// set up to [`DUPLICATE_MEMORY`]; past it, every fingerprint (those remembered, then each new
+/// one) goes to one of [`PARTITIONS`] scratch files by its top bits, and at the end each file
+/// is sorted and its repeats counted: 8 bytes of scratch disk per row, and memory for one
+/// file's share at a time (8 bytes per row over [`PARTITIONS`]).
 struct Duplicates {
-    /// Repeats of each remembered fingerprint.
-    repeats: HashMap<u64, u32, Fast>,
-    /// Only fingerprints whose `level` lowest bits are zero are remembered.
-    level: u32,
+    seen: HashSet<u64, Fast>,
+    /// Repeats found in `seen` before it was spilled.
+    counted: u64,
+    scratch: PathBuf,
+    spilled: Vec<std::io::BufWriter<std::fs::File>>,
 }
+
+/// Scratch files fingerprints are spread over once they no longer fit in memory.
+const PARTITIONS: usize = 256;
 
 impl Duplicates {
-    fn observe(&mut self, fingerprint: u64) {
-        let mask = (1u64 << self.level) - 1;
-        if fingerprint & mask != 0 {
-            return;
-        }
-        *self.repeats.entry(fingerprint).or_insert(0) += 1;
-        while self.repeats.len() > DUPLICATE_MEMORY {
-            self.level += 1;
-            let mask = (1u64 << self.level) - 1;
-            self.repeats.retain(|f, _| f & mask == 0);
+    fn new(scratch: &Path) -> Self {
+        Duplicates {
+            seen: HashSet::default(),
+            counted: 0,
+            scratch: scratch.to_owned(),
+            spilled: Vec::new(),
         }
     }
 
-    /// The duplicates, and the share of distinct rows they were counted on when that is less
-    /// than all.
-    fn estimate(&self) -> (u64, Option<f64>) {
-        let sampled: u64 = self.repeats.values().map(|&n| u64::from(n) - 1).sum();
-        if self.level == 0 {
-            (sampled, None)
-        } else {
-            (
-                sampled << self.level,
-                Some(1.0 / (1u64 << self.level) as f64),
-            )
+    fn observe(&mut self, fingerprint: u64) -> std::io::Result<()> {
+        if !self.spilled.is_empty() {
+            return self.spilled[partition(fingerprint)].write_all(&fingerprint.to_le_bytes());
         }
+        if !self.seen.insert(fingerprint) {
+            self.counted += 1;
+        } else if self.seen.len() > DUPLICATE_MEMORY {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn spill(&mut self) -> std::io::Result<()> {
+        for _ in 0..PARTITIONS {
+            let file = tempfile::tempfile_in(&self.scratch)?;
+            self.spilled
+                .push(std::io::BufWriter::with_capacity(8 << 10, file));
+        }
+        for fingerprint in std::mem::take(&mut self.seen) {
+            self.spilled[partition(fingerprint)].write_all(&fingerprint.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The number of rows equal to an earlier row.
+    fn count(self) -> std::io::Result<u64> {
+        let Duplicates {
+            counted, spilled, ..
+        } = self;
+        let files = spilled
+            .into_iter()
+            .map(|w| w.into_inner().map_err(|e| e.into_error()))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        // Two threads, each counting every other file.
+        let (even, odd): (Vec<_>, Vec<_>) =
+            files.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        let repeats = |files: Vec<(usize, std::fs::File)>| -> std::io::Result<u64> {
+            let mut total = 0;
+            let mut bytes = Vec::new();
+            let mut prints = Vec::new();
+            for (_, mut file) in files {
+                file.seek(std::io::SeekFrom::Start(0))?;
+                bytes.clear();
+                file.read_to_end(&mut bytes)?;
+                prints.clear();
+                prints.extend(
+                    bytes
+                        .chunks_exact(8)
+                        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))),
+                );
+                prints.sort_unstable();
+                total += prints.windows(2).filter(|w| w[0] == w[1]).count() as u64;
+            }
+            Ok(total)
+        };
+        let (a, b) = std::thread::scope(|scope| {
+            let other = scope.spawn(|| repeats(odd));
+            (
+                repeats(even),
+                other.join().expect("counting does not panic"),
+            )
+        });
+        Ok(counted + a? + b?)
     }
 }
 
+/// The scratch file of a fingerprint (they are well mixed, so the top bits spread evenly).
+fn partition(fingerprint: u64) -> usize {
+    (fingerprint >> 56) as usize % PARTITIONS
+}
+
+/// A column's values with their counts, up to [`MAX_DISTINCT`] distinct ones.
 #[derive(Default)]
 struct Categories {
-    counts: HashMap<Box<[u8]>, u64, Fast>,
+    /// The first [`FEW`] distinct values, searched in order: most columns hold a handful of
+    /// categories, and comparing a few short values costs less than hashing one.
+    few: Vec<(Box<[u8]>, u64)>,
+    /// The rest.
+    many: HashMap<Box<[u8]>, u64, Fast>,
 }
+
+const FEW: usize = 8;
 
 impl Categories {
     fn observe(&mut self, value: &[u8]) {
-        if let Some(n) = self.counts.get_mut(value) {
+        if let Some((_, n)) = self.few.iter_mut().find(|(v, _)| **v == *value) {
             *n += 1;
-        } else if self.counts.len() < MAX_DISTINCT {
-            self.counts.insert(value.into(), 1);
+        } else if self.few.len() < FEW {
+            self.few.push((value.into(), 1));
+        } else if let Some(n) = self.many.get_mut(value) {
+            *n += 1;
+        } else if FEW + self.many.len() < MAX_DISTINCT {
+            self.many.insert(value.into(), 1);
         }
     }
 
     fn fill(self, summary: &mut ColumnSummary) {
-        summary.distinct = Some(self.counts.len() as u64);
+        summary.distinct = Some((self.few.len() + self.many.len()) as u64);
         // The values came from text, so they are UTF-8.
         let mut top: Vec<(String, u64)> = self
-            .counts
+            .few
             .into_iter()
+            .chain(self.many)
             .map(|(v, n)| (String::from_utf8_lossy(&v).into_owned(), n))
             .collect();
         // Most frequent first; ties in value order, so reports are stable.
@@ -639,7 +736,7 @@ impl Numbers {
 }
 
 impl Profile {
-    fn new(schema: &Schema) -> Self {
+    fn new(schema: &Schema, scratch: &Path) -> Self {
         let columns = schema
             .features
             .iter()
@@ -656,12 +753,12 @@ impl Profile {
             rows: 0,
             columns,
             target: Categories::default(),
-            duplicates: Duplicates::default(),
+            duplicates: Duplicates::new(scratch),
         }
     }
 
     /// Observes one row encoded by [`Batch::push`].
-    fn observe(&mut self, row: &[u8]) {
+    fn observe(&mut self, row: &[u8]) -> std::io::Result<()> {
         self.rows += 1;
         let mut at = 0;
         for stats in &mut self.columns {
@@ -700,11 +797,12 @@ impl Profile {
         // The encoding is one-to-one: equal rows, equal bytes, equal fingerprints.
         let mut key = Fold::default();
         key.write(row);
-        self.duplicates.observe(key.finish());
+        self.duplicates.observe(key.finish())
     }
 
-    /// The per-column summary: features in schema order, then the target.
-    fn finish(self, schema: &Schema) -> Vec<ColumnSummary> {
+    /// The per-column summary (features in schema order, then the target), and the
+    /// duplicates left to count.
+    fn finish(self, schema: &Schema) -> (Vec<ColumnSummary>, Duplicates) {
         let n = self.rows;
         let mut out = Vec::with_capacity(schema.features.len() + 1);
         for (column, stats) in schema.features.iter().zip(self.columns) {
@@ -738,7 +836,7 @@ impl Profile {
         };
         self.target.fill(&mut target);
         out.push(target);
-        out
+        (out, self.duplicates)
     }
 }
 
@@ -794,28 +892,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn duplicates_are_exact_until_memory_fills_then_estimated_on_a_sample() {
-        let mut exact = Duplicates::default();
+    fn duplicates_are_exact_in_memory_and_past_it_on_scratch_disk() {
+        let scratch = tempfile::tempdir().unwrap();
+        let mut small = Duplicates::new(scratch.path());
         for i in 0..1000u64 {
-            exact.observe(mix64(i % 700));
+            small.observe(mix64(i % 700)).unwrap();
         }
-        assert_eq!(exact.estimate(), (300, None));
+        assert!(small.spilled.is_empty());
+        assert_eq!(small.count().unwrap(), 300);
 
-        // Four times more distinct rows than are remembered, a tenth of them seen twice.
-        let distinct = 4 * DUPLICATE_MEMORY as u64;
-        let mut sampled = Duplicates::default();
+        // Three times more distinct rows than are remembered, a tenth of them seen twice
+        // and one (as a generator's all-missing row does) 100,000 times, before and after
+        // the memory fills.
+        let distinct = 3 * DUPLICATE_MEMORY as u64;
+        let mut large = Duplicates::new(scratch.path());
         for i in 0..distinct {
-            sampled.observe(mix64(i));
+            large.observe(mix64(i)).unwrap();
             if i % 10 == 0 {
-                sampled.observe(mix64(i));
+                large.observe(mix64(i)).unwrap();
+            }
+            if i % 15 == 0 {
+                large.observe(mix64(u64::MAX)).unwrap();
             }
         }
-        let (estimate, share) = sampled.estimate();
-        let truth = distinct / 10;
-        assert!(share.is_some_and(|s| s <= 0.25), "{share:?}");
-        assert!(sampled.repeats.len() <= DUPLICATE_MEMORY);
-        let error = (estimate as f64 - truth as f64).abs() / truth as f64;
-        assert!(error < 0.02, "estimate {estimate} against {truth}");
+        assert_eq!(large.spilled.len(), PARTITIONS);
+        let heavy = distinct / 15 - 1;
+        assert_eq!(large.count().unwrap(), distinct / 10 + heavy);
+        // The scratch files are unnamed: nothing is left behind.
+        assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
     }
 
     const CSV: &str = "species,island,bill_length_mm,bill_depth_mm,flipper_length_mm,body_mass_g,sex,year\n\

@@ -136,10 +136,27 @@ async fn post_labels(
         .await
         .map_err(ApiError::internal)??;
     let response = store_labels(&s, &batch, overwrite || q.overwrite).await?;
+    for (result, n) in [
+        ("accepted", response.accepted),
+        ("joined", response.joined),
+        ("duplicate", response.duplicates),
+        ("overwritten", response.overwritten),
+    ] {
+        metrics::counter!("petrel_labels_total", "result" => result).increment(n as u64);
+    }
     if response.joined > 0 {
         s.infra.relay.poke();
     }
     Ok(Json(response))
+}
+
+/// Help texts of the labeler's metrics.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "petrel_labels_total",
+        "Labels received over HTTP, by result: accepted (stored), joined (to a logged prediction \
+         at once), duplicate (already stored with that value) or overwritten"
+    );
 }
 
 /// Stores a request's labels in one transaction (all of them, or none on a conflict) and

@@ -511,6 +511,7 @@ async fn close_window(
     };
     let sent = episodes::apply(s, &mut tx, &t.policy(), w, &conditions).await?;
     tx.commit().await?;
+    record_window(model, &a, drift_share, estimated, &firing);
     tracing::info!(
         report.id = %id,
         model.name = %model,
@@ -526,6 +527,73 @@ async fn close_window(
         "window closed"
     );
     Ok(Some(id))
+}
+
+/// What a closed window shows in `/metrics`: per column its drift statistic and whether it
+/// drifted, the share of drifted columns, the estimated accuracy and the conditions firing.
+fn record_window(
+    model: &str,
+    a: &Analysis,
+    drift_share: Option<f64>,
+    estimated: Option<f64>,
+    firing: &[&str],
+) {
+    if let Some(v) = &a.drift {
+        for c in &v.columns {
+            let labels = [
+                ("model", model.to_owned()),
+                ("column", c.column.clone()),
+                ("method", c.method.name().to_owned()),
+            ];
+            metrics::gauge!("petrel_drift_statistic", &labels).set(c.statistic);
+            metrics::gauge!("petrel_drift_detected", &labels).set(if distribution_drifted(c) {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
+    if let Some(share) = drift_share {
+        metrics::gauge!("petrel_drift_share", "model" => model.to_owned()).set(share);
+    }
+    if let Some(estimated) = estimated {
+        metrics::gauge!("petrel_estimated_accuracy", "model" => model.to_owned()).set(estimated);
+    }
+    metrics::counter!("petrel_monitor_windows_total", "model" => model.to_owned()).increment(1);
+    for kind in firing {
+        metrics::counter!(
+            "petrel_monitor_conditions_firing_total",
+            "model" => model.to_owned(),
+            "kind" => (*kind).to_owned(),
+        )
+        .increment(1);
+    }
+}
+
+/// Help texts of the monitor's metrics.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "petrel_drift_statistic",
+        "The last closed window's drift statistic per model and feature column (the test's \
+         own: KS D, chi-squared, PSI, Wasserstein or Jensen-Shannon, as `method` says)"
+    );
+    metrics::describe_gauge!(
+        "petrel_drift_detected",
+        "1 when the column drifted in the last closed window, else 0"
+    );
+    metrics::describe_gauge!(
+        "petrel_drift_share",
+        "Share of feature columns that drifted in the last closed window"
+    );
+    metrics::describe_gauge!(
+        "petrel_estimated_accuracy",
+        "Accuracy estimated from confidence (no labels needed) in the last closed window"
+    );
+    metrics::describe_counter!("petrel_monitor_windows_total", "Windows closed, per model");
+    metrics::describe_counter!(
+        "petrel_monitor_conditions_firing_total",
+        "Closed windows in which a condition fired, per model and kind"
+    );
 }
 
 /// The short per-feature list of a verdict.

@@ -295,6 +295,7 @@ impl App {
     }
 
     pub async fn run(self) -> anyhow::Result<()> {
+        petrel_runtime::metrics::describe_with(crate::log::describe_metrics);
         let mut tasks = Tasks::new(self.cancel.clone());
         // The prediction log stops once HTTP has ended (drained, or given up after the drain
         // period), so requests in flight still get their rows logged. It does not wait for

@@ -111,10 +111,39 @@ struct Room {
 
 impl Drop for Room {
     fn drop(&mut self) {
-        self.stats
+        let before = self
+            .stats
             .queued_bytes
             .fetch_sub(self.bytes, Ordering::Relaxed);
+        queued_gauge(before - self.bytes);
     }
+}
+
+/// `petrel_prediction_log_queued_bytes`: rows waiting for JetStream's acknowledgement.
+fn queued_gauge(bytes: usize) {
+    metrics::gauge!("petrel_prediction_log_queued_bytes").set(bytes as f64);
+}
+
+/// Help texts of the prediction log's metrics.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "petrel_prediction_log_queued_bytes",
+        metrics::Unit::Bytes,
+        "Bytes of logged predictions queued or in flight to JetStream (requests wait on them)"
+    );
+    metrics::describe_gauge!(
+        "petrel_prediction_log_in_flight",
+        "predictions.logged messages published and not yet acknowledged"
+    );
+    metrics::describe_histogram!(
+        "petrel_prediction_log_message_rows",
+        "Predictions packed into one predictions.logged message"
+    );
+    metrics::describe_counter!(
+        "petrel_prediction_log_failures_total",
+        "predictions.logged messages JetStream did not acknowledge before the deadline (their \
+         requests got a 503)"
+    );
 }
 
 /// Counters the readiness check and operators read.
@@ -209,9 +238,11 @@ impl Logger {
                 .map_err(|_| LogError::Full {
                     queued_bytes: self.stats.queued_bytes(),
                 })?;
-            self.stats
+            let before = self
+                .stats
                 .queued_bytes
                 .fetch_add(bytes as usize, Ordering::Relaxed);
+            queued_gauge(before + bytes as usize);
             let room = Room {
                 _permit: permit,
                 bytes: bytes as usize,
@@ -324,6 +355,8 @@ impl Shipper {
             bytes += 1 + job.part.rows.len();
             jobs.push(job);
         }
+        metrics::histogram!("petrel_prediction_log_message_rows")
+            .record(jobs.iter().map(|j| j.part.count).sum::<usize>() as f64);
         let id = Uuid::now_v7();
         let payload = frame(
             id,
@@ -344,7 +377,8 @@ impl Shipper {
         let bus = self.bus.clone();
         let deadline = tokio::time::Instant::now() + self.config.publish_deadline;
         let stats = self.stats.clone();
-        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!("petrel_prediction_log_in_flight").set(in_flight as f64);
         async move {
             let mut attempt = 0u32;
             let result = loop {
@@ -376,10 +410,14 @@ impl Shipper {
                     }
                 }
             };
+            if result.is_err() {
+                metrics::counter!("petrel_prediction_log_failures_total").increment(1);
+            }
             for job in message.jobs {
                 let _ = job.done.send(result.clone());
             }
-            stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let in_flight = stats.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+            metrics::gauge!("petrel_prediction_log_in_flight").set(in_flight as f64);
         }
     }
 }

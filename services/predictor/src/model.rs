@@ -31,7 +31,10 @@ impl ServedSlot {
         self.0.load_full()
     }
 
+    /// Serves `served` from now on; `petrel_served_model_version{model}` says which.
     pub fn replace(&self, served: Served) {
+        metrics::gauge!("petrel_served_model_version", "model" => served.model_name.to_string())
+            .set(f64::from(served.version));
         self.0.store(Some(Arc::new(served)));
     }
 }

@@ -216,7 +216,13 @@ async fn execute(state: &AppState, job: &Job, data: &DataReady, plan: &Plan) -> 
         tracing::info!(job.id = %job.id, status = %job.status, "job already finished; acknowledging");
         return Outcome::Done;
     }
-    let ended = match run_job(state, job.id, &job.model_name, data, plan).await {
+    let started = std::time::Instant::now();
+    let running = metrics::gauge!("petrel_training_jobs_running");
+    running.increment(1.0);
+    let result = run_job(state, job.id, &job.model_name, data, plan).await;
+    running.decrement(1.0);
+    record_job(&result, started.elapsed().as_secs_f64());
+    let ended = match result {
         Ok(()) => return Outcome::Done,
         Err(JobError::Cancelled) => {
             tracing::info!(job.id = %job.id, "training job cancelled");
@@ -249,6 +255,40 @@ async fn execute(state: &AppState, job: &Job, data: &DataReady, plan: &Plan) -> 
             Outcome::Retry(Duration::from_secs(5))
         }
     }
+}
+
+/// `petrel_training_jobs_total{outcome}` and, for jobs that ended, their duration.
+fn record_job(result: &Result<(), JobError>, seconds: f64) {
+    let outcome = match result {
+        Ok(()) => "succeeded",
+        Err(JobError::Cancelled) => "cancelled",
+        Err(JobError::Permanent(_)) => "failed",
+        Err(JobError::Transient(_)) => "retried",
+        Err(JobError::Interrupted) => "interrupted",
+    };
+    metrics::counter!("petrel_training_jobs_total", "outcome" => outcome).increment(1);
+    if matches!(outcome, "succeeded" | "failed" | "cancelled") {
+        metrics::histogram!("petrel_training_job_duration_seconds", "outcome" => outcome)
+            .record(seconds);
+    }
+}
+
+/// Help texts of the trainer's metrics.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "petrel_training_jobs_total",
+        "Training job attempts, by outcome: succeeded, failed, cancelled, retried (a dependency \
+         failed) or interrupted (by shutdown; resumed on redelivery)"
+    );
+    metrics::describe_histogram!(
+        "petrel_training_job_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time a training job took from start to its end (sweeps and cross-validation included)"
+    );
+    metrics::describe_gauge!(
+        "petrel_training_jobs_running",
+        "Training jobs running in this trainer now"
+    );
 }
 
 /// Keeps what `data.ready` said of a dataset, so jobs can be asked for by its name.

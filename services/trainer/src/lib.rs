@@ -278,6 +278,7 @@ impl App {
     }
 
     pub async fn run(self) -> anyhow::Result<()> {
+        petrel_runtime::metrics::describe_with(crate::jobs::describe_metrics);
         let mut tasks = Tasks::new(self.cancel.clone());
         tasks.spawn_http(self.listener, routes::router(self.state.clone()));
         tasks.spawn_outbox(self.state.infra.relay.clone());
