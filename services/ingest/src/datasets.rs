@@ -565,11 +565,7 @@ fn record_validation(report: &ValidationReport, status: DatasetStatus, seconds: 
         .increment(report.accepted);
     metrics::counter!("petrel_ingest_rows_total", "result" => "rejected")
         .increment(report.rejected);
-    let status = match status {
-        DatasetStatus::Accepted => "accepted",
-        DatasetStatus::Rejected => "rejected",
-    };
-    metrics::counter!("petrel_ingest_datasets_total", "status" => status).increment(1);
+    metrics::counter!("petrel_ingest_datasets_total", "status" => status.as_str()).increment(1);
 }
 
 /// Help texts of ingest's metrics.

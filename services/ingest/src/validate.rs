@@ -609,18 +609,17 @@ impl Duplicates {
         let Duplicates {
             counted, spilled, ..
         } = self;
-        let files = spilled
+        let mut files = spilled
             .into_iter()
             .map(|w| w.into_inner().map_err(|e| e.into_error()))
             .collect::<std::io::Result<Vec<_>>>()?;
-        // Two threads, each counting every other file.
-        let (even, odd): (Vec<_>, Vec<_>) =
-            files.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
-        let repeats = |files: Vec<(usize, std::fs::File)>| -> std::io::Result<u64> {
+        // Two threads, each counting half of the files.
+        let half = files.split_off(files.len() / 2);
+        let repeats = |files: Vec<std::fs::File>| -> std::io::Result<u64> {
             let mut total = 0;
             let mut bytes = Vec::new();
             let mut prints = Vec::new();
-            for (_, mut file) in files {
+            for mut file in files {
                 file.seek(std::io::SeekFrom::Start(0))?;
                 bytes.clear();
                 file.read_to_end(&mut bytes)?;
@@ -636,9 +635,9 @@ impl Duplicates {
             Ok(total)
         };
         let (a, b) = std::thread::scope(|scope| {
-            let other = scope.spawn(|| repeats(odd));
+            let other = scope.spawn(|| repeats(half));
             (
-                repeats(even),
+                repeats(files),
                 other.join().expect("counting does not panic"),
             )
         });
